@@ -1,0 +1,1 @@
+"""Where PostgreSQL runs: local processes (the embedded default) or Docker containers."""

@@ -1,0 +1,385 @@
+"""The embedded backend: every server is a real `postgres` process on a loopback port.
+
+One `LocalBackend` is one run: a run directory, the servers started in it, and the promise
+that they all stop when the run ends, however it ends (normal exit, exception, Ctrl-C).
+Servers are started in their own session and process group so that a terminal's Ctrl-C
+reaches the runner, which stops them in order, and so that `pause` and `kill` can reach a
+server's backends as well as its postmaster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from testbed import procs
+from testbed.backends import runs
+from testbed.backends.osuser import ServerUser, server_user
+from testbed.backends.pgbin import PgBinaries, find_binaries
+from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
+from testbed.errors import PortInUse, ServerFailed, TestbedError
+from testbed.postgres import Server
+
+LOOPBACK = "127.0.0.1"
+FALLBACK_DATA_ROOT = Path("/var/tmp/bc-testbed/runs")
+START_TIMEOUT_S = 60.0
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` (TIME_WAIT leftovers do not count as taken)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+class LocalNode:
+    """Process control and data directory of one server; `Server` adds the SQL vocabulary."""
+
+    backend_name = "local"
+
+    def __init__(
+        self, backend: LocalBackend, name: str, site: str, role: str, port: int | None
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.site = site
+        self.role = role
+        self.host = LOOPBACK
+        self.fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self.dir = backend.data_root / "servers" / name
+        self.datadir = self.dir / "data"
+        self.logfile = self.dir / "server.log"
+        self.backups = backend.data_root / "backups" / name
+        self.pid: int | None = None
+        self.standby = False
+        self._proc: subprocess.Popen | None = None
+        self.dir.mkdir(parents=True)
+        backend.user.own(self.dir)
+
+    # --- data directory -------------------------------------------------------------
+
+    def init(self) -> None:
+        """A fresh cluster, copied from the cached template."""
+        self._copy_tree(self.backend.template, self.datadir)
+        self.configure()
+
+    def restore(self, backup: Path) -> None:
+        """This server's data directory becomes a copy of a base backup."""
+        if not backup.is_dir():
+            raise ServerFailed(f"{self.name}: no backup at {backup}")
+        self._copy_tree(backup, self.datadir)
+        self.configure()
+
+    def configure(self, primary_conninfo: str | None = None) -> None:
+        """Write this server's own settings; with a conninfo it starts as a streaming standby."""
+        lines = [
+            f"port = {self.port}",
+            f"listen_addresses = '{self.host}'",
+            f"cluster_name = 'testbed-{self.name}'",
+        ]
+        signal_file = self.datadir / "standby.signal"
+        self.standby = primary_conninfo is not None
+        if primary_conninfo is not None:
+            quoted = primary_conninfo.replace("'", "''")
+            lines.append(f"primary_conninfo = '{quoted}'")
+            self._write(signal_file, "")
+        else:
+            signal_file.unlink(missing_ok=True)
+        self._write(self.datadir / SERVER_CONF, "\n".join(lines) + "\n")
+
+    def basebackup(self, name: str, host: str, port: int) -> Path:
+        """`pg_basebackup` of this server, reached at host:port (directly or via a proxy)."""
+        dest = self.backups / name
+        if dest.exists():
+            raise ServerFailed(f"{self.name}: backup '{name}' exists already")
+        self.backups.mkdir(parents=True, exist_ok=True)
+        self.backend.user.own(self.backups)
+        self._run_as_server(
+            [
+                self.backend.bins.path("pg_basebackup"),
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--username",
+                SUPERUSER,
+                "--pgdata",
+                str(dest),
+                "--wal-method",
+                "stream",
+                "--checkpoint",
+                "fast",
+                "--no-sync",
+            ],
+            what=f"pg_basebackup of {self.name}",
+        )
+        return dest
+
+    def _copy_tree(self, source: Path, dest: Path) -> None:
+        if dest.exists():
+            raise ServerFailed(f"{self.name}: data directory {dest} exists already")
+        self._run_as_server(["cp", "-a", str(source), str(dest)], what=f"copy into {dest}")
+
+    def _write(self, path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+        self.backend.user.own(path)
+
+    def _run_as_server(self, argv: list[str], what: str) -> None:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.dir,
+            **self.backend.user.popen_kwargs(),
+        )
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()
+            raise ServerFailed(f"{what} failed: {last[-1] if last else result.returncode}")
+
+    # --- process control ------------------------------------------------------------
+
+    def state(self) -> str:
+        if self.pid is None or not procs.alive(self.pid):
+            return "stopped"
+        return "paused" if procs.paused(self.pid) else "running"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        if self.state() != "stopped":
+            raise ServerFailed(f"{self.name} is already {self.state()}")
+        for attempt in range(3):
+            if not port_is_free(self.host, self.port):
+                if self.fixed_port:
+                    raise PortInUse(
+                        f"{self.name}: port {self.port} on {self.host} is in use; free it or "
+                        "choose another port in the topology file"
+                    )
+                self.port = free_port()  # an auto-chosen port was taken meanwhile: pick again
+                self.configure_port()
+            try:
+                self._spawn(timeout)
+                return
+            except _BindFailed:
+                if self.fixed_port or attempt == 2:
+                    raise PortInUse(
+                        f"{self.name}: port {self.port} on {self.host} is in use"
+                    ) from None
+                self.port = free_port()
+                self.configure_port()
+
+    def configure_port(self) -> None:
+        conf = self.datadir / SERVER_CONF
+        lines = [
+            f"port = {self.port}" if line.startswith("port = ") else line
+            for line in conf.read_text().splitlines()
+        ]
+        self._write(conf, "\n".join(lines) + "\n")
+
+    def _spawn(self, timeout: float) -> None:
+        log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
+        with open(self.logfile, "ab") as log:
+            self._proc = subprocess.Popen(
+                [self.backend.bins.path("postgres"), "-D", str(self.datadir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.dir,
+                start_new_session=True,
+                env=_server_env(),
+                **self.backend.user.popen_kwargs(),
+            )
+        self.pid = self._proc.pid
+        self.backend.record(self)
+        if not self._wait_ready(timeout):
+            tail = self._log_since(log_start)
+            self._reap_failed()
+            if "could not bind" in tail or "Address already in use" in tail:
+                raise _BindFailed()
+            last = [line for line in tail.splitlines() if line.strip()]
+            detail = last[-1] if last else f"no answer within {timeout:.0f}s"
+            raise ServerFailed(f"{self.name} did not start: {detail} (log: {self.logfile})")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """Ready means accepting connections, as a primary or as a hot standby."""
+        pidfile = self.datadir / "postmaster.pid"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                return False
+            try:
+                lines = pidfile.read_text().splitlines()
+            except (FileNotFoundError, PermissionError):
+                lines = []
+            if len(lines) >= 8 and lines[7].strip() in ("ready", "standby"):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.logfile, "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _reap_failed(self) -> None:
+        if self.pid is not None:
+            procs.stop_group(self.pid, self.pid, signal.SIGQUIT, timeout=5.0)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=10)
+        self._proc = None
+        self.pid = None
+        self.backend.record(self)
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Shut down: `smart` waits for clients, `fast` disconnects them, `immediate` crashes."""
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        if self.pid is not None and procs.alive(self.pid):
+            procs.stop_group(self.pid, self.pid, sig, timeout)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its backends at once, as a host crash would."""
+        if self.pid is None:
+            raise ServerFailed(f"{self.name} is not running")
+        procs.signal_group(self.pid, signal.SIGKILL)
+        procs.wait_until(lambda: not procs.group_alive(self.pid), 10.0)
+        self._reap()
+
+    def pause(self) -> None:
+        """Freeze every process of the server (SIGSTOP): it holds connections, answers nothing."""
+        if self.state() != "running":
+            raise ServerFailed(f"{self.name} is {self.state()}, cannot pause")
+        procs.signal_group(self.pid, signal.SIGSTOP)
+        procs.wait_until(lambda: procs.paused(self.pid), 5.0)
+
+    def resume(self) -> None:
+        if self.pid is None:
+            raise ServerFailed(f"{self.name} is not running")
+        procs.signal_group(self.pid, signal.SIGCONT)
+        procs.wait_until(lambda: not procs.paused(self.pid), 5.0)
+
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Stop (if running) and start again on the same port with the same data."""
+        if self.state() != "stopped":
+            self.stop()
+        self.start(timeout)
+
+
+class _BindFailed(Exception):
+    pass
+
+
+def _server_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
+
+
+class LocalBackend:
+    """One run on the local machine; a context manager that always stops what it started."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        keep: bool = False,
+        owner: str = "library",
+        bins: PgBinaries | None = None,
+    ) -> None:
+        self.bins = bins or find_binaries()
+        self.user: ServerUser = server_user()
+        self.template = ensure_template(self.bins, self.user)
+        self.keep = keep
+        home_path = runs.home_dir(home)
+        home_path.mkdir(parents=True, exist_ok=True)
+        fallback = None if self.user.can_reach(home_path) else FALLBACK_DATA_ROOT
+        self.run = runs.RunDir.create(home_path, self.name, owner, fallback)
+        self.data_root = self.run.data_root
+        try:
+            self.data_root.mkdir(parents=True, exist_ok=True)
+            if fallback:
+                FALLBACK_DATA_ROOT.chmod(0o755)
+                FALLBACK_DATA_ROOT.parent.chmod(0o755)
+            self.user.own(self.data_root)
+            if not self.user.can_reach(self.data_root):
+                raise TestbedError(
+                    f"the server account '{self.user.name}' cannot reach {self.data_root}; "
+                    "use --home (or TESTBED_HOME) with a directory it can traverse"
+                )
+        except BaseException:
+            self.run.remove()
+            raise
+        self.nodes: dict[str, LocalNode] = {}
+        self.servers: dict[str, Server] = {}
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def new_server(
+        self, name: str, site: str = "site1", role: str = "idb", port: int | None = None
+    ) -> Server:
+        """A server handle with an empty data directory: call `init()` or `init_from_backup`."""
+        if name in self.nodes:
+            raise TestbedError(f"server '{name}' exists already in run {self.id}")
+        node = LocalNode(self, name, site, role, port)
+        self.nodes[name] = node
+        server = Server(node)
+        self.servers[name] = server
+        return server
+
+    def record(self, node: LocalNode) -> None:
+        self.run.record(
+            runs.ServerRecord(
+                node.name, node.site, node.role, node.host, node.port, str(node.datadir), node.pid
+            )
+        )
+
+    def stop_all(self) -> None:
+        """Stop every server, standbys first so they do not log their primary vanishing."""
+        ordered = sorted(self.nodes.values(), key=lambda n: not n.standby)
+        errors = []
+        for node in ordered:
+            try:
+                if node.state() != "stopped":
+                    node.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{node.name}: {exc}")
+        if errors:
+            raise ServerFailed("could not stop every server: " + "; ".join(errors))
+
+    def close(self) -> None:
+        try:
+            self.stop_all()
+        finally:
+            if self.keep:
+                self.run.update(detached=False)
+            else:
+                self.run.remove()
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,150 @@
+"""Run directories: where a run keeps its servers' data and the record of what it started.
+
+Every process a run starts is written to `run.json` before the runner waits for it, so a
+runner that crashes (or is SIGKILLed) leaves enough behind for `testbed down` to find and
+stop its servers. The record is rewritten atomically, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from testbed import procs
+
+MANIFEST = "run.json"
+
+
+def home_dir(explicit: str | Path | None = None) -> Path:
+    """The folder holding `runs/`: `--home`, `TESTBED_HOME`, else `.testbed` here."""
+    return Path(explicit or os.environ.get("TESTBED_HOME") or ".testbed").absolute()
+
+
+@dataclass
+class ServerRecord:
+    name: str
+    site: str
+    role: str
+    host: str
+    port: int
+    datadir: str
+    pid: int | None = None
+
+
+@dataclass
+class RunManifest:
+    id: str
+    created: float
+    owner_pid: int
+    owner: str  # "cli-up" runs wait for Ctrl-C and may be told to stop; others may not
+    backend: str
+    data_root: str
+    topology: str | None = None
+    detached: bool = False
+    servers: dict[str, ServerRecord] = field(default_factory=dict)
+
+
+class RunDir:
+    """One run's folder and its manifest; safe to update from several threads."""
+
+    def __init__(self, path: Path, manifest: RunManifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, home: Path, backend: str, owner: str, data_root: Path | None = None) -> RunDir:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        path = home / "runs" / run_id
+        path.mkdir(parents=True)
+        manifest = RunManifest(
+            id=run_id,
+            created=time.time(),
+            owner_pid=os.getpid(),
+            owner=owner,
+            backend=backend,
+            data_root=str(data_root / run_id if data_root else path),
+        )
+        run = cls(path, manifest)
+        run.save()
+        return run
+
+    @classmethod
+    def load(cls, path: Path) -> RunDir:
+        raw = json.loads((path / MANIFEST).read_text())
+        servers = {k: ServerRecord(**v) for k, v in raw.pop("servers", {}).items()}
+        return cls(path, RunManifest(**raw, servers=servers))
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.manifest.data_root)
+
+    def save(self) -> None:
+        with self._lock:
+            tmp = self.path / f".{MANIFEST}.{threading.get_ident()}"
+            tmp.write_text(json.dumps(asdict(self.manifest), indent=2))
+            tmp.replace(self.path / MANIFEST)
+
+    def record(self, server: ServerRecord) -> None:
+        with self._lock:
+            self.manifest.servers[server.name] = server
+        self.save()
+
+    def update(self, **changes: object) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.manifest, key, value)
+        self.save()
+
+    def live_servers(self) -> list[ServerRecord]:
+        return [
+            s for s in self.manifest.servers.values() if s.pid and procs.is_ours(s.pid, s.datadir)
+        ]
+
+    def owner_alive(self) -> bool:
+        return procs.alive(self.manifest.owner_pid)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.data_root, ignore_errors=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def list_runs(home: Path) -> list[RunDir]:
+    """Every run under `home`, oldest first; folders without a readable manifest are skipped."""
+    runs = []
+    for path in sorted((home / "runs").glob("*")):
+        try:
+            runs.append(RunDir.load(path))
+        except (OSError, ValueError, TypeError):
+            continue
+    return runs
+
+
+def stop_run(run: RunDir, keep: bool = False) -> list[str]:
+    """Stop whatever the run left running; returns the names of servers that were stopped.
+
+    Used by `testbed down` on runs whose runner is gone or detached: the pids come from the
+    manifest and are checked against their data directory before any signal is sent.
+    """
+    owner = run.manifest.owner_pid
+    if run.manifest.owner == "cli-up" and owner != os.getpid() and procs.is_ours(owner, "testbed"):
+        procs.signal_pid(owner, signal.SIGTERM)  # the waiting `testbed up` cleans up itself
+        procs.wait_until(lambda: not procs.alive(owner), 30.0, 0.05)
+    stopped = []
+    for server in run.live_servers():
+        procs.stop_group(server.pid, server.pid)
+        stopped.append(server.name)
+    if not keep:
+        run.remove()
+    return stopped

@@ -1,0 +1,118 @@
+"""A cached, ready-to-copy PostgreSQL data directory per server version and configuration.
+
+`initdb` takes a second or more; copying its result takes a fraction of that. The template
+is made once per (version, configuration) under the cache directory and copied for every
+server. Its name carries a hash of the configuration, so changing a setting here makes a new
+template instead of silently reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from testbed.backends.osuser import ServerUser
+from testbed.backends.pgbin import PgBinaries
+from testbed.errors import ServerFailed, TestbedError
+
+SUPERUSER = "postgres"
+SERVER_CONF = "testbed_server.conf"  # per-server settings (port, standby), written per copy
+
+# Settings every server shares. Replication is on everywhere so that any server can be
+# backed up or become a standby; fsync stays on because crash scenarios are the point.
+POSTGRESQL_CONF = f"""
+# --- bc-testbed ---
+unix_socket_directories = ''
+max_connections = 100
+shared_buffers = 32MB
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+wal_keep_size = 256MB
+wal_log_hints = on
+hot_standby = on
+fsync = on
+synchronous_commit = on
+logging_collector = off
+log_line_prefix = '%m [%p] %q%a '
+log_min_messages = warning
+include_if_exists = '{SERVER_CONF}'
+"""
+
+PG_HBA_CONF = """# bc-testbed: loopback only, no passwords (the servers are throwaway test fixtures)
+local   all          all                  trust
+host    all          all  127.0.0.1/32    trust
+host    all          all  ::1/128         trust
+host    replication  all  127.0.0.1/32    trust
+host    replication  all  ::1/128         trust
+"""
+
+INITDB_ARGS = ("--username", SUPERUSER, "--auth", "trust", "--encoding", "UTF8", "--locale", "C")
+
+
+def cache_root() -> Path:
+    """Where templates live: `TESTBED_CACHE_DIR`, else a cache the server account can read."""
+    explicit = os.environ.get("TESTBED_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/cache/bc-testbed")  # root's ~/.cache is out of the server's reach
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "bc-testbed"
+
+
+def template_key(bins: PgBinaries) -> str:
+    digest = hashlib.sha256(
+        "\n".join([bins.version, POSTGRESQL_CONF, PG_HBA_CONF, *INITDB_ARGS]).encode()
+    ).hexdigest()
+    return f"pg{bins.version}-{digest[:12]}"
+
+
+def ensure_template(bins: PgBinaries, user: ServerUser, root: Path | None = None) -> Path:
+    """The template data directory, made now if it is not cached yet."""
+    templates = (root or cache_root()) / "templates"
+    path = templates / template_key(bins)
+    if (path / "PG_VERSION").exists():
+        return path
+    try:
+        templates.mkdir(parents=True, exist_ok=True)
+        templates.chmod(0o755)
+    except OSError as exc:
+        raise TestbedError(f"cannot create the template cache {templates}: {exc}") from None
+    if not user.can_reach(templates):
+        raise TestbedError(
+            f"the server account '{user.name}' cannot reach {templates}; "
+            "set TESTBED_CACHE_DIR to a directory it can read"
+        )
+    scratch = templates / f".initdb-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(mode=0o700)
+    user.own(scratch)
+    try:
+        result = subprocess.run(
+            [bins.path("initdb"), "--pgdata", str(scratch / "data"), "--no-sync", *INITDB_ARGS],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=scratch,
+            **user.popen_kwargs(),
+        )
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()
+            raise ServerFailed(f"initdb failed: {last[-1] if last else result.returncode}")
+        data = scratch / "data"
+        with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write(POSTGRESQL_CONF)
+        (data / "pg_hba.conf").write_text(PG_HBA_CONF, encoding="utf-8")
+        user.own(data)
+        try:
+            data.rename(path)  # atomic: a concurrent runner either wins or loses cleanly
+        except OSError:
+            if not (path / "PG_VERSION").exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path

@@ -1,0 +1,263 @@
+"""A handle on one PostgreSQL server, in the vocabulary of PostgreSQL's own test harness.
+
+`backup`, `init_from_backup(streaming=True)`, `wait_for_catchup`, `promote` read like the
+operator's runbook (and like `PostgreSQL::Test::Cluster`), so scenarios and tests say what
+they do. Where the server runs (a local process, a container) is the backend's business:
+the handle delegates process control and file work to a node with the `ServerNode` shape.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+
+from testbed.errors import ServerFailed
+
+SUPERUSER = "postgres"
+
+
+class ServerNode(Protocol):
+    """What a backend provides for one server."""
+
+    name: str
+    site: str
+    role: str
+    host: str
+    port: int
+    pid: int | None
+
+    def init(self) -> None: ...
+    def restore(self, backup: Path) -> None: ...
+    def configure(self, primary_conninfo: str | None = None) -> None: ...
+    def basebackup(self, name: str, host: str, port: int) -> Path: ...
+    def state(self) -> str: ...
+    def start(self, timeout: float = ...) -> None: ...
+    def stop(self, mode: str = ..., timeout: float = ...) -> None: ...
+    def kill(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def restart(self, timeout: float = ...) -> None: ...
+
+
+def parse_lsn(text: str) -> int:
+    """`'0/3000148'` -> an integer, so LSNs compare and subtract like numbers."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def split_address(via: str) -> tuple[str, int]:
+    host, _, port = via.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{via!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class Server:
+    def __init__(self, node: ServerNode) -> None:
+        self.node = node
+        self._backups: dict[str, Path] = {}
+
+    def __repr__(self) -> str:
+        return f"Server({self.name}, {self.host}:{self.port}, {self.state()})"
+
+    # --- identity -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def site(self) -> str:
+        return self.node.site
+
+    @property
+    def role(self) -> str:
+        return self.node.role
+
+    @property
+    def host(self) -> str:
+        return self.node.host
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # --- lifecycle (the one process-handle shape) ---------------------------------------
+
+    def init(self) -> Server:
+        self.node.init()
+        return self
+
+    def start(self, timeout: float = 60.0) -> Server:
+        self.node.start(timeout)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self.node.stop(mode)
+
+    def kill(self) -> None:
+        self.node.kill()
+
+    def pause(self) -> None:
+        self.node.pause()
+
+    def resume(self) -> None:
+        self.node.resume()
+
+    def restart(self) -> None:
+        self.node.restart()
+
+    def state(self) -> str:
+        return self.node.state()
+
+    # --- SQL ----------------------------------------------------------------------------
+
+    def conninfo(self, dbname: str = "postgres", **extra: Any) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, user=SUPERUSER, dbname=dbname, **extra
+        )
+
+    def connect(
+        self, dbname: str = "postgres", autocommit: bool = True, connect_timeout: int = 5, **kw: Any
+    ) -> psycopg.Connection:
+        return psycopg.connect(
+            self.conninfo(dbname, connect_timeout=connect_timeout, **kw), autocommit=autocommit
+        )
+
+    def execute(self, sql: str, params: Any = None, dbname: str = "postgres") -> list[tuple]:
+        """Run one statement in its own connection; the rows it returns, if any."""
+        with self.connect(dbname) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def scalar(self, sql: str, params: Any = None, dbname: str = "postgres") -> Any:
+        rows = self.execute(sql, params, dbname)
+        return rows[0][0] if rows else None
+
+    def create_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Until a connection succeeds; the last connection error if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.connect(connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise ServerFailed(
+                        f"{self.name} not ready after {timeout:.0f}s: {exc}"
+                    ) from None
+                time.sleep(0.02)
+
+    # --- replication ----------------------------------------------------------------------
+
+    def is_in_recovery(self) -> bool:
+        return bool(self.scalar("SELECT pg_is_in_recovery()"))
+
+    def lsn(self, kind: str = "write") -> int | None:
+        """An LSN of this server: insert/write/flush on a primary, receive/replay on a standby."""
+        functions = {
+            "insert": "pg_current_wal_insert_lsn()",
+            "write": "pg_current_wal_lsn()",
+            "flush": "pg_current_wal_flush_lsn()",
+            "receive": "pg_last_wal_receive_lsn()",
+            "replay": "pg_last_wal_replay_lsn()",
+        }
+        if kind not in functions:
+            raise ValueError(f"unknown LSN kind {kind!r}; one of {', '.join(functions)}")
+        value = self.scalar(f"SELECT {functions[kind]}::text")
+        return parse_lsn(value) if value else None
+
+    def current_lsn(self) -> int:
+        lsn = self.lsn("write")
+        assert lsn is not None
+        return lsn
+
+    def replay_lsn(self) -> int | None:
+        return self.lsn("replay")
+
+    def backup(self, name: str, via: str | None = None) -> Path:
+        """A base backup of this server, taken over the network (through `via` if given)."""
+        host, port = split_address(via) if via else (self.host, self.port)
+        path = self.node.basebackup(name, host, port)
+        self._backups[name] = path
+        return path
+
+    def backup_path(self, name: str) -> Path:
+        if name not in self._backups:
+            raise ServerFailed(f"{self.name} has no backup named '{name}'")
+        return self._backups[name]
+
+    def init_from_backup(
+        self, root: Server, backup_name: str, streaming: bool = False, via: str | None = None
+    ) -> Server:
+        """This server's data becomes `root`'s backup; with `streaming`, a standby of `root`.
+
+        `via` is the host:port the standby dials to reach its primary (a WAN proxy); it
+        defaults to the primary's own address.
+        """
+        self.node.restore(root.backup_path(backup_name))
+        if streaming:
+            host, port = split_address(via) if via else (root.host, root.port)
+            conninfo = psycopg.conninfo.make_conninfo(
+                host=host, port=port, user=SUPERUSER, application_name=self.name
+            )
+            self.node.configure(primary_conninfo=conninfo)
+        return self
+
+    def wait_for_catchup(
+        self,
+        standby: Server,
+        mode: str = "replay",
+        target_lsn: int | None = None,
+        timeout: float = 60.0,
+    ) -> int:
+        """Until `standby` has received/replayed this server's WAL up to `target_lsn`.
+
+        The target defaults to this server's current write LSN. Returns the standby's LSN.
+        """
+        if mode not in ("receive", "replay"):
+            raise ValueError("mode is 'receive' or 'replay'")
+        target = target_lsn if target_lsn is not None else self.current_lsn()
+        deadline = time.monotonic() + timeout
+        reached: int | None = None
+        while True:
+            try:
+                reached = standby.lsn(mode)
+            except psycopg.OperationalError:
+                reached = None
+            if reached is not None and reached >= target:
+                return reached
+            if time.monotonic() >= deadline:
+                seen = format_lsn(reached) if reached is not None else "nothing"
+                raise ServerFailed(
+                    f"{standby.name} did not {mode} {self.name}'s WAL up to {format_lsn(target)} "
+                    f"within {timeout:.0f}s (reached {seen})"
+                )
+            time.sleep(0.02)
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """End recovery on this standby and make it accept writes."""
+        if not self.is_in_recovery():
+            raise ServerFailed(f"{self.name} is not a standby; nothing to promote")
+        if not self.scalar("SELECT pg_promote(true, %s)", (int(timeout),)):
+            raise ServerFailed(f"{self.name} did not finish promotion within {timeout:.0f}s")
+        self.node.configure(primary_conninfo=None)  # a restart must not make it a standby again

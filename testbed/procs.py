@@ -1,0 +1,94 @@
+"""Small, careful helpers for processes the testbed did not necessarily start itself.
+
+`testbed down` must stop servers left behind by a crashed runner. Their pids come from a
+file, so before signalling one we check it is still the process we recorded (pid reuse),
+and a zombie counts as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def state(pid: int) -> str | None:
+    """The kernel's one-letter state (R, S, T, Z...), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in (None, "Z", "X")
+
+
+def paused(pid: int) -> bool:
+    return state(pid) in ("T", "t")
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_ours(pid: int, marker: str) -> bool:
+    """True if `pid` runs and its command line mentions `marker` (say, its data directory)."""
+    return alive(pid) and any(marker in arg for arg in cmdline(pid))
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of the group remains."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+    """Poll `predicate` until true or `timeout` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def stop_group(pid: int, pgid: int, first: int = signal.SIGINT, timeout: float = 30.0) -> None:
+    """Ask a process to stop, then insist: `first`, then SIGKILL to its whole group.
+
+    A stopped (SIGSTOPped) process cannot act on a signal, so the group is continued first.
+    """
+    signal_group(pgid, signal.SIGCONT)
+    signal_pid(pid, first)
+    if wait_until(lambda: not alive(pid), timeout):
+        wait_until(lambda: not group_alive(pgid), 5.0)
+    signal_group(pgid, signal.SIGKILL)
+    wait_until(lambda: not group_alive(pgid), 10.0)
