@@ -226,7 +226,9 @@ class LocalNode:
                 lines = pidfile.read_text().splitlines()
             except (FileNotFoundError, PermissionError):
                 lines = []
-            if len(lines) >= 8 and lines[7].strip() in ("ready", "standby"):
+            # After a crash the old file is still there: only our postmaster's line counts.
+            fresh = bool(lines) and lines[0].strip() == str(self.pid)
+            if fresh and len(lines) >= 8 and lines[7].strip() in ("ready", "standby"):
                 return True
             time.sleep(0.01)
         return False

@@ -1,0 +1,226 @@
+"""The `testbed` command.
+
+Errors a user can fix are one line on stderr and exit code 2 (`TestbedError`); tracebacks
+are for bugs only. Tables go to stdout, progress to stderr, so `--json` output pipes cleanly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from testbed import procs
+from testbed.errors import TestbedError
+
+out = Console()
+err = Console(stderr=True, log_path=False)
+
+BACKENDS = ("local",)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn `TestbedError` into one line and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TestbedError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted; everything started was stopped")
+            sys.exit(130)
+
+    return wrapper
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C does: through the cleanup path."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder holding runs/ (default: $TESTBED_HOME or ./.testbed).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bc-testbed")
+def main() -> None:
+    """Chaos testbed for two-site business-continuity reporting pipelines."""
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True)
+@click.option(
+    "--topology",
+    default="active-standby",
+    show_default=True,
+    help="Built-in topology name (active-standby, active-active) or a topology file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the servers as JSON.")
+@click.option("--detach", is_flag=True, help="Return and leave the servers running.")
+@click.option("--once", is_flag=True, help="Start, check each server answers, stop.")
+@home_option
+@user_errors
+def up(
+    backend: str, topology: str, as_json: bool, detach: bool, once: bool, home: str | None
+) -> None:
+    """Start a topology and show its servers; Ctrl-C (or `testbed down`) stops it."""
+    from testbed.backends.local import LocalBackend
+    from testbed.deployment import bring_up
+    from testbed.topology import load_topology
+
+    if detach and once:
+        raise TestbedError("--detach and --once contradict each other; choose one")
+    topo = load_topology(topology)
+    _stop_on_signals()
+    backend_run = LocalBackend(home=home, keep=detach, owner="cli-detached" if detach else "cli-up")
+    left_running = False
+    try:
+        with err.status(f"starting {topo.name} ({len(topo.servers)} servers)..."):
+            deployment = bring_up(topo, backend_run, progress=lambda m: err.log(m, highlight=False))
+        backend_run.run.update(topology=topo.name, detached=detach)
+        rows = deployment.rows()
+        if as_json:
+            click.echo(json.dumps([_json_row(topo, row) for row in rows], indent=2))
+        else:
+            _print_servers(f"run {backend_run.id}: {topo.name}", rows)
+        if once:
+            for server in deployment.servers.values():
+                server.scalar("SELECT 1")
+            err.print(f"all {len(rows)} servers answered; stopping")
+        elif detach:
+            left_running = True
+            err.print(f"left running; stop with: testbed down {backend_run.id}")
+        else:
+            err.print("running; press Ctrl-C to stop")
+            while True:
+                signal.pause()
+    finally:
+        if not left_running:
+            backend_run.close()
+
+
+def _json_row(topo: Any, row: dict[str, Any]) -> dict[str, Any]:
+    host, _, port = str(row["address"]).rpartition(":")
+    spec = topo.server(row["name"])
+    return {
+        "site": row["site"],
+        "role": spec.role,
+        "name": row["name"],
+        "host": host,
+        "port": int(port),
+        "pid": row["pid"],
+    }
+
+
+def _print_servers(title: str, rows: list[dict[str, Any]], states: bool = False) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("site", "role", "name", "host:port", "pid", *(("state",) if states else ())):
+        table.add_column(column)
+    for row in rows:
+        cells = [row["site"], row["role"], row["name"], row["address"], str(row["pid"] or "-")]
+        if states:
+            cells.append(row["state"])
+        table.add_row(*cells)
+    out.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@home_option
+@user_errors
+def status(as_json: bool, home: str | None) -> None:
+    """Show every run under the home folder and the state of its servers."""
+    from testbed.backends import runs
+
+    report = []
+    for run in runs.list_runs(runs.home_dir(home)):
+        servers = []
+        for record in run.manifest.servers.values():
+            if record.pid and procs.is_ours(record.pid, record.datadir):
+                state = "paused" if procs.paused(record.pid) else "running"
+            else:
+                state = "stopped"
+            servers.append(
+                {
+                    "site": record.site,
+                    "role": record.role,
+                    "name": record.name,
+                    "host": record.host,
+                    "port": record.port,
+                    "pid": record.pid if state != "stopped" else None,
+                    "state": state,
+                }
+            )
+        report.append(
+            {
+                "run": run.id,
+                "topology": run.manifest.topology,
+                "backend": run.manifest.backend,
+                "detached": run.manifest.detached,
+                "runner_alive": run.owner_alive(),
+                "servers": servers,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report:
+        err.print("no runs")
+        return
+    for entry in report:
+        runner = (
+            "detached"
+            if entry["detached"]
+            else ("runner alive" if entry["runner_alive"] else "runner gone")
+        )
+        rows = [{**s, "address": f"{s['host']}:{s['port']}"} for s in entry["servers"]]
+        _print_servers(f"run {entry['run']}: {entry['topology'] or '-'} ({runner})", rows, True)
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Stop every run, not only the newest.")
+@click.option("--keep", is_flag=True, help="Keep the run folders (data and logs).")
+@home_option
+@user_errors
+def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
+    """Stop the servers of a run (the newest by default), even one whose runner crashed."""
+    from testbed.backends import runs
+
+    found = runs.list_runs(runs.home_dir(home))
+    if run_id:
+        targets = [r for r in found if r.id == run_id]
+        if not targets:
+            raise TestbedError(f"no run '{run_id}' under {runs.home_dir(home)}; see testbed status")
+    else:
+        targets = found if every else found[-1:]
+    if not targets:
+        err.print("no runs to stop")
+        return
+    for run in targets:
+        stopped = runs.stop_run(run, keep=keep)
+        err.print(f"run {run.id}: stopped {len(stopped)} server(s)" + (", kept" if keep else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Streaming replication with the harness vocabulary: backup, init_from_backup, catch up,
+promote, on real servers over loopback."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from testbed.backends.local import LocalBackend
+from testbed.errors import ServerFailed
+from testbed.postgres import Server, format_lsn, parse_lsn
+
+
+@pytest.fixture
+def pair(testbed_backend: LocalBackend) -> tuple[Server, Server]:
+    primary = testbed_backend.new_server("infomart1", "site1", "infomart").init().start()
+    primary.execute("CREATE TABLE facts (id int PRIMARY KEY, payload text)")
+    primary.backup("b1")
+    standby = testbed_backend.new_server("infomart2", "site2", "infomart")
+    standby.init_from_backup(primary, "b1", streaming=True).start()
+    return primary, standby
+
+
+def test_lsn_text_round_trips() -> None:
+    assert format_lsn(parse_lsn("16/B374D848")) == "16/B374D848"
+    assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
+
+
+def test_a_standby_from_a_backup_streams_new_rows(pair: tuple[Server, Server]) -> None:
+    primary, standby = pair
+    assert standby.is_in_recovery()
+    primary.execute("INSERT INTO facts SELECT g, 'x' FROM generate_series(1, 500) g")
+    target = primary.current_lsn()
+    reached = primary.wait_for_catchup(standby)
+    assert reached >= target
+    assert standby.replay_lsn() >= target
+    assert standby.scalar("SELECT count(*) FROM facts") == 500
+    sender = primary.execute("SELECT application_name, state FROM pg_stat_replication")
+    assert sender == [("infomart2", "streaming")]
+
+
+def test_a_standby_refuses_writes_until_promoted(pair: tuple[Server, Server]) -> None:
+    primary, standby = pair
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        standby.execute("INSERT INTO facts VALUES (1, 'x')")
+    primary.execute("INSERT INTO facts VALUES (1, 'from primary')")
+    primary.wait_for_catchup(standby)
+    standby.promote()
+    assert not standby.is_in_recovery()
+    standby.execute("INSERT INTO facts VALUES (2, 'after promotion')")
+    assert standby.scalar("SELECT count(*) FROM facts") == 2
+
+
+def test_a_promoted_standby_stays_primary_after_a_restart(pair: tuple[Server, Server]) -> None:
+    _, standby = pair
+    standby.promote()
+    standby.restart()
+    assert not standby.is_in_recovery()
+
+
+def test_wait_for_catchup_times_out_with_the_lsns_when_the_standby_is_down(
+    pair: tuple[Server, Server],
+) -> None:
+    primary, standby = pair
+    standby.stop()
+    primary.execute("INSERT INTO facts VALUES (1, 'x')")
+    with pytest.raises(ServerFailed, match=r"did not replay .* within 1s"):
+        primary.wait_for_catchup(standby, timeout=1)
+
+
+def test_a_stopped_standby_catches_up_after_restart(pair: tuple[Server, Server]) -> None:
+    primary, standby = pair
+    standby.stop()
+    primary.execute("INSERT INTO facts SELECT g, 'x' FROM generate_series(1, 100) g")
+    standby.start()
+    primary.wait_for_catchup(standby, timeout=30)
+    assert standby.scalar("SELECT count(*) FROM facts") == 100
+
+
+def test_promote_refuses_a_primary(pair: tuple[Server, Server]) -> None:
+    primary, _ = pair
+    with pytest.raises(ServerFailed, match="not a standby"):
+        primary.promote()
+
+
+def test_a_standby_can_dial_its_primary_through_another_address(
+    testbed_backend: LocalBackend,
+) -> None:
+    primary = testbed_backend.new_server("p").init().start()
+    primary.backup("b", via=f"localhost:{primary.port}")
+    standby = testbed_backend.new_server("s")
+    standby.init_from_backup(primary, "b", streaming=True, via=f"localhost:{primary.port}")
+    standby.start()
+    primary.execute("CREATE TABLE t AS SELECT 1 AS x")
+    primary.wait_for_catchup(standby)
+    conninfo = standby.scalar("SELECT conninfo FROM pg_stat_wal_receiver")
+    assert "host=localhost" in conninfo

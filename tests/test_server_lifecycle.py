@@ -1,0 +1,103 @@
+"""Process faults on real servers: what each handle does to a live PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from testbed import procs
+from testbed.backends.local import LocalBackend
+from testbed.postgres import Server
+
+
+@pytest.fixture
+def server(testbed_backend: LocalBackend) -> Server:
+    server = testbed_backend.new_server("idb1").init().start()
+    server.execute("CREATE TABLE events (id int PRIMARY KEY)")
+    return server
+
+
+def test_a_started_server_accepts_connections_on_its_loopback_port(server: Server) -> None:
+    assert server.host == "127.0.0.1"
+    assert server.scalar("SHOW port") == str(server.port)
+    assert server.state() == "running"
+
+
+def test_the_server_does_not_run_as_root(server: Server) -> None:
+    assert server.scalar("SELECT current_setting('data_directory')")
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    uid = int(status.split("Uid:")[1].split()[0])
+    assert uid != 0
+
+
+def test_stop_ends_every_process_and_start_brings_the_data_back(server: Server) -> None:
+    server.execute("INSERT INTO events VALUES (1)")
+    pid = server.pid
+    server.stop()
+    assert server.state() == "stopped"
+    assert not procs.group_alive(pid)
+    with pytest.raises(psycopg.OperationalError):
+        server.connect(connect_timeout=1)
+    server.start()
+    assert server.scalar("SELECT count(*) FROM events") == 1
+
+
+def test_kill_is_a_crash_that_loses_nothing_committed(server: Server) -> None:
+    server.execute("INSERT INTO events SELECT generate_series(1, 1000)")
+    pid, port = server.pid, server.port
+    server.kill()
+    assert not procs.group_alive(pid)  # postmaster and every backend are gone at once
+    server.start()
+    assert server.port == port
+    assert server.scalar("SELECT count(*) FROM events") == 1000
+    assert "database system was interrupted" in server.node.logfile.read_text()
+
+
+def test_a_paused_server_hangs_instead_of_refusing(server: Server) -> None:
+    conn = server.connect()
+    server.pause()
+    try:
+        assert server.state() == "paused"
+        with pytest.raises(psycopg.OperationalError, match="timeout"):
+            server.connect(connect_timeout=1)
+        conn.execute("SET statement_timeout = 0")  # buffered by the socket, answered on resume
+    except Exception:
+        server.resume()
+        raise
+    server.resume()
+    assert server.state() == "running"
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    conn.close()
+
+
+def test_restart_keeps_data_and_port(server: Server) -> None:
+    server.execute("INSERT INTO events VALUES (7)")
+    port, pid = server.port, server.pid
+    server.restart()
+    assert (server.port, server.scalar("SELECT id FROM events")) == (port, 7)
+    assert server.pid != pid
+
+
+def test_the_run_record_follows_the_server(testbed_backend: LocalBackend, server: Server) -> None:
+    record = testbed_backend.run.manifest.servers["idb1"]
+    assert (record.pid, record.port) == (server.pid, server.port)
+    server.stop()
+    assert testbed_backend.run.manifest.servers["idb1"].pid is None
+
+
+def test_closing_the_backend_stops_every_server(testbed_home) -> None:
+    with LocalBackend(home=testbed_home) as backend:
+        pids = [backend.new_server(f"s{i}").init().start().pid for i in range(2)]
+        run_path = backend.run.path
+    assert not any(procs.alive(pid) for pid in pids)
+    assert not run_path.exists()
+
+
+def test_an_exception_in_the_caller_still_stops_the_servers(testbed_home) -> None:
+    pid = None
+    with pytest.raises(RuntimeError), LocalBackend(home=testbed_home) as backend:
+        pid = backend.new_server("s1").init().start().pid
+        raise RuntimeError("the test failed")
+    assert pid is not None and not procs.alive(pid)
