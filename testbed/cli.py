@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import procs
+from testbed.backends.storage import STORAGES
 from testbed.errors import TestbedError
 
 out = Console()
@@ -78,10 +79,22 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the servers as JSON.")
 @click.option("--detach", is_flag=True, help="Return and leave the servers running.")
 @click.option("--once", is_flag=True, help="Start, check each server answers, stop.")
+@click.option(
+    "--storage",
+    type=click.Choice(STORAGES),
+    default=None,
+    help="Server data in RAM (tmpfs) or on disk; default: $TESTBED_STORAGE or auto (RAM if room).",
+)
 @home_option
 @user_errors
 def up(
-    backend: str, topology: str, as_json: bool, detach: bool, once: bool, home: str | None
+    backend: str,
+    topology: str,
+    as_json: bool,
+    detach: bool,
+    once: bool,
+    storage: str | None,
+    home: str | None,
 ) -> None:
     """Start a topology and show its servers; Ctrl-C (or `testbed down`) stops it."""
     from testbed.backends.local import LocalBackend

@@ -25,6 +25,7 @@ class Backend(Protocol):
     def new_server(
         self, name: str, site: str = ..., role: str = ..., port: int | None = ...
     ) -> Server: ...
+    def preflight(self, topology: Topology) -> None: ...
     def close(self) -> None: ...
 
 
@@ -63,6 +64,7 @@ Progress = Callable[[str], None]
 def bring_up(topology: Topology, backend: Backend, progress: Progress | None = None) -> Deployment:
     """Start every server of `topology` on `backend`; standbys stream from their primary."""
     say = progress or (lambda _message: None)
+    backend.preflight(topology)  # refuse before starting anything, not halfway through
     primaries, standbys = topology.start_order()
 
     def start_primary(spec: ServerSpec) -> None:

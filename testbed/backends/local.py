@@ -21,12 +21,13 @@ from testbed import procs
 from testbed.backends import runs
 from testbed.backends.osuser import ServerUser, server_user
 from testbed.backends.pgbin import PgBinaries, find_binaries
+from testbed.backends.storage import data_root_for, storage_choice
 from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.postgres import Server
+from testbed.topology import Topology
 
 LOOPBACK = "127.0.0.1"
-FALLBACK_DATA_ROOT = Path("/var/tmp/bc-testbed/runs")
 START_TIMEOUT_S = 60.0
 
 
@@ -308,6 +309,7 @@ class LocalBackend:
         keep: bool = False,
         owner: str = "library",
         bins: PgBinaries | None = None,
+        storage: str | None = None,
     ) -> None:
         self.bins = bins or find_binaries()
         self.user: ServerUser = server_user()
@@ -315,20 +317,10 @@ class LocalBackend:
         self.keep = keep
         home_path = runs.home_dir(home)
         home_path.mkdir(parents=True, exist_ok=True)
-        fallback = None if self.user.can_reach(home_path) else FALLBACK_DATA_ROOT
-        self.run = runs.RunDir.create(home_path, self.name, owner, fallback)
-        self.data_root = self.run.data_root
+        self.run = runs.RunDir.create(home_path, self.name, owner)
         try:
-            self.data_root.mkdir(parents=True, exist_ok=True)
-            if fallback:
-                FALLBACK_DATA_ROOT.chmod(0o755)
-                FALLBACK_DATA_ROOT.parent.chmod(0o755)
-            self.user.own(self.data_root)
-            if not self.user.can_reach(self.data_root):
-                raise TestbedError(
-                    f"the server account '{self.user.name}' cannot reach {self.data_root}; "
-                    "use --home (or TESTBED_HOME) with a directory it can traverse"
-                )
+            self.data_root = data_root_for(self.run.path, self.user, storage_choice(storage))
+            self.run.update(data_root=str(self.data_root))
         except BaseException:
             self.run.remove()
             raise
@@ -350,6 +342,15 @@ class LocalBackend:
         server = Server(node)
         self.servers[name] = server
         return server
+
+    def preflight(self, topology: Topology) -> None:
+        """Every fixed port of the topology must be free before the first server starts."""
+        for spec in topology.servers:
+            if spec.port is not None and not port_is_free(LOOPBACK, spec.port):
+                raise PortInUse(
+                    f"{spec.name}: port {spec.port} on {LOOPBACK} is in use; free it or "
+                    "choose another port in the topology file"
+                )
 
     def record(self, node: LocalNode) -> None:
         self.run.record(

@@ -60,7 +60,7 @@ class RunDir:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, home: Path, backend: str, owner: str, data_root: Path | None = None) -> RunDir:
+    def create(cls, home: Path, backend: str, owner: str) -> RunDir:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         path = home / "runs" / run_id
         path.mkdir(parents=True)
@@ -70,7 +70,7 @@ class RunDir:
             owner_pid=os.getpid(),
             owner=owner,
             backend=backend,
-            data_root=str(data_root / run_id if data_root else path),
+            data_root=str(path),
         )
         run = cls(path, manifest)
         run.save()

@@ -1,0 +1,77 @@
+"""How long the default topology takes to come up with the template cached.
+
+Prints one JSON object. The baseline, measured in the same run, is one bare server
+(template copy + start), so the ratio says what the topology adds beyond that: databases,
+the base backup and the streaming standby.
+
+    python bench/startup.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+from testbed.backends.local import LocalBackend
+from testbed.backends.osuser import server_user
+from testbed.backends.pgbin import find_binaries
+from testbed.backends.storage import STORAGES, ram_available, storage_choice
+from testbed.backends.template import ensure_template
+from testbed.deployment import bring_up
+from testbed.topology import default_topology
+
+
+def time_topology(home: str, storage: str | None) -> tuple[float, float]:
+    with LocalBackend(home=home, storage=storage) as backend:
+        start = time.perf_counter()
+        bring_up(default_topology(), backend)
+        up = time.perf_counter() - start
+        start = time.perf_counter()
+    return up, time.perf_counter() - start
+
+
+def time_single_server(home: str, storage: str | None) -> float:
+    with LocalBackend(home=home, storage=storage) as backend:
+        start = time.perf_counter()
+        backend.new_server("baseline").init().start()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--storage", choices=STORAGES, default=None, help="default: auto")
+    args = parser.parse_args()
+    ensure_template(find_binaries(), server_user())  # warm: the template is cached
+    ups, downs, singles = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-startup-", dir="/var/tmp") as home:
+        for _ in range(args.runs):  # interleaved, so machine noise hits both alike
+            singles.append(time_single_server(home, args.storage))
+            up, down = time_topology(home, args.storage)
+            ups.append(up)
+            downs.append(down)
+    up_median = statistics.median(ups)
+    single_median = statistics.median(singles)
+    print(
+        json.dumps(
+            {
+                "topology": "active-standby",
+                "servers": len(default_topology().servers),
+                "runs": args.runs,
+                "storage": args.storage or storage_choice(),
+                "ram_available": ram_available(),
+                "topology_up_s_median": round(up_median, 3),
+                "topology_up_s": [round(x, 3) for x in ups],
+                "topology_down_s_median": round(statistics.median(downs), 3),
+                "baseline_single_server_up_s_median": round(single_median, 3),
+                "ratio_topology_to_single_server": round(up_median / single_median, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

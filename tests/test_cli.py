@@ -1,0 +1,151 @@
+"""The `testbed` command end to end, as a user runs it: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from testbed import procs
+
+
+def run_cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "testbed", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    yield tmp_path / "home"
+    run_cli("down", "--all", home=tmp_path / "home")  # never leave a server behind
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def _running_servers(home: Path) -> list[dict]:
+    report = json.loads(run_cli("status", "--json", home=home).stdout)
+    return [s for run in report for s in run["servers"] if s["state"] == "running"]
+
+
+def test_up_detach_json_then_down(home: Path) -> None:
+    result = run_cli("up", "--detach", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    servers = json.loads(result.stdout)
+    assert len(servers) >= 4
+    assert {s["site"] for s in servers} == {"site1", "site2"}
+    for server in servers:
+        assert set(server) == {"site", "role", "name", "host", "port", "pid"}
+        with psycopg.connect(host=server["host"], port=server["port"], user="postgres") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert len(_running_servers(home)) == len(servers)
+
+    down = run_cli("down", home=home)
+    assert down.returncode == 0, down.stderr
+    assert not [s for s in servers if procs.alive(s["pid"])]
+    assert not list((home / "runs").iterdir())
+
+
+def test_up_once_starts_checks_and_stops(home: Path) -> None:
+    result = run_cli("up", "--once", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "infomart2" in result.stdout and "standby of infomart1" in result.stdout
+    assert "all 4 servers answered" in result.stderr
+    assert not list((home / "runs").iterdir())
+
+
+def test_a_bad_topology_file_is_one_line_and_exit_2(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: [site1]\nservers:\n  idb1: {site: site1, role: db}\n")
+    _assert_one_line_error(
+        run_cli("up", "--topology", str(bad), home=home), f"{bad}, line 3", "servers.idb1.role"
+    )
+
+
+def test_missing_binaries_are_one_line_and_exit_2(home: Path) -> None:
+    result = run_cli("up", "--once", home=home, env={"TESTBED_PG_BIN": "/nonexistent"})
+    _assert_one_line_error(result, "TESTBED_PG_BIN=/nonexistent")
+
+
+def test_a_port_conflict_is_one_line_and_exit_2_and_leaves_nothing(
+    home: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        topo = tmp_path / "fixed.yaml"
+        topo.write_text(
+            "sites: [site1]\nservers:\n"
+            "  idb1: {site: site1, role: idb}\n"
+            f"  idb2: {{site: site1, role: idb, port: {port}}}\n"
+        )
+        result = run_cli("up", "--once", "--topology", str(topo), home=home)
+    _assert_one_line_error(result, f"port {port}", "in use")
+    assert not _running_servers(home)
+    assert not list((home / "runs").iterdir())
+
+
+def test_contradicting_flags_and_unknown_runs_are_refused(home: Path) -> None:
+    _assert_one_line_error(run_cli("up", "--detach", "--once", home=home), "--detach")
+    _assert_one_line_error(run_cli("down", "nosuchrun", home=home), "no run 'nosuchrun'")
+
+
+def _start_up(home: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed", "up", "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(_running_servers(home)) < 4:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "servers did not come up"
+        time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_up_stops_every_server(home: Path, sig: signal.Signals) -> None:
+    proc = _start_up(home)
+    pids = [s["pid"] for s in _running_servers(home)]
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 130
+    assert not [pid for pid in pids if procs.alive(pid)]
+    assert not list((home / "runs").iterdir())
+
+
+def test_down_stops_the_servers_of_a_crashed_runner(home: Path) -> None:
+    proc = _start_up(home)
+    pids = [s["pid"] for s in _running_servers(home)]
+    proc.kill()  # SIGKILL: the runner gets no chance to clean up
+    proc.wait(timeout=10)
+    assert all(procs.alive(pid) for pid in pids)
+    status = json.loads(run_cli("status", "--json", home=home).stdout)
+    assert status[0]["runner_alive"] is False
+
+    down = run_cli("down", home=home)
+    assert down.returncode == 0, down.stderr
+    assert "stopped 4 server(s)" in down.stderr
+    assert not [pid for pid in pids if procs.alive(pid)]
