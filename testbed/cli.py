@@ -21,7 +21,8 @@ from testbed import procs
 from testbed.backends.storage import STORAGES
 from testbed.errors import TestbedError
 
-out = Console()
+# Piped output is read by programs and logs: do not wrap table rows at 80 columns there.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, log_path=False)
 
 BACKENDS = ("local",)
