@@ -1,0 +1,3 @@
+from testbed.netfault.server import main
+
+main()

@@ -1,0 +1,373 @@
+"""One proxied TCP connection: two sockets and a direction of travel each way.
+
+With no toxic on a direction, bytes go straight from one socket's `data_received` to the
+other's `write` (the fast path: no task, no queue, no copy). With toxics, chunks are queued
+with their arrival time and a task takes them through the toxics in order. The switch is
+safe both ways: the fast path is used only while nothing is queued, so order never changes.
+
+Backpressure is TCP's own: a direction stops reading from its source while its receiver's
+send buffer is full or too much is queued, so a stalled peer (or a bandwidth toxic) slows
+the sender down instead of growing memory, and no byte is dropped by the proxy itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from testbed.netfault.toxics import Chunk, Toxic
+
+if TYPE_CHECKING:
+    from testbed.netfault.proxy import Proxy
+
+log = logging.getLogger("testbed.netfault")
+
+QUEUE_HIGH = 1 << 20  # bytes queued on a direction before its source is paused
+QUEUE_LOW = 256 << 10
+CLOSE_GRACE_S = 5.0  # a closing socket whose peer will not read is aborted after this
+_EOF = object()
+
+
+class Side(asyncio.Protocol):
+    """One socket of the connection: the client's, or the one dialled to the upstream."""
+
+    def __init__(self, conn: Connection, role: str) -> None:
+        self.conn = conn
+        self.role = role
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False
+        self._holds: set[str] = set()
+        self._drain: list[asyncio.Future[None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        with contextlib.suppress(OSError):
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn.side_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.received(self, data)
+
+    def eof_received(self) -> bool:
+        self.conn.eof(self)
+        return True  # keep the socket: the connection decides when to close it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.conn.lost(self)
+        self._wake_drainers()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.conn.other(self).hold("receiver-full")
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.conn.other(self).release("receiver-full")
+        self._wake_drainers()
+
+    def hold(self, reason: str) -> None:
+        if not self._holds and self.transport is not None:
+            self.transport.pause_reading()
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        self._holds.discard(reason)
+        if not self._holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        if self.write_paused and self.transport is not None:
+            future = asyncio.get_running_loop().create_future()
+            self._drain.append(future)
+            await future
+
+    def _wake_drainers(self) -> None:
+        for future in self._drain:
+            if not future.done():
+                future.set_result(None)
+        self._drain.clear()
+
+
+class Direction:
+    """One way of travel ('upstream' = client to server, 'downstream' = back) and its toxics."""
+
+    def __init__(self, conn: Connection, stream: str, src: Side, dst: Side) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.src = src
+        self.dst = dst
+        self.pending: deque[Any] = deque()
+        self.pending_bytes = 0
+        self.task: asyncio.Task[None] | None = None
+        self.active: list[tuple[Toxic, Any]] = []
+        self._rolled_version = -1
+        self._states: dict[str, Any] = {}
+        self._wake: asyncio.Future[None] | None = None
+        self._sleepers: set[asyncio.Future[bool]] = set()
+        self._counters = conn.proxy.counters[stream]
+
+    # --- the toxics this connection runs, rolled against their toxicity --------------
+
+    def toxics(self) -> list[tuple[Toxic, Any]]:
+        chain = self.conn.proxy.chain
+        if self._rolled_version != chain.version:
+            self._roll(chain.stream(self.stream))
+            self._rolled_version = chain.version
+        return self.active
+
+    def _roll(self, configured: list[Any]) -> None:
+        now = self.now()
+        active, states = [], {}
+        for entry in configured:
+            if entry.toxicity >= 1.0 or random.random() < entry.toxicity:
+                state = self._states.get(entry.name)
+                states[entry.name] = state if state is not None else entry.toxic.new_state(now)
+                active.append((entry.toxic, states[entry.name]))
+        self.active, self._states = active, states
+
+    def current(self, name: str) -> Toxic | None:
+        for toxic, _state in self.toxics():
+            if toxic.name == name:
+                return toxic
+        return None
+
+    def chain_changed(self, removed: list[Toxic]) -> None:
+        """The proxy's toxics changed: wake sleeping toxics, re-roll, start timers."""
+        was_active = {t.name for t, _ in self.active}
+        if any(t.closes_on_removal and t.name in was_active for t in removed):
+            self.conn.close()
+            return
+        for future in self._sleepers:
+            if not future.done():
+                future.set_result(False)
+        if self.toxics() and self.task is None and not self.conn.closed:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        self._poke()
+
+    # --- the Pipe a toxic sees -------------------------------------------------------
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    async def sleep(self, seconds: float) -> bool:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        handle = loop.call_later(seconds, _resolve, future, True)
+        self._sleepers.add(future)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+            self._sleepers.discard(future)
+
+    def flush(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            self.dst.write(chunk.data)
+            self._counters["sent"] += len(chunk.data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def reset(self) -> None:
+        self.conn.reset(toward=self.dst)
+
+    # --- data in ---------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._counters["received"] += len(data)
+        if not self.pending and self.task is None and not self.toxics():
+            self.dst.write(data)  # the fast path
+            self._counters["sent"] += len(data)
+            return
+        self.pending.append(Chunk(data, self.now()))
+        self.pending_bytes += len(data)
+        if self.pending_bytes > QUEUE_HIGH:
+            self.src.hold("queue")
+        self._ensure_task()
+
+    def feed_eof(self) -> None:
+        if not self.pending and self.task is None and not self.toxics():
+            self.conn.close()  # no half-close: an EOF on one side closes the other
+            return
+        self.pending.append(_EOF)
+        self._ensure_task()
+
+    def _ensure_task(self) -> None:
+        if self.task is None and not self.conn.closed:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _idle(self, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        handle = loop.call_at(deadline, _resolve, self._wake, None) if deadline else None
+        try:
+            await self._wake
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._wake = None
+
+    # --- the toxic path ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._process()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("proxy %s: %s stream failed", self.conn.proxy.name, self.stream)
+            self.conn.close()
+        finally:
+            self.task = None
+
+    async def _process(self) -> None:
+        while not self.conn.closed:
+            toxics = self.toxics()
+            if not self.pending:
+                if not toxics:
+                    return  # back to the fast path
+                deadlines = [d for t, s in toxics if (d := t.deadline(s)) is not None]
+                await self._idle(min(deadlines) if deadlines else None)
+                now = self.now()
+                for toxic, state in self.toxics():
+                    due = toxic.deadline(state)
+                    if due is not None and due <= now:
+                        toxic.on_deadline(self, state)
+                continue
+            item = self.pending.popleft()
+            if item is _EOF:
+                await self._eof(toxics)
+                return
+            self.pending_bytes -= len(item.data)
+            if self.pending_bytes < QUEUE_LOW:
+                self.src.release("queue")
+            chunks = [item]
+            for toxic, state in toxics:
+                passed: list[Chunk] = []
+                for chunk in chunks:
+                    passed.extend(await toxic.on_chunk(chunk, self, state))
+                    if self.conn.closed:
+                        return
+                chunks = passed
+                if not chunks:
+                    break
+            self.flush(chunks)
+            await self.dst.drained()
+
+    async def _eof(self, toxics: list[tuple[Toxic, Any]]) -> None:
+        for toxic, state in toxics:
+            if not await toxic.on_eof(self, state):
+                while not self.conn.closed:  # swallowed: hold until the toxic goes
+                    await self._idle(None)
+                return
+            if self.conn.closed:
+                return
+        self.conn.close()
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class Connection:
+    """A client accepted by a proxy and the connection dialled for it to the upstream."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.client = Side(self, "client")
+        self.server = Side(self, "upstream")
+        self.up = Direction(self, "upstream", self.client, self.server)
+        self.down = Direction(self, "downstream", self.server, self.client)
+        self.closed = False
+        self._dial: asyncio.Task[None] | None = None
+
+    def other(self, side: Side) -> Side:
+        return self.server if side is self.client else self.client
+
+    def side_made(self, side: Side) -> None:
+        if side is self.client:
+            side.hold("dialling")  # nothing is read until the upstream answers
+            self.proxy.connections.add(self)
+            self._dial = asyncio.get_running_loop().create_task(self._connect_upstream())
+
+    async def _connect_upstream(self) -> None:
+        host, port = self.proxy.upstream_address()
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self.server, host, port)
+        except (OSError, ValueError) as exc:
+            log.info("proxy %s: upstream %s unreachable: %s", self.proxy.name, port, exc)
+            self.close()
+            return
+        if self.closed:
+            self._close_side(self.server)
+            return
+        self.client.release("dialling")
+
+    def received(self, side: Side, data: bytes) -> None:
+        (self.up if side is self.client else self.down).feed(data)
+
+    def eof(self, side: Side) -> None:
+        (self.up if side is self.client else self.down).feed_eof()
+
+    def lost(self, side: Side) -> None:
+        if not self.closed:
+            self.close()
+
+    def chain_changed(self, stream: str, removed: list[Toxic]) -> None:
+        (self.up if stream == "upstream" else self.down).chain_changed(removed)
+
+    def close(self, abort: bool = False) -> None:
+        """Close both sockets: gracefully (what was written still goes), or at once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.proxy.connections.discard(self)
+        for side in (self.client, self.server):
+            self._close_side(side, abort)
+        for direction in (self.up, self.down):
+            direction._poke()
+            for future in direction._sleepers:
+                _resolve(future, False)
+        if self._dial is not None and not self._dial.done():
+            self._dial.cancel()
+
+    def _close_side(self, side: Side, abort: bool = False) -> None:
+        transport = side.transport
+        if transport is None:
+            return
+        if abort or transport.get_write_buffer_size() == 0:
+            (transport.abort if abort else transport.close)()
+            return
+        transport.close()  # flushes first; a peer that never reads must not keep it forever
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
+
+    def reset(self, toward: Side) -> None:
+        """Close with a TCP RST towards `toward` (its peer sees ECONNRESET)."""
+        transport = toward.transport
+        if transport is not None:
+            with contextlib.suppress(OSError):
+                transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+        self.close(abort=True)

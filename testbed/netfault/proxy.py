@@ -1,0 +1,251 @@
+"""A proxy: a listener, its upstream, its live connections and its toxics.
+
+Every change here is synchronous bookkeeping plus non-blocking socket calls, so the HTTP
+API that calls it never waits on data in flight (the reference's API can freeze when a
+toxic is removed under load; ours cannot). Only binding a listener is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from testbed.netfault.link import Connection
+from testbed.netfault.toxics import REGISTRY, AttributeError_, Toxic
+
+
+class ApiError(Exception):
+    """An error with the reference's message and HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+PROXY_NOT_FOUND = ("proxy not found", 404)
+PROXY_EXISTS = ("proxy already exists", 409)
+TOXIC_NOT_FOUND = ("toxic not found", 404)
+TOXIC_EXISTS = ("toxic already exists", 409)
+INVALID_STREAM = ("stream was invalid, can be either upstream or downstream", 400)
+INVALID_TYPE = ("invalid toxic type", 400)
+STREAMS = ("upstream", "downstream")
+
+
+def bad_request(detail: str) -> ApiError:
+    return ApiError(f"bad request body: {detail}", 400)
+
+
+@dataclass
+class ToxicEntry:
+    name: str
+    type: str
+    stream: str
+    toxicity: float
+    toxic: Toxic
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attributes": dict(self.toxic.attributes),
+            "name": self.name,
+            "type": self.type,
+            "stream": self.stream,
+            "toxicity": self.toxicity,
+        }
+
+
+def _toxicity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise bad_request(f"toxicity must be a number from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def _attributes(toxic_type: str, raw: Any, base: dict[str, int] | None = None) -> dict[str, int]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise bad_request("attributes must be an object")
+    try:
+        return REGISTRY[toxic_type].check_attributes({**(base or {}), **raw})
+    except AttributeError_ as exc:
+        raise bad_request(str(exc)) from None
+
+
+@dataclass
+class ToxicChain:
+    """The toxics of one proxy, per stream, in insertion order; `version` counts changes."""
+
+    streams: dict[str, list[ToxicEntry]] = field(
+        default_factory=lambda: {stream: [] for stream in STREAMS}
+    )
+    version: int = 0
+
+    def stream(self, name: str) -> list[ToxicEntry]:
+        return self.streams[name]
+
+    def all(self) -> list[ToxicEntry]:
+        return self.streams["upstream"] + self.streams["downstream"]
+
+    def find(self, name: str) -> ToxicEntry | None:
+        return next((t for t in self.all() if t.name == name), None)
+
+    @staticmethod
+    def build(body: dict[str, Any]) -> ToxicEntry:
+        """A toxic from an API body, checked in the reference's order."""
+        stream = body.get("stream", "downstream")
+        if not isinstance(stream, str) or stream.lower() not in STREAMS:
+            raise ApiError(*INVALID_STREAM)
+        stream = stream.lower()
+        toxic_type = body.get("type")
+        name = body.get("name") or f"{toxic_type}_{stream}"
+        if not isinstance(name, str):
+            raise bad_request("name must be a string")
+        if toxic_type not in REGISTRY:
+            raise ApiError(*INVALID_TYPE)
+        toxicity = _toxicity(body.get("toxicity", 1.0))
+        attributes = _attributes(toxic_type, body.get("attributes"))
+        toxic = REGISTRY[toxic_type](name, attributes)
+        return ToxicEntry(name, toxic_type, stream, toxicity, toxic)
+
+
+class Proxy:
+    def __init__(self, name: str, listen: str, upstream: str) -> None:
+        self.name = name
+        self.requested_listen = listen
+        self.listen = listen
+        self.upstream = upstream
+        self.enabled = False
+        self.chain = ToxicChain()
+        self.connections: set[Connection] = set()
+        self.counters = {s: {"received": 0, "sent": 0} for s in STREAMS}
+        self._server: asyncio.base_events.Server | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "listen": self.listen,
+            "upstream": self.upstream,
+            "enabled": self.enabled,
+            "toxics": [t.to_json() for t in self.chain.all()],
+        }
+
+    def upstream_address(self) -> tuple[str, int]:
+        return split_host_port(self.upstream)
+
+    # --- listening -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.enabled:
+            return
+        host, port = split_host_port(self.listen)
+        ip = resolve(host)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: Connection(self).client, ip, port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "address already in use"
+            raise ApiError(f"listen tcp {format_address(ip, port)}: bind: {reason}", 500) from None
+        bound = self._server.sockets[0].getsockname()
+        self.listen = format_address(bound[0], bound[1])
+        self.enabled = True
+
+    def stop(self) -> None:
+        """Stop listening (new clients are refused) and cut every live connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.enabled = False
+        for conn in list(self.connections):
+            conn.close(abort=True)
+
+    async def update(self, body: dict[str, Any]) -> None:
+        """Partial update: missing fields keep their values; a new address rebinds."""
+        listen = body.get("listen", self.listen)
+        upstream = body.get("upstream", self.upstream)
+        enabled = body.get("enabled", self.enabled)
+        if not isinstance(listen, str) or not isinstance(upstream, str):
+            raise bad_request("listen and upstream must be strings")
+        if not isinstance(enabled, bool):
+            raise bad_request("enabled must be true or false")
+        if listen != self.listen or upstream != self.upstream:
+            split_host_port(listen)
+            split_host_port(upstream)
+            self.stop()
+            if listen != self.listen:
+                self.listen = self.requested_listen = listen
+            self.upstream = upstream
+        if enabled and not self.enabled:
+            await self.start()
+        elif not enabled and self.enabled:
+            self.stop()
+
+    # --- toxics ----------------------------------------------------------------------
+
+    def _changed(self, stream: str, removed: list[Toxic] | None = None) -> None:
+        self.chain.version += 1
+        for conn in list(self.connections):
+            conn.chain_changed(stream, removed or [])
+
+    def add_toxic(self, body: dict[str, Any]) -> ToxicEntry:
+        entry = ToxicChain.build(body)
+        if self.chain.find(entry.name) is not None:
+            raise ApiError(*TOXIC_EXISTS)
+        self.chain.stream(entry.stream).append(entry)
+        self._changed(entry.stream)
+        return entry
+
+    def update_toxic(self, name: str, body: dict[str, Any]) -> ToxicEntry:
+        entry = self.chain.find(name)
+        if entry is None:
+            raise ApiError(*TOXIC_NOT_FOUND)
+        attributes = _attributes(entry.type, body.get("attributes"), entry.toxic.attributes)
+        toxicity = _toxicity(body.get("toxicity", entry.toxicity))
+        entry.toxic = REGISTRY[entry.type](name, attributes)
+        entry.toxicity = toxicity
+        self._changed(entry.stream)
+        return entry
+
+    def remove_toxic(self, name: str) -> None:
+        entry = self.chain.find(name)
+        if entry is None:
+            raise ApiError(*TOXIC_NOT_FOUND)
+        self.chain.stream(entry.stream).remove(entry)
+        self._changed(entry.stream, [entry.toxic])
+
+    def remove_all_toxics(self) -> None:
+        for stream in STREAMS:
+            removed = [t.toxic for t in self.chain.stream(stream)]
+            self.chain.stream(stream).clear()
+            self._changed(stream, removed)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (every address) into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise bad_request(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def resolve(host: str) -> str:
+    """The address to bind for a host name, IPv4 first (as `localhost` resolves in Go)."""
+    if host in ("", "0.0.0.0"):
+        return "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ApiError(f"listen tcp {host}: {exc.strerror}", 500) from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return infos[0][4][0]
+
+
+def format_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

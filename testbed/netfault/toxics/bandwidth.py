@@ -1,0 +1,58 @@
+"""bandwidth: output paced to `rate` KB/s (1 KB = 1000 bytes); rate 0 stalls until changed.
+
+Pacing keeps a schedule across chunks (the next byte may leave when the previous ones have
+had their time), so the average rate holds whatever the chunk sizes. A rate change takes
+effect on the chunk being held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from testbed.netfault.toxics.base import Chunk, Pipe, Toxic
+
+PIECE = 16 * 1024  # large chunks are released in pieces so the output stays smooth
+STALL_S = 3600.0
+
+
+@dataclass
+class _Schedule:
+    free_at: float = 0.0  # loop time at which the link is free for the next byte
+
+
+class Bandwidth(Toxic):
+    type_name = "bandwidth"
+    attribute_names = ("rate",)
+
+    def new_state(self, now: float) -> _Schedule:
+        return _Schedule()
+
+    async def on_chunk(self, chunk: Chunk, pipe: Pipe, state: Any) -> list[Chunk]:
+        out = []
+        toxic: Toxic | None = self
+        data = chunk.data
+        while data:
+            piece, data = data[:PIECE], data[PIECE:]
+            while toxic is not None:
+                rate = toxic.rate
+                if rate == 0:
+                    if not await pipe.sleep(STALL_S):
+                        toxic = pipe.current(self.name)
+                    continue
+                # From when the link is free or the data arrived, not from when we woke up:
+                # timer overshoot must not add up over a long transfer.
+                start = max(state.free_at, chunk.received)
+                release = start + len(piece) / (rate * 1000.0)
+                remaining = release - pipe.now()
+                if remaining > 0 and not await pipe.sleep(remaining):
+                    toxic = pipe.current(self.name)
+                    continue  # updated or removed: plan this piece again
+                state.free_at = release
+                break
+            out.append(Chunk(piece, chunk.received))
+            if toxic is None:  # removed: the rest passes untouched
+                if data:
+                    out.append(Chunk(data, chunk.received))
+                break
+        return out

@@ -1,0 +1,32 @@
+"""latency: every chunk leaves `latency` ms (+/- uniform `jitter`) after it arrived.
+
+The wait is measured from the chunk's arrival, not from when the previous chunk left, so a
+stream is delayed but not throttled; chunks stay in order.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from testbed.netfault.toxics.base import Chunk, Pipe, Toxic
+
+
+class Latency(Toxic):
+    type_name = "latency"
+    attribute_names = ("latency", "jitter")
+
+    def delay_s(self) -> float:
+        jitter = random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        return max(0.0, self.latency + jitter) / 1000.0
+
+    async def on_chunk(self, chunk: Chunk, pipe: Pipe, state: Any) -> list[Chunk]:
+        toxic: Toxic | None = self
+        release = chunk.received + self.delay_s()
+        while toxic is not None and (remaining := release - pipe.now()) > 0:
+            if not await pipe.sleep(remaining):
+                current = pipe.current(self.name)  # removed: the chunk goes on now
+                if current is not None and current is not toxic:
+                    release = chunk.received + current.delay_s()  # updated: re-plan
+                toxic = current
+        return [chunk]
