@@ -117,6 +117,7 @@ def up(
             click.echo(json.dumps([_json_row(topo, row) for row in rows], indent=2))
         else:
             _print_servers(f"run {backend_run.id}: {topo.name}", rows)
+            _print_wan(deployment.wan_rows())
         if once:
             for server in deployment.servers.values():
                 server.scalar("SELECT 1")
@@ -158,6 +159,37 @@ def _print_servers(title: str, rows: list[dict[str, Any]], states: bool = False)
     out.print(table)
 
 
+def _print_wan(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        return
+    table = Table(
+        title="WAN (every cross-site connection goes through a proxy)", title_justify="left"
+    )
+    for column in ("route", "from", "to", "purpose", "proxy", "upstream"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(row[c] for c in ("route", "from", "to", "purpose", "proxy", "upstream")))
+    out.print(table)
+
+
+@main.group()
+def proxy() -> None:
+    """The Toxiproxy-compatible WAN proxy."""
+
+
+@proxy.command(
+    "serve",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def proxy_serve(args: tuple[str, ...]) -> None:
+    """Run a proxy server: [-host H] [-port P] [-config FILE] (Toxiproxy's flags)."""
+    from testbed.netfault.server import main as serve
+
+    serve(list(args))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @home_option
@@ -185,6 +217,15 @@ def status(as_json: bool, home: str | None) -> None:
                     "state": state,
                 }
             )
+        proxies = [
+            {
+                "name": p.name,
+                "pid": p.pid,
+                "url": p.address,
+                "running": procs.is_ours(p.pid, p.marker),
+            }
+            for p in run.manifest.processes.values()
+        ]
         report.append(
             {
                 "run": run.id,
@@ -193,6 +234,7 @@ def status(as_json: bool, home: str | None) -> None:
                 "detached": run.manifest.detached,
                 "runner_alive": run.owner_alive(),
                 "servers": servers,
+                "processes": proxies,
             }
         )
     if as_json:

@@ -1,7 +1,9 @@
-"""Bringing a topology up on a backend: servers, their databases, and the standby.
+"""Bringing a topology up on a backend: servers, their databases, the WAN and the standby.
 
-Independent servers start in parallel; a standby is then made from a base backup of its
-primary and streams from it. This is the same sequence whichever backend runs the servers.
+Independent servers start in parallel; then every cross-site route gets its proxy on the
+run's WAN proxy server; then each standby is made from a base backup of its primary taken
+through the WAN, and streams from it through the WAN. This is the same sequence whichever
+backend runs the servers.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from testbed.netfault.client import ToxiproxyClient
+from testbed.netfault.wan import RouteProxy, Wan
 from testbed.postgres import Server
-from testbed.topology import ServerSpec, Topology
+from testbed.topology import Route, ServerSpec, Topology
 
 INITIAL_BACKUP = "initial"
 
@@ -25,16 +29,19 @@ class Backend(Protocol):
     def new_server(
         self, name: str, site: str = ..., role: str = ..., port: int | None = ...
     ) -> Server: ...
+    def start_proxy(self) -> ToxiproxyClient: ...
     def preflight(self, topology: Topology) -> None: ...
     def close(self) -> None: ...
 
 
 @dataclass
 class Deployment:
-    """A topology running on a backend: its servers by name."""
+    """A topology running on a backend: its servers by name, and the WAN between its sites."""
 
     topology: Topology
     backend: Backend
+    wan: Wan | None = None
+    route_addresses: dict[tuple[str, str], str] | None = None
 
     @property
     def servers(self) -> dict[str, Server]:
@@ -42,6 +49,12 @@ class Deployment:
 
     def server(self, name: str) -> Server:
         return self.backend.servers[name]
+
+    def address_for(self, client: str, server: str) -> str:
+        """Where `client` dials `server`: through the WAN proxy when they are at different
+        sites, straight to the server otherwise. Every component connects through this."""
+        routed = (self.route_addresses or {}).get((client, server))
+        return routed or self.server(server).address
 
     def rows(self) -> list[dict[str, object]]:
         """One row per server: site, role, name, host:port, pid (the `testbed up` table)."""
@@ -57,12 +70,27 @@ class Deployment:
             if spec.name in self.backend.servers
         ]
 
+    def wan_rows(self) -> list[dict[str, str]]:
+        """One row per cross-site route: who dials whom, and the proxy in between."""
+        return [
+            {
+                "route": route.name,
+                "from": route.client_site,
+                "to": route.server_site,
+                "purpose": route.purpose,
+                "proxy": (self.route_addresses or {}).get((route.client, route.server), "-"),
+                "upstream": self.server(route.server).address,
+            }
+            for route in self.topology.cross_site_routes()
+        ]
+
 
 Progress = Callable[[str], None]
 
 
 def bring_up(topology: Topology, backend: Backend, progress: Progress | None = None) -> Deployment:
-    """Start every server of `topology` on `backend`; standbys stream from their primary."""
+    """Start every server of `topology` on `backend`, the WAN between its sites, and the
+    standbys, which stream from their primary through the WAN."""
     say = progress or (lambda _message: None)
     backend.preflight(topology)  # refuse before starting anything, not halfway through
     primaries, standbys = topology.start_order()
@@ -73,24 +101,53 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
             server.create_database(database)
         say(f"{spec.name} ({spec.describe_role()}) ready on {server.address}")
 
-    _in_parallel(start_primary, primaries)
+    routes = topology.cross_site_routes()
+    jobs = [lambda spec=spec: start_primary(spec) for spec in primaries]
+    if routes:
+        jobs.append(backend.start_proxy)  # a process of its own: starts while servers do
+    _in_parallel(jobs)
+    deployment = Deployment(topology, backend)
+    if routes:
+        deployment.wan, deployment.route_addresses = _wire_wan(routes, backend)
+        say(f"WAN: {len(routes)} cross-site routes through proxies")
 
     def start_standby(spec: ServerSpec) -> None:
         primary = backend.servers[spec.standby_of]
+        via = deployment.address_for(spec.name, primary.name)
         backup = f"{INITIAL_BACKUP}-for-{spec.name}"
-        primary.backup(backup)
+        primary.backup(backup, via=via)
         standby = backend.new_server(spec.name, spec.site, spec.role, spec.port)
-        standby.init_from_backup(primary, backup, streaming=True).start()
-        say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address}")
+        standby.init_from_backup(primary, backup, streaming=True, via=via).start()
+        say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address} via {via}")
 
-    _in_parallel(start_standby, standbys)
-    return Deployment(topology, backend)
+    _in_parallel([lambda spec=spec: start_standby(spec) for spec in standbys])
+    return deployment
 
 
-def _in_parallel(work: Callable[[ServerSpec], None], specs: tuple[ServerSpec, ...]) -> None:
-    """Run `work` for every spec; all finish (or fail) before the first error is raised,
-    so the backend knows about every server started before it cleans up."""
-    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-        futures = [pool.submit(work, spec) for spec in specs]
+def _wire_wan(
+    routes: tuple[Route, ...], backend: Backend
+) -> tuple[Wan, dict[tuple[str, str], str]]:
+    client = backend.start_proxy()
+    proxies = client.populate(
+        [
+            {
+                "name": route.name,
+                "listen": "127.0.0.1:0",
+                "upstream": backend.servers[route.server].address,
+            }
+            for route in routes
+        ]
+    )
+    listen = {p.name: p.listen for p in proxies}
+    addresses = {(r.client, r.server): listen[r.name] for r in routes}
+    wan = Wan(client, [RouteProxy(r.name, r.client_site, r.server_site) for r in routes])
+    return wan, addresses
+
+
+def _in_parallel(jobs: list[Callable[[], object]]) -> None:
+    """Run every job; all finish (or fail) before the first error is raised, so the backend
+    knows about every server started before it cleans up."""
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = [pool.submit(job) for job in jobs]
     for future in futures:
         future.result()

@@ -21,9 +21,11 @@ from testbed import procs
 from testbed.backends import runs
 from testbed.backends.osuser import ServerUser, server_user
 from testbed.backends.pgbin import PgBinaries, find_binaries
+from testbed.backends.proxyproc import ProxyProcess
 from testbed.backends.storage import data_root_for, storage_choice
 from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
 from testbed.errors import PortInUse, ServerFailed, TestbedError
+from testbed.netfault.client import ToxiproxyClient
 from testbed.postgres import Server
 from testbed.topology import Topology
 
@@ -326,6 +328,7 @@ class LocalBackend:
             raise
         self.nodes: dict[str, LocalNode] = {}
         self.servers: dict[str, Server] = {}
+        self.proxy: ProxyProcess | None = None
 
     @property
     def id(self) -> str:
@@ -342,6 +345,17 @@ class LocalBackend:
         server = Server(node)
         self.servers[name] = server
         return server
+
+    def start_proxy(self) -> ToxiproxyClient:
+        """The run's WAN proxy server (started on first use) and a client for its API."""
+        if self.proxy is None:
+            self.proxy = ProxyProcess(self.run, free_port())
+            try:
+                self.proxy.start()
+            except BaseException:
+                self.proxy = None
+                raise
+        return self.proxy.client
 
     def preflight(self, topology: Topology) -> None:
         """Every fixed port of the topology must be free before the first server starts."""
@@ -376,6 +390,9 @@ class LocalBackend:
         try:
             self.stop_all()
         finally:
+            if self.proxy is not None:
+                self.proxy.stop()
+                self.proxy = None
             if self.keep:
                 self.run.update(detached=False)
             else:

@@ -39,6 +39,16 @@ class ServerRecord:
 
 
 @dataclass
+class ProcessRecord:
+    """A helper process of the run (the WAN proxy; later ICONs and GIMs)."""
+
+    name: str
+    pid: int
+    marker: str  # a string of its command line, checked before it is signalled
+    address: str | None = None
+
+
+@dataclass
 class RunManifest:
     id: str
     created: float
@@ -49,6 +59,7 @@ class RunManifest:
     topology: str | None = None
     detached: bool = False
     servers: dict[str, ServerRecord] = field(default_factory=dict)
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)
 
 
 class RunDir:
@@ -80,7 +91,8 @@ class RunDir:
     def load(cls, path: Path) -> RunDir:
         raw = json.loads((path / MANIFEST).read_text())
         servers = {k: ServerRecord(**v) for k, v in raw.pop("servers", {}).items()}
-        return cls(path, RunManifest(**raw, servers=servers))
+        processes = {k: ProcessRecord(**v) for k, v in raw.pop("processes", {}).items()}
+        return cls(path, RunManifest(**raw, servers=servers, processes=processes))
 
     @property
     def id(self) -> str:
@@ -100,6 +112,19 @@ class RunDir:
         with self._lock:
             self.manifest.servers[server.name] = server
         self.save()
+
+    def record_process(self, process: ProcessRecord) -> None:
+        with self._lock:
+            self.manifest.processes[process.name] = process
+        self.save()
+
+    def forget_process(self, name: str) -> None:
+        with self._lock:
+            self.manifest.processes.pop(name, None)
+        self.save()
+
+    def live_processes(self) -> list[ProcessRecord]:
+        return [p for p in self.manifest.processes.values() if procs.is_ours(p.pid, p.marker)]
 
     def update(self, **changes: object) -> None:
         with self._lock:
@@ -145,6 +170,8 @@ def stop_run(run: RunDir, keep: bool = False) -> list[str]:
     for server in run.live_servers():
         procs.stop_group(server.pid, server.pid)
         stopped.append(server.name)
+    for process in run.live_processes():
+        procs.stop_group(process.pid, process.pid, signal.SIGTERM, timeout=10.0)
     if not keep:
         run.remove()
     return stopped

@@ -1,0 +1,210 @@
+"""A client for the Toxiproxy HTTP API: drives our proxy server or a real Toxiproxy alike.
+
+The testbed changes the WAN only through this API, so `TESTBED_TOXIPROXY_URL` can point it
+at any compatible server. An API error becomes a `ToxiproxyError` carrying the server's own
+message and status; an unreachable server is a `ProxyUnavailable` that says where it looked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from testbed.errors import TestbedError
+
+DEFAULT_URL = "http://127.0.0.1:8474"
+
+
+class ToxiproxyError(TestbedError):
+    """The API refused a request; `status` and `message` are the server's."""
+
+    exit_code = 1
+
+    def __init__(self, status: int, message: str, method: str, path: str) -> None:
+        super().__init__(f"{method} {path}: {message} (HTTP {status})")
+        self.status = status
+        self.message = message
+
+
+class ProxyUnavailable(TestbedError):
+    exit_code = 1
+
+
+@dataclass
+class Toxic:
+    name: str
+    type: str
+    stream: str
+    toxicity: float
+    attributes: dict[str, int]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Toxic:
+        return cls(
+            data["name"],
+            data["type"],
+            data["stream"],
+            float(data["toxicity"]),
+            dict(data.get("attributes") or {}),
+        )
+
+
+@dataclass
+class Proxy:
+    """A proxy as the server last reported it, with the verbs that change it."""
+
+    client: ToxiproxyClient = field(repr=False)
+    name: str
+    listen: str
+    upstream: str
+    enabled: bool
+    toxics: list[Toxic]
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def _path(self, *more: str) -> str:
+        return "/".join(["/proxies", quote(self.name, safe=""), *(quote(m, safe="") for m in more)])
+
+    def _refresh_from(self, data: dict[str, Any]) -> Proxy:
+        self.listen, self.upstream = data["listen"], data["upstream"]
+        self.enabled = data["enabled"]
+        self.toxics = [Toxic.from_json(t) for t in data.get("toxics") or []]
+        return self
+
+    def refresh(self) -> Proxy:
+        return self._refresh_from(self.client.request("GET", self._path()))
+
+    def update(self, **fields: Any) -> Proxy:
+        """Partial update: `listen`, `upstream`, `enabled`."""
+        return self._refresh_from(self.client.request("POST", self._path(), fields))
+
+    def disable(self) -> Proxy:
+        return self.update(enabled=False)
+
+    def enable(self) -> Proxy:
+        return self.update(enabled=True)
+
+    def delete(self) -> None:
+        self.client.request("DELETE", self._path())
+
+    def add_toxic(
+        self,
+        type: str,
+        stream: str = "downstream",
+        toxicity: float = 1.0,
+        name: str | None = None,
+        **attributes: int,
+    ) -> Toxic:
+        body: dict[str, Any] = {
+            "type": type,
+            "stream": stream,
+            "toxicity": toxicity,
+            "attributes": attributes,
+        }
+        if name:
+            body["name"] = name
+        toxic = Toxic.from_json(self.client.request("POST", self._path("toxics"), body))
+        self.toxics.append(toxic)
+        return toxic
+
+    def update_toxic(self, name: str, toxicity: float | None = None, **attributes: int) -> Toxic:
+        body: dict[str, Any] = {"attributes": attributes}
+        if toxicity is not None:
+            body["toxicity"] = toxicity
+        return Toxic.from_json(self.client.request("POST", self._path("toxics", name), body))
+
+    def remove_toxic(self, name: str) -> None:
+        self.client.request("DELETE", self._path("toxics", name))
+        self.toxics = [t for t in self.toxics if t.name != name]
+
+    def list_toxics(self) -> list[Toxic]:
+        return [Toxic.from_json(t) for t in self.client.request("GET", self._path("toxics"))]
+
+
+class ToxiproxyClient:
+    def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
+        self.url = (url or os.environ.get("TESTBED_TOXIPROXY_URL") or DEFAULT_URL).rstrip("/")
+        parts = urlsplit(self.url if "//" in self.url else f"http://{self.url}")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 8474
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"ToxiproxyClient({self.url})"
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; the decoded JSON answer (None for 204)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "User-Agent": "bc-testbed"}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise ProxyUnavailable(
+                f"no Toxiproxy API at {self.url} ({exc}); is the proxy server running?"
+            ) from None
+        finally:
+            conn.close()
+        if response.status >= 400:
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace").strip() or response.reason
+            raise ToxiproxyError(response.status, message, method, path)
+        if response.status == 204 or not raw:
+            return None
+        return json.loads(raw)
+
+    def _proxy(self, data: dict[str, Any]) -> Proxy:
+        return Proxy(
+            self,
+            data["name"],
+            data["listen"],
+            data["upstream"],
+            data["enabled"],
+            [Toxic.from_json(t) for t in data.get("toxics") or []],
+        )
+
+    def version(self) -> str:
+        return self.request("GET", "/version")["version"]
+
+    def wait_until_ready(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.version()
+            except ProxyUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+
+    def proxies(self) -> dict[str, Proxy]:
+        return {name: self._proxy(p) for name, p in self.request("GET", "/proxies").items()}
+
+    def proxy(self, name: str) -> Proxy:
+        return self._proxy(self.request("GET", f"/proxies/{quote(name, safe='')}"))
+
+    def create_proxy(
+        self, name: str, upstream: str, listen: str = "127.0.0.1:0", enabled: bool = True
+    ) -> Proxy:
+        body = {"name": name, "upstream": upstream, "listen": listen, "enabled": enabled}
+        return self._proxy(self.request("POST", "/proxies", body))
+
+    def populate(self, proxies: list[dict[str, Any]]) -> list[Proxy]:
+        return [self._proxy(p) for p in self.request("POST", "/populate", proxies)["proxies"]]
+
+    def reset(self) -> None:
+        self.request("POST", "/reset")

@@ -1,0 +1,229 @@
+"""The WAN between sites as one thing to break: partitions, degradation, heal.
+
+The WAN is the set of proxies on every cross-site route (ICON b to its remote IDB, GIM to
+remote IDBs, replication and base backups). A route's proxy carries client-site to
+server-site bytes on its `upstream` stream and the answers on `downstream`, so a one-way
+fault from site A to site B is a toxic on the streams that travel A -> B.
+
+- `partition(a, b, mode="reset")`: proxies disabled, connections refused and cut (a router
+  that answers "unreachable").
+- `partition(a, b, mode="blackhole")`: a `timeout` toxic with timeout 0 on both streams:
+  bytes vanish and connections hang, as when a WAN link silently drops packets; only
+  timeouts and keepalives notice.
+- one way (`direction="site1->site2"`): blackhole drops that direction only; reset sends a
+  TCP RST on the first byte in that direction (`reset_peer`).
+
+Every fault is recorded (wall time, scenario time when a clock is given, what, where) for
+the scenario history; `residue()` lists whatever is still applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from testbed.errors import TestbedError
+from testbed.netfault.client import Proxy, ToxiproxyClient, ToxiproxyError
+
+Mode = Literal["reset", "blackhole"]
+PREFIX = "wan-"  # names of the toxics this module applies
+
+
+@dataclass(frozen=True)
+class RouteProxy:
+    """The proxy on one cross-site route."""
+
+    proxy: str
+    client_site: str
+    server_site: str
+
+
+@dataclass
+class Fault:
+    wall_time: float
+    scenario_time: float | None
+    action: str
+    sites: tuple[str, ...]
+    proxies: tuple[str, ...]
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Wan:
+    def __init__(
+        self,
+        client: ToxiproxyClient,
+        routes: list[RouteProxy],
+        scenario_now: Callable[[], float] | None = None,
+    ) -> None:
+        self.client = client
+        self.routes = routes
+        self.scenario_now = scenario_now
+        self.history: list[Fault] = []
+
+    # --- which proxies and streams ------------------------------------------------------
+
+    def _sites(self) -> set[str]:
+        return {r.client_site for r in self.routes} | {r.server_site for r in self.routes}
+
+    def _check(self, *sites: str) -> None:
+        known = self._sites()
+        for site in sites:
+            if site not in known:
+                raise TestbedError(
+                    f"no WAN route touches site '{site}' (sites: {', '.join(sorted(known))})"
+                )
+
+    def between(self, a: str, b: str) -> list[RouteProxy]:
+        return [r for r in self.routes if {r.client_site, r.server_site} == {a, b}]
+
+    def streams_from(self, source: str, dest: str) -> list[tuple[str, str]]:
+        """(proxy, stream) pairs that carry bytes from site `source` to site `dest`."""
+        pairs = []
+        for route in self.between(source, dest):
+            stream = "upstream" if route.client_site == source else "downstream"
+            pairs.append((route.proxy, stream))
+        return pairs
+
+    def _record(self, action: str, sites: tuple[str, ...], proxies: list[str], **detail: Any):
+        now = self.scenario_now() if self.scenario_now else None
+        self.history.append(
+            Fault(time.time(), now, action, sites, tuple(sorted(set(proxies))), detail)
+        )
+
+    def _proxy(self, name: str) -> Proxy:
+        return self.client.proxy(name)
+
+    # --- faults -------------------------------------------------------------------------
+
+    def partition(self, a: str, b: str, mode: Mode = "reset", direction: str | None = None) -> None:
+        """Cut the WAN between sites `a` and `b` (both ways, or one way `"a->b"`)."""
+        self._check(a, b)
+        if mode not in ("reset", "blackhole"):
+            raise TestbedError(f"partition mode '{mode}' is not one of: reset, blackhole")
+        if direction is None:
+            targets = self.streams_from(a, b) + self.streams_from(b, a)
+            if mode == "reset":
+                for route in self.between(a, b):
+                    self._proxy(route.proxy).disable()
+        else:
+            source, _, dest = direction.partition("->")
+            if {source.strip(), dest.strip()} != {a, b}:
+                raise TestbedError(f"direction '{direction}' must be '{a}->{b}' or '{b}->{a}'")
+            targets = self.streams_from(source.strip(), dest.strip())
+        if mode == "blackhole" or direction is not None:
+            toxic_type = "timeout" if mode == "blackhole" else "reset_peer"
+            for proxy, stream in targets:
+                self._proxy(proxy).add_toxic(
+                    toxic_type, stream=stream, name=f"{PREFIX}partition-{stream}", timeout=0
+                )
+        self._record(
+            "partition", (a, b), [p for p, _ in targets], mode=mode, direction=direction or "both"
+        )
+
+    def degrade(
+        self,
+        a: str,
+        b: str,
+        latency: int = 0,
+        jitter: int = 0,
+        bandwidth: int | None = None,
+    ) -> None:
+        """Slow the WAN both ways: `latency`/`jitter` in ms each way, `bandwidth` in KB/s."""
+        self._check(a, b)
+        targets = self.streams_from(a, b) + self.streams_from(b, a)
+        for proxy, stream in targets:
+            handle = self._proxy(proxy)
+            if latency or jitter:
+                self._put(
+                    handle,
+                    f"{PREFIX}latency-{stream}",
+                    "latency",
+                    stream,
+                    latency=latency,
+                    jitter=jitter,
+                )
+            if bandwidth is not None:
+                self._put(
+                    handle, f"{PREFIX}bandwidth-{stream}", "bandwidth", stream, rate=bandwidth
+                )
+        self._record(
+            "degrade",
+            (a, b),
+            [p for p, _ in targets],
+            latency=latency,
+            jitter=jitter,
+            bandwidth=bandwidth,
+        )
+
+    def toxic(
+        self,
+        a: str,
+        b: str,
+        type: str,
+        stream: str | None = None,
+        toxicity: float = 1.0,
+        **attributes: int,
+    ) -> None:
+        """Any toxic on every proxy of the link (`stream` None: both streams)."""
+        self._check(a, b)
+        streams = ("upstream", "downstream") if stream is None else (stream,)
+        proxies = [r.proxy for r in self.between(a, b)]
+        for proxy in proxies:
+            for each in streams:
+                self._put(
+                    self._proxy(proxy),
+                    f"{PREFIX}{type}-{each}",
+                    type,
+                    each,
+                    toxicity=toxicity,
+                    **attributes,
+                )
+        self._record(
+            "toxic",
+            (a, b),
+            proxies,
+            type=type,
+            streams=list(streams),
+            toxicity=toxicity,
+            attributes=attributes,
+        )
+
+    @staticmethod
+    def _put(
+        proxy: Proxy, name: str, type: str, stream: str, toxicity: float = 1.0, **attributes: int
+    ) -> None:
+        """Add the toxic, or update it if this link already has one of that name."""
+        try:
+            proxy.add_toxic(type, stream=stream, name=name, toxicity=toxicity, **attributes)
+        except ToxiproxyError as exc:
+            if exc.status != 409:
+                raise
+            proxy.update_toxic(name, toxicity=toxicity, **attributes)
+
+    def heal(self, a: str | None = None, b: str | None = None) -> None:
+        """Remove every partition and toxic between `a` and `b` (or on the whole WAN)."""
+        if (a is None) != (b is None):
+            raise TestbedError("heal takes two sites, or none for the whole WAN")
+        if a is not None:
+            self._check(a, b)  # type: ignore[arg-type]
+        routes = self.between(a, b) if a is not None else self.routes  # type: ignore[arg-type]
+        for route in routes:
+            proxy = self._proxy(route.proxy)
+            for toxic in proxy.toxics:
+                proxy.remove_toxic(toxic.name)
+            if not proxy.enabled:
+                proxy.enable()
+        sites = (a, b) if a is not None else tuple(sorted(self._sites()))
+        self._record("heal", sites, [r.proxy for r in routes])  # type: ignore[arg-type]
+
+    def residue(self) -> list[str]:
+        """Faults still applied, one line each (empty when the WAN is whole)."""
+        left = []
+        for route in self.routes:
+            proxy = self._proxy(route.proxy)
+            if not proxy.enabled:
+                left.append(f"{proxy.name}: disabled")
+            left += [f"{proxy.name}: toxic {t.name} ({t.type}, {t.stream})" for t in proxy.toxics]
+        return left
