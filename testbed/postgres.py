@@ -8,7 +8,12 @@ the handle delegates process control and file work to a node with the `ServerNod
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +45,33 @@ class ServerNode(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def restart(self, timeout: float = ...) -> None: ...
+
+
+@contextlib.contextmanager
+def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """Fail whatever `conn` is doing once `seconds` have passed, even if no byte comes back.
+
+    A server-side `statement_timeout` cannot help across a black-holed WAN: the server
+    cancels the query, but its error never arrives. TCP cannot help either when a proxy
+    acknowledges every byte. So the client keeps its own clock: at the deadline the socket
+    is shut down under libpq, and the blocked call fails with an OperationalError.
+    """
+    timer = threading.Timer(seconds, _shut_down, (conn.fileno(),))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _shut_down(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
 
 def parse_lsn(text: str) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import ItemsView
 from typing import Any
 
@@ -118,4 +119,9 @@ class ProxyCollection:
             lines.append(
                 f'toxiproxy_proxy_connections{{proxy="{proxy.name}"}} {len(proxy.connections)}'
             )
+        lines += [
+            "# HELP bc_testbed_proxy_tasks Event-loop tasks alive in the proxy server.",
+            "# TYPE bc_testbed_proxy_tasks gauge",
+            f"bc_testbed_proxy_tasks {len(asyncio.all_tasks())}",
+        ]
         return "\n".join(lines) + "\n"
