@@ -151,6 +151,10 @@ class Direction:
         for future in self._sleepers:
             if not future.done():
                 future.set_result(False)
+        self.activate()
+
+    def activate(self) -> None:
+        """Run the toxic path while there are toxics, even before any data (timers tick)."""
         if self.toxics() and self.task is None and not self.conn.closed:
             self.task = asyncio.get_running_loop().create_task(self._run())
         self._poke()
@@ -184,7 +188,7 @@ class Direction:
         self.conn.close()
 
     def reset(self) -> None:
-        self.conn.reset(toward=self.dst)
+        self.conn.reset()
 
     # --- data in ---------------------------------------------------------------------
 
@@ -323,6 +327,8 @@ class Connection:
             self._close_side(self.server)
             return
         self.client.release("dialling")
+        self.up.activate()
+        self.down.activate()
 
     def received(self, side: Side, data: bytes) -> None:
         (self.up if side is self.client else self.down).feed(data)
@@ -362,12 +368,12 @@ class Connection:
         transport.close()  # flushes first; a peer that never reads must not keep it forever
         asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
 
-    def reset(self, toward: Side) -> None:
-        """Close with a TCP RST towards `toward` (its peer sees ECONNRESET)."""
-        transport = toward.transport
-        if transport is not None:
-            with contextlib.suppress(OSError):
-                transport.get_extra_info("socket").setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
+    def reset(self) -> None:
+        """Close both sockets with a TCP RST: the client (and the upstream) see ECONNRESET."""
+        for side in (self.client, self.server):
+            if side.transport is not None:
+                with contextlib.suppress(OSError):
+                    side.transport.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
         self.close(abort=True)

@@ -27,7 +27,7 @@ class Pipe(Protocol):
     def current(self, name: str) -> Toxic | None: ...  # this toxic as configured now, if active
     def flush(self, chunks: list[Chunk]) -> None: ...  # write these out now, in order
     def close(self) -> None: ...  # close both ends, flushing what was written
-    def reset(self) -> None: ...  # close with RST towards this direction's receiver
+    def reset(self) -> None: ...  # close both ends with a TCP RST
     @property
     def closed(self) -> bool: ...
 

@@ -1,7 +1,8 @@
 """latency: every chunk leaves `latency` ms (+/- uniform `jitter`) after it arrived.
 
 The wait is measured from the chunk's arrival, not from when the previous chunk left, so a
-stream is delayed but not throttled; chunks stay in order.
+stream is delayed but not throttled; chunks stay in order. A chunk leaves stamped with its
+release time, so latency toxics in a row add up.
 """
 
 from __future__ import annotations
@@ -29,4 +30,5 @@ class Latency(Toxic):
                 if current is not None and current is not toxic:
                     release = chunk.received + current.delay_s()  # updated: re-plan
                 toxic = current
-        return [chunk]
+        # The next latency toxic counts from here: two toxics of 60 and 40 ms make 100.
+        return [Chunk(chunk.data, max(release, chunk.received))]
