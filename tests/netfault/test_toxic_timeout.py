@@ -1,0 +1,128 @@
+"""timeout: drops all data in its direction; a positive timeout closes the connection once that
+long has passed without incoming data (each dropped chunk restarts the clock); 0 holds it
+open for ever; removing the toxic, or /reset, closes the connection on both ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from netfault_support import (
+    Api,
+    TcpServer,
+    connect,
+    listen_port,
+    read_to_end,
+    round_trip,
+    sink,
+)
+
+
+@pytest.fixture
+def port(echo_proxy: dict) -> int:
+    return listen_port(echo_proxy)
+
+
+def test_timeout_zero_holds_data_and_the_connection(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    api.add_toxic("echo", "timeout", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"into the void")
+        ending = read_to_end(client, 0.3)
+        assert ending.how == "open", ending
+        assert ending.data == b""
+        (peer,) = echo_server.wait_for_peers(1)
+        assert peer.received == b"into the void"  # only the downstream is cut
+        assert not peer.ended.is_set()
+
+
+def test_upstream_timeout_zero_drops_what_the_client_sends(api: Api, tcp_server: Callable) -> None:
+    server = tcp_server(sink)
+    port = listen_port(api.create_proxy("sink", server.address))
+    api.add_toxic("sink", "timeout", stream="upstream", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"dropped")
+        (peer,) = server.wait_for_peers(1)
+        ending = read_to_end(client, 0.3)
+        assert ending.how == "open", ending
+        assert peer.received == b""
+        assert not peer.ended.is_set()
+
+
+def test_removing_a_timeout_toxic_closes_both_ends(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    api.add_toxic("echo", "timeout", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"held")
+        (peer,) = echo_server.wait_for_peers(1)
+        time.sleep(0.1)
+        removal = api.remove_toxic("echo", "timeout_downstream")
+        assert removal.elapsed < 0.25, removal
+        ending = read_to_end(client, 1.0)
+        assert ending.how in ("eof", "reset"), ending
+        assert ending.data == b""
+        assert peer.wait_ended(1.0), "the upstream connection stayed open"
+
+
+def test_reset_closes_a_connection_held_by_a_timeout_toxic(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    api.add_toxic("echo", "timeout", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"held")
+        (peer,) = echo_server.wait_for_peers(1)
+        reply = api.post("/reset")
+        assert reply.status == 204
+        assert reply.elapsed < 0.25, reply
+        assert read_to_end(client, 1.0).how in ("eof", "reset")
+        assert peer.wait_ended(1.0), "the upstream connection stayed open"
+
+
+def test_timeout_closes_after_its_delay_without_data(api: Api, port: int) -> None:
+    api.add_toxic("echo", "timeout", timeout=200)
+    with connect(port) as client:
+        ending = read_to_end(client, 1.0)
+    assert ending.how == "eof", ending
+    assert 0.19 <= ending.elapsed <= 0.3, f"closed after {ending.elapsed * 1000:.0f} ms"
+
+
+def test_each_dropped_chunk_restarts_the_timer(api: Api, port: int) -> None:
+    api.add_toxic("echo", "timeout", timeout=200)
+    with connect(port) as client:
+        for _ in range(5):  # 500 ms of traffic, never 200 ms apart
+            client.sendall(b"tick")
+            time.sleep(0.1)
+        last = time.monotonic() - 0.1
+        ending = read_to_end(client, 1.0)
+        closed_after_last = time.monotonic() - last
+    assert ending.how == "eof", ending
+    assert ending.data == b""
+    assert 0.19 <= closed_after_last <= 0.3, f"{closed_after_last * 1000:.0f} ms after the last"
+
+
+def test_a_timeout_added_to_a_live_connection_applies(api: Api, port: int) -> None:
+    with connect(port) as client:
+        round_trip(client)
+        start = time.monotonic()
+        api.add_toxic("echo", "timeout", timeout=100)
+        ending = read_to_end(client, 1.0)
+        elapsed = time.monotonic() - start
+    assert ending.how == "eof", ending
+    assert 0.09 <= elapsed <= 0.25, f"closed {elapsed * 1000:.0f} ms after the toxic came"
+
+
+def test_an_upstream_timeout_drops_data_then_closes(api: Api, tcp_server: Callable) -> None:
+    server = tcp_server(sink)
+    port = listen_port(api.create_proxy("sink", server.address))
+    api.add_toxic("sink", "timeout", stream="upstream", timeout=150)
+    with connect(port) as client:
+        client.sendall(b"lost")
+        ending = read_to_end(client, 1.0)
+    assert ending.how == "eof", ending
+    assert 0.14 <= ending.elapsed <= 0.25, f"closed after {ending.elapsed * 1000:.0f} ms"
+    (peer,) = server.wait_for_peers(1)
+    assert peer.wait_ended(1.0)
+    assert peer.received == b""
