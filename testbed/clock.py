@@ -51,7 +51,7 @@ def format_duration(seconds: float) -> str:
     """Seconds as `8h1m`, `90s` -> `1m30s`, for reports and logs."""
     if seconds < 0:
         return "-" + format_duration(-seconds)
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole == 0:
         return f"{seconds:.3g}s"
     parts = []

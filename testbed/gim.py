@@ -1,0 +1,417 @@
+"""GIM: extracts every IDB database, merges the two copies of each HA pair, and loads facts
+into the Info Mart, transforming only as far as every site's data is complete.
+
+Extraction is incremental and snapshot-safe. Every IDB row carries the id of the
+transaction that wrote it. In a repeatable-read snapshot, `pg_snapshot_xmin` is the oldest
+transaction still running: everything below it has committed (or never will). A cycle takes
+the rows with high-water mark <= txid < xmin and moves the mark to xmin, so a row whose
+transaction commits late (after a later one) is taken by a later cycle, never skipped.
+
+One Info Mart transaction per cycle does everything: new high-water marks, site state,
+merge, discards and the transform. A crash at any point loses or doubles nothing; and since
+the whole state lives in the Info Mart, a GIM started at the other site after a promotion
+continues from the replicated state.
+
+- A site's data is complete up to the newest heartbeat of either member of its ICON pair.
+- The transform boundary is the smallest completeness over the sites that are not stuck.
+- A site is stuck while its completeness lags scenario time by more than
+  `extract_data_stuck_threshold`; GIM goes on without it. When it comes back (the lag falls
+  within the threshold again) at time R, its events older than R - threshold are discarded
+  (recorded and counted, not loaded); newer late events are loaded.
+- Merging: each event once, from whichever IDB had it first (member a's copy when both
+  arrive together). Facts have no unique key on the event: a merge bug would show as a
+  duplicate to the checkers, not be hidden by the database.
+- A source with no new data for `delayed_data_threshold` gets a warning, nothing more.
+
+Run as `python -m testbed.gim CONFIG.json`, with the run's clock in the environment.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from testbed.clock import Clock, format_duration
+from testbed.component import (
+    STATEMENT_TIMEOUT_S,
+    connect,
+    exit_on_sigterm,
+    load_config,
+    setup_logging,
+    write_status,
+)
+from testbed.postgres import deadline
+from testbed.schema import INFOMART_DDL
+
+CYCLE_S = 0.02  # wall seconds between cycles at most
+BACKOFF_CAP_S = 0.2
+
+
+@dataclass
+class Extracted:
+    source: str
+    new_hwm: int
+    events: list[tuple[str, str, float, str]]
+    heartbeat: float | None
+
+
+@dataclass
+class Failed:
+    source: str
+    error: str
+
+
+@dataclass
+class Source:
+    name: str
+    site: str
+    member: str
+    address: str
+    database: str
+    requests: queue.Queue[int] = field(default_factory=queue.Queue)
+    busy: bool = False
+    reachable: bool = False
+
+
+class Extractor(threading.Thread):
+    """One source's reads: each request (a high-water mark) gets one answer."""
+
+    def __init__(self, source: Source, results: queue.Queue[Any], app: str) -> None:
+        super().__init__(daemon=True, name=f"extract-{source.name}")
+        self.source = source
+        self.results = results
+        self.app = app
+        self.conn: psycopg.Connection | None = None
+
+    def run(self) -> None:
+        while True:
+            hwm = self.source.requests.get()
+            try:
+                self.results.put(self.extract(hwm))
+            except (psycopg.Error, OSError) as exc:
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                self.results.put(Failed(self.source.name, str(exc).strip()[:200]))
+                time.sleep(BACKOFF_CAP_S / 4)
+
+    def extract(self, hwm: int) -> Extracted:
+        if self.conn is None:
+            self.conn = connect(self.source.address, self.source.database, self.app)
+            self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self.conn.read_only = True
+        conn = self.conn
+        with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
+            try:
+                xmin = int(
+                    conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[
+                        0
+                    ]
+                )
+                bounds = (str(hwm), str(xmin))
+                events = conn.execute(
+                    "SELECT event_id, site, ts, payload FROM events"
+                    " WHERE txid >= %s::xid8 AND txid < %s::xid8",
+                    bounds,
+                ).fetchall()
+                heartbeat = conn.execute(
+                    "SELECT max(ts) FROM heartbeats WHERE txid >= %s::xid8 AND txid < %s::xid8",
+                    bounds,
+                ).fetchone()[0]
+            except psycopg.errors.UndefinedTable:  # ICON has not created its tables yet
+                conn.rollback()
+                return Extracted(self.source.name, hwm, [], None)
+            conn.rollback()  # a read-only snapshot: nothing to commit
+        return Extracted(self.source.name, max(hwm, xmin), events, heartbeat)
+
+
+class Gim:
+    def __init__(self, config: dict[str, Any], clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.name = config["name"]
+        self.log = setup_logging(self.name, config["site"], clock)
+        self.threshold = float(config["extract_data_stuck_threshold"])
+        self.delayed = float(config["delayed_data_threshold"])
+        self.sources = {s["name"]: Source(**s) for s in config["sources"]}
+        self.sites = sorted({s.site for s in self.sources.values()})
+        self.results: queue.Queue[Any] = queue.Queue()
+        self.hwm: dict[str, int] = {}
+        self.warned: set[str] = set()
+        self.conn: psycopg.Connection | None = None
+        self.figures: dict[str, Any] = {}
+        self.started = clock.now()  # a site never heard from lags from here
+        for source in self.sources.values():
+            Extractor(source, self.results, self.name).start()
+
+    # --- the Info Mart -----------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        conn = connect(self.config["infomart"], self.config["database"], self.name)
+        conn.autocommit = True  # every change below is inside an explicit transaction
+        now = self.clock.now()
+        with conn.transaction():
+            conn.execute(INFOMART_DDL)
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS gim_batch (event_id text, site text,"
+                " ts float8, payload text, source text, pref int) ON COMMIT DELETE ROWS"
+            )
+            for s in self.sources.values():
+                conn.execute(
+                    "INSERT INTO gim_source (source, site) VALUES (%s, %s)"
+                    " ON CONFLICT (source) DO NOTHING",
+                    (s.name, s.site),
+                )
+            for site in self.sites:
+                conn.execute(
+                    "INSERT INTO gim_site (site, stuck_since) VALUES (%s, NULL)"
+                    " ON CONFLICT (site) DO NOTHING",
+                    (site,),
+                )
+            conn.execute(
+                "INSERT INTO gim_state (id, updated_ts) VALUES (1, %s) ON CONFLICT DO NOTHING",
+                (now,),
+            )
+            self.hwm = dict(conn.execute("SELECT source, hwm FROM gim_source").fetchall())
+        self.log.info(
+            "Info Mart connected at %s; high-water marks %s", self.config["infomart"], self.hwm
+        )
+        return conn
+
+    def run(self) -> None:
+        backoff = 0.02
+        while True:
+            started = time.monotonic()
+            if self.conn is None:
+                try:
+                    self.conn = self._connect()
+                    backoff = 0.02
+                except (psycopg.Error, OSError) as exc:
+                    self.log.warning("Info Mart unreachable: %s", str(exc).strip()[:200])
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_CAP_S)
+                    continue
+            for source in self.sources.values():
+                if not source.busy:
+                    source.busy = True
+                    source.requests.put(self.hwm[source.name])
+            results = self._collect()
+            try:
+                with deadline(self.conn, STATEMENT_TIMEOUT_S + 0.5):
+                    self._apply(results, self.clock.now())
+            except (psycopg.Error, OSError) as exc:
+                self.log.warning("cycle failed, will redo it: %s", str(exc).strip()[:200])
+                self.conn.close()
+                self.conn = None  # reconnecting reloads the marks: nothing half-applied
+            self._status()
+            time.sleep(max(0.0, CYCLE_S / 2 - (time.monotonic() - started)))
+
+    def _collect(self) -> list[Extracted]:
+        got: list[Any] = []
+        try:
+            got.append(self.results.get(timeout=CYCLE_S))
+            while True:
+                got.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        ok = []
+        for result in got:
+            source = self.sources[result.source]
+            source.busy = False
+            if isinstance(result, Failed):
+                if source.reachable:
+                    self.log.warning("source %s unreachable: %s", source.name, result.error)
+                source.reachable = False
+            else:
+                if not source.reachable:
+                    self.log.info("source %s reachable", source.name)
+                source.reachable = True
+                ok.append(result)
+        return ok
+
+    def _apply(self, results: list[Extracted], now: float) -> None:
+        conn = self.conn
+        assert conn is not None
+        with conn.transaction():
+            sites = {
+                row[0]: {"complete_to": row[1], "stuck": row[2], "discard_before": row[3]}
+                for row in conn.execute(
+                    "SELECT site, complete_to, stuck, discard_before FROM gim_site FOR UPDATE"
+                )
+            }
+            boundary = conn.execute(
+                "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
+            ).fetchone()[0]
+            for result in results:
+                fresh = bool(result.events) or result.heartbeat is not None
+                conn.execute(
+                    "UPDATE gim_source SET hwm = %s, rows_extracted = rows_extracted + %s,"
+                    " last_data_ts = CASE WHEN %s THEN %s ELSE coalesce(last_data_ts, %s) END"
+                    " WHERE source = %s",
+                    (result.new_hwm, len(result.events), fresh, now, now, result.source),
+                )
+                site = sites[self.sources[result.source].site]
+                beat = result.heartbeat
+                if beat is not None and (site["complete_to"] is None or beat > site["complete_to"]):
+                    site["complete_to"] = beat
+            returned = self._site_transitions(conn, sites, now)
+            if any(r.events for r in results):
+                self._merge(conn, results, now)
+            if returned:
+                self._discard_staged(conn, now)
+            candidates = [s["complete_to"] for s in sites.values() if not s["stuck"]]
+            if candidates and None not in candidates:
+                target = min(candidates)
+                if boundary is None or target > boundary:
+                    boundary = target
+                    conn.execute(
+                        "WITH moved AS (DELETE FROM staging WHERE ts <= %s RETURNING *)"
+                        " INSERT INTO fact_interaction (event_id, site, ts, payload, source,"
+                        " loaded_ts) SELECT event_id, site, ts, payload, source, %s FROM moved"
+                        " ORDER BY ts, event_id",
+                        (boundary, now),
+                    )
+            conn.execute(
+                "UPDATE gim_state SET transform_boundary = %s, cycles = cycles + 1,"
+                " updated_ts = %s WHERE id = 1",
+                (boundary, now),
+            )
+            self._warn_delayed(conn, now)
+        for result in results:
+            self.hwm[result.source] = result.new_hwm
+        self.figures = {"transform_boundary": boundary, "sites": sites}
+
+    def _site_transitions(self, conn: psycopg.Connection, sites: dict, now: float) -> bool:
+        returned = False
+        for name, site in sites.items():
+            since = site["complete_to"] if site["complete_to"] is not None else self.started
+            lag = now - since
+            if not site["stuck"] and lag > self.threshold:
+                site["stuck"] = True
+                self.log.warning(
+                    "site %s is stuck: no data for %s (threshold %s); going on without it",
+                    name,
+                    format_duration(lag),
+                    format_duration(self.threshold),
+                )
+                conn.execute(
+                    "UPDATE gim_site SET stuck = true, stuck_since = %s WHERE site = %s",
+                    (now, name),
+                )
+            elif site["stuck"] and lag <= self.threshold:
+                site["stuck"] = False
+                cut = now - self.threshold
+                if site["discard_before"] is None or cut > site["discard_before"]:
+                    site["discard_before"] = cut
+                returned = True
+                self.log.warning(
+                    "site %s is back; its events before t=%.0fs are discarded",
+                    name,
+                    site["discard_before"],
+                )
+                conn.execute(
+                    "UPDATE gim_site SET stuck = false, returned_at = %s,"
+                    " discard_before = %s WHERE site = %s",
+                    (now, site["discard_before"], name),
+                )
+            conn.execute(
+                "UPDATE gim_site SET complete_to = %s WHERE site = %s"
+                " AND complete_to IS DISTINCT FROM %s",
+                (site["complete_to"], name, site["complete_to"]),
+            )
+        return returned
+
+    def _merge(self, conn: psycopg.Connection, results: list[Extracted], now: float) -> None:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY gim_batch (event_id, site, ts, payload, source, pref) FROM STDIN"
+            ) as copy,
+        ):
+            for result in results:
+                pref = 0 if self.sources[result.source].member == "a" else 1
+                for event_id, site, ts, payload in result.events:
+                    copy.write_row((event_id, site, ts, payload, result.source, pref))
+        new = (
+            "FROM gim_batch b JOIN gim_site s ON s.site = b.site"
+            " WHERE NOT EXISTS (SELECT 1 FROM staging x WHERE x.event_id = b.event_id)"
+            " AND NOT EXISTS (SELECT 1 FROM fact_interaction f WHERE f.event_id = b.event_id)"
+            " AND NOT EXISTS (SELECT 1 FROM gim_discard d WHERE d.event_id = b.event_id)"
+        )
+        late = "s.discard_before IS NOT NULL AND b.ts < s.discard_before"
+        discarded = conn.execute(
+            "WITH gone AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
+            f" SELECT DISTINCT ON (b.event_id) b.event_id, b.site, b.ts, b.source, %s {new}"
+            f" AND {late} ORDER BY b.event_id, b.pref RETURNING site)"
+            " SELECT site, count(*) FROM gone GROUP BY site",
+            (now,),
+        ).fetchall()
+        for site, count in discarded:
+            conn.execute(
+                "UPDATE gim_site SET discarded = discarded + %s WHERE site = %s", (count, site)
+            )
+        conn.execute(
+            "INSERT INTO staging (event_id, site, ts, payload, source)"
+            f" SELECT DISTINCT ON (b.event_id) b.event_id, b.site, b.ts, b.payload, b.source {new}"
+            f" AND NOT ({late}) ORDER BY b.event_id, b.pref"
+        )
+
+    def _discard_staged(self, conn: psycopg.Connection, now: float) -> None:
+        """A site just came back: what it had staged from before the cut is discarded too."""
+        rows = conn.execute(
+            "WITH gone AS (DELETE FROM staging x USING gim_site s WHERE x.site = s.site"
+            " AND s.discard_before IS NOT NULL AND x.ts < s.discard_before RETURNING x.*),"
+            " kept AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
+            " SELECT event_id, site, ts, source, %s FROM gone RETURNING site)"
+            " SELECT site, count(*) FROM kept GROUP BY site",
+            (now,),
+        ).fetchall()
+        for site, count in rows:
+            conn.execute(
+                "UPDATE gim_site SET discarded = discarded + %s WHERE site = %s", (count, site)
+            )
+
+    def _warn_delayed(self, conn: psycopg.Connection, now: float) -> None:
+        for source, last in conn.execute("SELECT source, last_data_ts FROM gim_source"):
+            late = last is not None and now - last > self.delayed
+            if late and source not in self.warned:
+                self.warned.add(source)
+                self.log.warning(
+                    "source %s has had no new data for %s (delayed-data-threshold %s)",
+                    source,
+                    format_duration(now - last),
+                    format_duration(self.delayed),
+                )
+            elif not late:
+                self.warned.discard(source)
+
+    def _status(self) -> None:
+        sites = self.figures.get("sites", {})
+        write_status(
+            self.config["status"],
+            {
+                "name": self.name,
+                "scenario_time": self.clock.now(),
+                "transform_boundary": self.figures.get("transform_boundary"),
+                "hwm": self.hwm,
+                "reachable": {s.name: s.reachable for s in self.sources.values()},
+                "stuck_sites": sorted(n for n, s in sites.items() if s["stuck"]),
+                "complete_to": {n: s["complete_to"] for n, s in sites.items()},
+                "delayed_sources": sorted(self.warned),
+            },
+        )
+
+
+def main() -> None:
+    exit_on_sigterm()
+    config = load_config()
+    Gim(config, Clock.from_env()).run()
+
+
+if __name__ == "__main__":
+    main()

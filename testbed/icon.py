@@ -1,0 +1,247 @@
+"""ICON: takes its site's events from the data source, queues them durably, writes them to
+its IDB database in order, in batches, exactly once.
+
+- Intake acknowledges a batch only once it is in the persistent queue (`pqueue.py`).
+- The writer drains the queue in order: a batch at 500 records or when the oldest queued
+  record is 5 s (scenario time) old, one transaction per batch. The batch's last queue
+  sequence number is stored in the same transaction (`icon_progress`), so a crash between
+  the commit and the queue delete replays nothing twice: rows at or below it are skipped and
+  deleted from the queue on restart.
+- While the IDB is unreachable (refused, reset or black-holed) intake goes on and the
+  writer retries with capped backoff; every call has a deadline, so a hung WAN is noticed
+  in seconds, not never.
+- Heartbeats go through the same queue, so a heartbeat in the IDB means every event queued
+  before it is there too. Its value is the data source's watermark (every event up to it
+  was delivered) while a source session is open, or ICON's own clock when none is (no
+  source, no calls).
+- Source sessions (start and end) are recorded in the IDB, like ICON's session tables.
+
+Run as `python -m testbed.icon CONFIG.json`, with the run's clock in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from testbed.clock import Clock
+from testbed.component import (
+    STATEMENT_TIMEOUT_S,
+    connect,
+    exit_on_sigterm,
+    load_config,
+    setup_logging,
+    write_status,
+)
+from testbed.errors import TestbedError
+from testbed.postgres import deadline
+from testbed.pqueue import Item, PersistentQueue
+from testbed.schema import IDB_DDL
+
+BATCH_MAX = 500
+FLUSH_AFTER_S = 5.0  # scenario seconds
+BACKOFF_START_S, BACKOFF_CAP_S = 0.02, 0.2  # wall seconds: retry soon after a heal
+STATUS_EVERY_S = 0.05
+
+
+class Icon:
+    def __init__(self, config: dict[str, Any], clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.name = config["name"]
+        self.log = setup_logging(self.name, config["site"], clock)
+        self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
+        self.heartbeat_interval = float(config["heartbeat_interval"])
+        self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
+        self.watermark: float | None = None  # set while a source session is open
+        self.written = 0
+        self.last_seq = 0
+        self.idb_connected = False
+        self.next_heartbeat = clock.now()
+
+    # --- intake ------------------------------------------------------------------------
+
+    def serve_intake(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        session = uuid.uuid4().hex[:12]
+        self.queue.append([("session", self.clock.now(), {"id": session, "event": "start"})])
+        self.log.info("source session %s started", session)
+        reader = conn.makefile("rb")
+        try:
+            while header := reader.readline():
+                _, watermark, count = header.split()
+                items = []
+                for _ in range(int(count)):
+                    items.append(("event", self.clock.now(), _parse_event(reader.readline())))
+                if items:
+                    self.queue.append(items)  # durable before the acknowledgement
+                self.watermark = float(watermark)
+                conn.sendall(f"OK {len(items)}\n".encode())
+        except (OSError, ValueError) as exc:
+            self.log.warning("source session %s broke: %s", session, exc)
+        finally:
+            self.watermark = None
+            self.queue.append([("session", self.clock.now(), {"id": session, "event": "end"})])
+            self.log.info("source session %s ended", session)
+
+    # --- writer ------------------------------------------------------------------------
+
+    def run_writer(self) -> None:
+        conn: psycopg.Connection | None = None
+        backoff = BACKOFF_START_S
+        last_status = 0.0
+        while True:
+            self._maybe_heartbeat()
+            if time.monotonic() - last_status > STATUS_EVERY_S:
+                self._write_status()
+                last_status = time.monotonic()
+            items = self.queue.peek(BATCH_MAX)
+            if not items or (
+                len(items) < BATCH_MAX and self.clock.now() - items[0].ts < self.flush_after
+            ):
+                time.sleep(0.002)
+                continue
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
+                    self._write(conn, items)
+                backoff = BACKOFF_START_S
+            except (psycopg.Error, OSError) as exc:
+                if self.idb_connected or conn is not None:
+                    self.log.warning("IDB unreachable, queueing (%s)", str(exc).strip()[:200])
+                self.idb_connected = False
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP_S)
+
+    def _connect(self) -> psycopg.Connection:
+        conn = connect(self.config["idb"], self.config["database"], self.name)
+        with deadline(conn, STATEMENT_TIMEOUT_S + 0.5), conn.transaction():
+            conn.execute(IDB_DDL)
+            row = conn.execute(
+                "SELECT last_seq FROM icon_progress WHERE icon = %s", (self.name,)
+            ).fetchone()
+        self.last_seq = row[0] if row else 0
+        self.queue.delete_through(self.last_seq)  # written before a crash: never twice
+        self.idb_connected = True
+        self.log.info(
+            "IDB connected at %s (written through queue seq %d)", self.config["idb"], self.last_seq
+        )
+        return conn
+
+    def _write(self, conn: psycopg.Connection, items: list[Item]) -> None:
+        items = [i for i in items if i.seq > self.last_seq]
+        if not items:
+            return
+        events = [i for i in items if i.kind == "event"]
+        beats = [i for i in items if i.kind == "heartbeat"]
+        sessions = [i for i in items if i.kind == "session"]
+        top = items[-1].seq
+        with conn.transaction():
+            if events:
+                conn.execute(
+                    "INSERT INTO events (event_id, site, ts, payload, icon, queue_seq)"
+                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[],"
+                    " %s::text[], %s::int8[])",
+                    (
+                        [e.body["id"] for e in events],
+                        [e.body["site"] for e in events],
+                        [e.body["ts"] for e in events],
+                        [e.body["payload"] for e in events],
+                        [self.name] * len(events),
+                        [e.seq for e in events],
+                    ),
+                )
+            if beats:
+                conn.execute(
+                    "INSERT INTO heartbeats (icon, ts, queue_seq)"
+                    " SELECT %s, * FROM unnest(%s::float8[], %s::int8[])",
+                    (self.name, [b.body["ts"] for b in beats], [b.seq for b in beats]),
+                )
+            for s in sessions:
+                conn.execute(
+                    "INSERT INTO sessions (icon, session_id, event, ts, queue_seq)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (self.name, s.body["id"], s.body["event"], s.ts, s.seq),
+                )
+            conn.execute(
+                "INSERT INTO icon_progress (icon, last_seq) VALUES (%s, %s)"
+                " ON CONFLICT (icon) DO UPDATE SET last_seq = EXCLUDED.last_seq",
+                (self.name, top),
+            )
+        self.last_seq = top
+        self.queue.delete_through(top)
+        self.written += len(events)
+
+    def _maybe_heartbeat(self) -> None:
+        now = self.clock.now()
+        if now < self.next_heartbeat:
+            return
+        value = self.watermark if self.watermark is not None else now
+        self.queue.append([("heartbeat", now, {"ts": value})])
+        self.next_heartbeat = now + self.heartbeat_interval
+
+    def _write_status(self) -> None:
+        write_status(
+            self.config["status"],
+            {
+                "name": self.name,
+                "queue_depth": self.queue.depth(),
+                "queued_events": self.queue.depth("event"),
+                "written": self.written,
+                "last_seq": self.last_seq,
+                "idb_connected": self.idb_connected,
+                "source_connected": self.watermark is not None,
+                "scenario_time": self.clock.now(),
+            },
+        )
+
+
+def _parse_event(line: bytes) -> dict[str, Any]:
+    event = json.loads(line)
+    return {
+        "id": event["id"],
+        "site": event["site"],
+        "ts": event["ts"],
+        "payload": event["payload"],
+    }
+
+
+def main() -> None:
+    exit_on_sigterm()
+    config = load_config()
+    clock = Clock.from_env()
+    try:
+        icon = Icon(config, clock)
+    except TestbedError as exc:
+        print(f"error: {config['name']}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    listener = socket.create_server(("127.0.0.1", int(config["port"])), reuse_port=False)
+    threading.Thread(target=icon.serve_intake, args=(listener,), daemon=True).start()
+    icon.log.info(
+        "accepting events on 127.0.0.1:%s, writing to %s/%s",
+        config["port"],
+        config["idb"],
+        config["database"],
+    )
+    icon.run_writer()
+
+
+if __name__ == "__main__":
+    main()

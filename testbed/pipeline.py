@@ -1,0 +1,366 @@
+"""Run control for the pipeline: the data sources, ICONs and GIMs of a deployment, each an OS
+process with the same verbs as a server (start, stop, kill, pause, resume, restart), and
+the figures a scenario samples (queue depths, high-water marks, transform boundary, stuck
+sites), readable at any time as a dict.
+
+Every connection a component makes goes where `Deployment.address_for` says: through the
+WAN proxy when it crosses sites.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed import procs
+from testbed.backends.local import free_port
+from testbed.backends.runs import ProcessRecord, RunDir
+from testbed.clock import Clock
+from testbed.component import read_status
+from testbed.deployment import Deployment
+from testbed.errors import TestbedError
+from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec
+from testbed.workload import Event, Ledger
+
+
+@dataclass
+class PipelineSettings:
+    """Scenario-time settings of the components (seconds)."""
+
+    rate_per_hour: float = 600.0  # events per site per scenario hour
+    seed: int = 1
+    extract_data_stuck_threshold: float = 28860.0
+    delayed_data_threshold: float = 900.0
+    heartbeat_interval: float = 60.0
+    flush_after: float = 5.0
+
+
+class ManagedProcess:
+    """One component process. Its pid is recorded in the run, so `testbed down` finds it."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        config: dict[str, Any],
+        workdir: Path,
+        clock: Clock,
+        run: RunDir | None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.config = config
+        self.workdir = workdir
+        self.clock = clock
+        self.run = run
+        self.config_path = workdir / "config.json"
+        self.log = workdir / "process.log"
+        self._proc: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def state(self) -> str:
+        if self._proc is None or self._proc.poll() is not None:
+            return "stopped"
+        return "paused" if procs.paused(self._proc.pid) else "running"
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def start(self) -> ManagedProcess:
+        if self.state() != "stopped":
+            raise TestbedError(f"{self.name} is already {self.state()}")
+        (self.workdir / "status.json").unlink(missing_ok=True)
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **self.clock.to_env()},
+            )
+        if self.run is not None:
+            self.run.record_process(ProcessRecord(self.name, self._proc.pid, str(self.config_path)))
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            procs.stop_group(self._proc.pid, self._proc.pid, signal.SIGTERM, timeout)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or clean anything up."""
+        if self._proc is None:
+            raise TestbedError(f"{self.name} is not running")
+        procs.signal_group(self._proc.pid, signal.SIGKILL)
+        self._reap()
+
+    def pause(self) -> None:
+        if self.state() != "running":
+            raise TestbedError(f"{self.name} is {self.state()}, cannot pause")
+        procs.signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            procs.signal_group(self._proc.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                procs.signal_group(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(timeout=10)
+        if self.run is not None:
+            self.run.forget_process(self.name)
+
+    def status(self) -> dict[str, Any] | None:
+        return read_status(self.workdir / "status.json")
+
+
+def source_name(site: str) -> str:
+    """`site2` -> `source2` (the names scenarios use); other site names -> `source_<site>`."""
+    match = re.fullmatch(r"site(\d+)", site)
+    return f"source{match.group(1)}" if match else f"source_{site}"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        deployment: Deployment,
+        settings: PipelineSettings | None = None,
+        clock: Clock | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.settings = settings or PipelineSettings()
+        self.clock = clock or Clock.start()
+        run = getattr(deployment.backend, "run", None)
+        self.workdir = workdir or (run.path / "pipeline" if run else Path(".testbed/pipeline"))
+        self.run = run
+        topo = deployment.topology
+        self.icons: dict[str, ManagedProcess] = {}
+        self.icon_ports: dict[str, int] = {}
+        for icon in topo.icons:
+            self.icons[icon.name] = self._icon(icon)
+        self.gims = {gim.name: self._gim(gim) for gim in topo.gims}
+        self.sources = {
+            source_name(pair.site): self._source(pair.site, [pair.a, pair.b])
+            for pair in topo.icon_pairs()
+        }
+
+    # --- building the processes ----------------------------------------------------------
+
+    def _process(self, name: str, module: str, config: dict[str, Any]) -> ManagedProcess:
+        workdir = self.workdir / name
+        config = {**config, "name": name, "status": str(workdir / "status.json")}
+        return ManagedProcess(name, module, config, workdir, self.clock, self.run)
+
+    def _icon(self, icon: IconSpec) -> ManagedProcess:
+        port = free_port()
+        self.icon_ports[icon.name] = port
+        return self._process(
+            icon.name,
+            "testbed.icon",
+            {
+                "site": icon.site,
+                "member": icon.member,
+                "port": port,
+                "idb": self.deployment.address_for(icon.name, icon.idb),
+                "database": icon.database,
+                "queue": str(self.workdir / icon.name / "queue.db"),
+                "heartbeat_interval": self.settings.heartbeat_interval,
+                "flush_after": self.settings.flush_after,
+            },
+        )
+
+    def _gim(self, gim: GimSpec) -> ManagedProcess:
+        topo = self.deployment.topology
+        sources = [
+            {
+                "name": icon.name,
+                "site": icon.site,
+                "member": icon.member,
+                "address": self.deployment.address_for(gim.name, icon.idb),
+                "database": icon.database,
+            }
+            for icon in topo.icons
+        ]
+        return self._process(
+            gim.name,
+            "testbed.gim",
+            {
+                "site": gim.site,
+                "sources": sources,
+                "infomart": self.deployment.address_for(gim.name, gim.infomart),
+                "database": INFOMART_DATABASE,
+                "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,
+                "delayed_data_threshold": self.settings.delayed_data_threshold,
+            },
+        )
+
+    def _source(self, site: str, icons: list[IconSpec]) -> ManagedProcess:
+        name = source_name(site)
+        return self._process(
+            name,
+            "testbed.workload",
+            {
+                "site": site,
+                "rate_per_hour": self.settings.rate_per_hour,
+                "seed": self.settings.seed,
+                "icons": [{"name": i.name, "port": self.icon_ports[i.name]} for i in icons],
+                "ledger": str(self.ledger_path(site)),
+                "deliveries": str(self.workdir / name / "deliveries.jsonl"),
+            },
+        )
+
+    # --- control -------------------------------------------------------------------------
+
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        return {**self.icons, **self.gims, **self.sources}
+
+    def process(self, name: str) -> ManagedProcess:
+        try:
+            return self.processes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.processes))
+            raise TestbedError(f"no pipeline process '{name}' (known: {known})") from None
+
+    def start(self) -> Pipeline:
+        """ICONs first (so no event is missed), then the active GIMs, then the sources."""
+        for icon in self.icons.values():
+            icon.start()
+        for icon in self.icons.values():
+            self._wait_ready(icon)
+        for spec in self.deployment.topology.gims:
+            if spec.active:
+                self.gims[spec.name].start()
+        for source in self.sources.values():
+            source.start()
+        return self
+
+    def _wait_ready(self, process: ManagedProcess, timeout: float = 15.0) -> None:
+        """A component is ready once it reports (an ICON listens before its first report)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.state() == "stopped":
+                raise TestbedError(f"{process.name} exited at start: {_last_line(process.log)}")
+            if process.status() is not None:
+                return
+            time.sleep(0.01)
+        raise TestbedError(f"{process.name} did not report within {timeout:.0f}s")
+
+    def close(self) -> None:
+        for group in (self.sources, self.gims, self.icons):
+            for process in group.values():
+                process.stop()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- figures -------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        """What the scenario history samples; cheap (status files only), at any time."""
+        icons = {n: p.status() or {} for n, p in self.icons.items()}
+        gims = {n: p.status() or {} for n, p in self.gims.items() if p.state() != "stopped"}
+        active = next(iter(gims.values()), {})
+        return {
+            "scenario_time": self.clock.now(),
+            "queue_depth": {n: s.get("queue_depth") for n, s in icons.items()},
+            "queued_events": {n: s.get("queued_events") for n, s in icons.items()},
+            "idb_connected": {n: s.get("idb_connected") for n, s in icons.items()},
+            "emitted": {n: (p.status() or {}).get("emitted") for n, p in self.sources.items()},
+            "transform_boundary": active.get("transform_boundary"),
+            "hwm": active.get("hwm"),
+            "stuck_sites": active.get("stuck_sites"),
+            "complete_to": active.get("complete_to"),
+            "states": {n: p.state() for n, p in self.processes.items()},
+        }
+
+    def ledger_path(self, site: str) -> Path:
+        return self.workdir / source_name(site) / "ledger.jsonl"
+
+    def ledger(self, site: str | None = None) -> list[Event]:
+        sites = [site] if site else [p.site for p in self.deployment.topology.icon_pairs()]
+        return [e for s in sites for e in Ledger.read(self.ledger_path(s))]
+
+    def facts(self, infomart: str = "infomart1") -> list[tuple[str, str, float, str]]:
+        return [
+            tuple(r)
+            for r in self.deployment.server(infomart).execute(
+                "SELECT event_id, site, ts, source FROM fact_interaction ORDER BY interaction_key",
+                dbname=INFOMART_DATABASE,
+            )
+        ]
+
+    def discards(self, infomart: str = "infomart1") -> list[tuple[str, str, float]]:
+        return [
+            tuple(r)
+            for r in self.deployment.server(infomart).execute(
+                "SELECT event_id, site, ts FROM gim_discard ORDER BY ts", dbname=INFOMART_DATABASE
+            )
+        ]
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
+        """Until `predicate(figures)` holds; a TestbedError with the figures if it never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            figures = self.figures()
+            if predicate(figures):
+                return figures
+            if time.monotonic() >= deadline:
+                raise TestbedError(f"not {what} within {timeout:.0f}s: {figures}")
+            time.sleep(0.02)
+
+    def caught_up(self, through: float) -> Callable[[dict[str, Any]], bool]:
+        """Reporting has caught up to scenario time `through`: the transform boundary is past
+        it and no running ICON holds an undelivered event."""
+
+        def check(figures: dict[str, Any]) -> bool:
+            boundary = figures["transform_boundary"]
+            queued = [
+                q for n, q in figures["queued_events"].items() if figures["states"][n] == "running"
+            ]
+            return boundary is not None and boundary >= through and all(q == 0 for q in queued)
+
+        return check
+
+    def settle(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop the sources, then wait until everything they emitted is reported."""
+        for source in self.sources.values():
+            source.stop()
+        last = max((e.ts for e in self.ledger()), default=0.0)
+        return self.wait_for(self.caught_up(last), timeout, "settled")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,174 @@
+"""The data sources and the ground truth.
+
+One data source per site emits that site's interactions: Poisson arrivals at `rate` per
+scenario hour, deterministic from the seed (the same seed gives the same ids, times and
+payloads). Every emitted event is first appended to the site's ledger (JSON lines, fsync'd
+per batch), then pushed to both ICONs of the site's pair. An ICON that does not take a
+batch misses it (the real data source caches only briefly); its partner covers it. The
+ledger, and only the ledger, is what the checkers call the truth.
+
+A data source that is not running emits nothing: calls that were not taken never happened,
+so a restarted source goes on from the schedule's next event after the current time.
+
+Run as `python -m testbed.workload CONFIG.json`, with the run's clock in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.clock import Clock
+from testbed.component import exit_on_sigterm, load_config, setup_logging, write_status
+
+TICK_S = 0.01  # wall seconds between batches
+ACK_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    site: str
+    ts: float  # scenario seconds
+    payload: str
+
+
+def schedule(site: str, rate_per_hour: float, seed: int) -> Iterator[Event]:
+    """The site's events, in time order, for ever."""
+    rng = random.Random(f"{seed}:{site}")
+    mean_gap = 3600.0 / rate_per_hour
+    t, i = 0.0, 0
+    while True:
+        t += rng.expovariate(1.0 / mean_gap)
+        yield Event(f"{site}-{i:09d}", site, t, f"call {i} at {site} agent {rng.randrange(500)}")
+        i += 1
+
+
+class Ledger:
+    """Append-only, fsync'd: an event is in the ledger before any ICON hears of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the source
+
+    def append(self, events: list[Event]) -> None:
+        self._file.write("".join(json.dumps(asdict(e)) + "\n" for e in events))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    @staticmethod
+    def read(path: Path) -> list[Event]:
+        if not path.exists():
+            return []
+        events = []
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                if line.endswith("\n"):  # a torn last line was never acknowledged to anyone
+                    events.append(Event(**json.loads(line)))
+        return events
+
+
+class IconLink:
+    """The source's connection to one ICON; a failed delivery is a miss, not a retry."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.reader: Any = None
+
+    def send(self, payload: bytes) -> bool:
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
+                self.sock.settimeout(ACK_TIMEOUT_S)
+                self.reader = self.sock.makefile("rb")
+            self.sock.sendall(payload)
+            return True
+        except OSError:
+            self.close()
+            return False
+
+    def acked(self, count: int) -> bool:
+        try:
+            answer = self.reader.readline()
+            if answer.split() == [b"OK", str(count).encode()]:
+                return True
+        except (OSError, AttributeError):
+            pass
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.reader = None
+
+
+def run_source(config: dict[str, Any], clock: Clock) -> None:
+    site = config["site"]
+    log = setup_logging(config["name"], site, clock)
+    ledger = Ledger(Path(config["ledger"]))
+    deliveries = open(config["deliveries"], "a", encoding="utf-8")  # noqa: SIM115
+    links = [IconLink(icon["name"], icon["port"]) for icon in config["icons"]]
+    events = schedule(site, float(config["rate_per_hour"]), int(config["seed"]))
+    start = clock.now()
+    upcoming = next(events)
+    while upcoming.ts < start:  # not running then: those calls never happened
+        upcoming = next(events)
+    emitted = 0
+    log.info("emitting %s events/h from t=%.0fs", config["rate_per_hour"], start)
+    while True:
+        now = clock.now()
+        batch = []
+        while upcoming.ts <= now:
+            batch.append(upcoming)
+            upcoming = next(events)
+        if batch:
+            ledger.append(batch)
+            emitted += len(batch)
+        payload = (
+            f"B {now!r} {len(batch)}\n".encode()
+            + "".join(json.dumps(asdict(e)) + "\n" for e in batch).encode()
+        )
+        sent = [link for link in links if link.send(payload)]
+        delivered = {link.name: link in sent and link.acked(len(batch)) for link in links}
+        if batch:
+            deliveries.write(
+                json.dumps(
+                    {
+                        "first": batch[0].id,
+                        "last": batch[-1].id,
+                        "count": len(batch),
+                        "delivered": delivered,
+                    }
+                )
+                + "\n"
+            )
+            deliveries.flush()
+        write_status(
+            config["status"],
+            {
+                "emitted": emitted,
+                "scenario_time": now,
+                "delivered_to": [n for n, ok in delivered.items() if ok],
+            },
+        )
+        time.sleep(TICK_S)
+
+
+def main() -> None:
+    exit_on_sigterm()
+    run_source(load_config(), Clock.from_env())
+
+
+if __name__ == "__main__":
+    main()
