@@ -154,7 +154,11 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self.clock = clock or Clock.start()
         run = getattr(deployment.backend, "run", None)
-        self.workdir = workdir or (run.path / "pipeline" if run else Path(".testbed/pipeline"))
+        # Ledgers and queues are durable state like the databases: kept beside their data.
+        data_root = getattr(deployment.backend, "data_root", None)
+        self.workdir = workdir or (
+            Path(data_root) / "pipeline" if data_root else Path(".testbed/pipeline").absolute()
+        )
         self.run = run
         topo = deployment.topology
         self.icons: dict[str, ManagedProcess] = {}

@@ -18,18 +18,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock
-from testbed.component import exit_on_sigterm, load_config, setup_logging, write_status
+from testbed.component import load_config, setup_logging, write_status
 
 TICK_S = 0.01  # wall seconds between batches
-ACK_TIMEOUT_S = 2.0
+ACK_TIMEOUT_S = 10.0  # a slow ICON is still taking the batch; only a dead one misses it
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
         upcoming = next(events)
     emitted = 0
     log.info("emitting %s events/h from t=%.0fs", config["rate_per_hour"], start)
-    while True:
+    stopping = threading.Event()  # SIGTERM: finish delivering what is in the ledger, then go
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    while not stopping.is_set():
         now = clock.now()
         batch = []
         while upcoming.ts <= now:
@@ -162,11 +165,11 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
                 "delivered_to": [n for n, ok in delivered.items() if ok],
             },
         )
-        time.sleep(TICK_S)
+        stopping.wait(TICK_S)
+    log.info("stopped after emitting %d events", emitted)
 
 
 def main() -> None:
-    exit_on_sigterm()
     run_source(load_config(), Clock.from_env())
 
 
