@@ -260,6 +260,9 @@ class Pipeline:
                 self.gims[spec.name].start()
         for source in self.sources.values():
             source.start()
+        for process in self.processes.values():
+            if process.state() != "stopped":
+                self._wait_ready(process)
         return self
 
     def _wait_ready(self, process: ManagedProcess, timeout: float = 15.0) -> None:
