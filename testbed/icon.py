@@ -153,7 +153,10 @@ class Icon:
         beats = [i for i in items if i.kind == "heartbeat"]
         sessions = [i for i in items if i.kind == "session"]
         top = items[-1].seq
-        with conn.transaction():
+        # One round trip for the whole transaction (pipeline mode): the server never sits
+        # idle inside it waiting for us, so a WAN cut mid-batch cannot leave a transaction
+        # open on the IDB holding every extraction of that server back.
+        with conn.pipeline(), conn.transaction():
             if events:
                 conn.execute(
                     "INSERT INTO events (event_id, site, ts, payload, icon, queue_seq)"

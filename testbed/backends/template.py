@@ -40,6 +40,10 @@ synchronous_commit = on
 logging_collector = off
 log_line_prefix = '%m [%p] %q%a '
 log_min_messages = warning
+# A client cut off by a black-holed WAN leaves its transaction open for ever (the proxy
+# keeps the server's side of the connection alive). An open transaction holds back the
+# snapshot xmin that GIM extracts up to, for every database of the server: end it soon.
+idle_in_transaction_session_timeout = 1s
 include_if_exists = '{SERVER_CONF}'
 """
 
