@@ -89,7 +89,7 @@ def test_a_long_transaction_holds_extraction_back_instead_of_being_skipped(idb: 
     source = Source("icon1a", "site1", "a", idb.address, "icon1a")
     results: queue.Queue = queue.Queue()
     Extractor(source, results, "test").start()
-    slow = threading.Thread(target=_insert, args=(idb, "slow", 1.0))
+    slow = threading.Thread(target=_insert, args=(idb, "slow", 0.6))
     slow.start()
     time.sleep(0.2)
     _insert(idb, "fast", 0)  # later transaction, commits first
