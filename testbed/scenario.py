@@ -1,0 +1,334 @@
+"""Running a scenario: bring the topology up, run the pipeline, play the timeline of faults
+at their scenario times, sample the figures, settle, and leave behind everything the
+checkers need (history, ledgers, final contents) in the output folder.
+
+The run records facts; it judges nothing. `checks.py` judges, from the folder alone, so a
+report can be re-made (`testbed report DIR`) without running anything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed import chaos, procs
+from testbed.backends.local import LocalBackend
+from testbed.clock import Clock
+from testbed.deployment import Deployment, bring_up
+from testbed.errors import TestbedError
+from testbed.history import History, of_kind, read_history
+from testbed.pipeline import Pipeline, PipelineSettings
+from testbed.scenario_file import Scenario, Step
+from testbed.topology import INFOMART_DATABASE
+
+LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first
+SAMPLE_WALL_S = 0.05
+FINAL_SETTLE_WALL_S = 90.0
+DETECTION_WALL_S = 0.25  # GIM cycle + ICON retry + connection set-up, in wall seconds
+
+Progress = Callable[[float, str], None]
+
+
+class ScenarioRun:
+    def __init__(
+        self,
+        scenario: Scenario,
+        out: Path,
+        home: str | None = None,
+        seed: int | None = None,
+        replay: Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.out = out
+        self.home = home
+        self.seed = seed
+        self.replay = replay
+        self.progress = progress or (lambda _t, _m: None)
+        self.failures: list[str] = []
+
+    # --- the plan ------------------------------------------------------------------------
+
+    def plan(self, history: History) -> list[Step]:
+        """The concrete timeline: chaos steps expanded (or replayed) and recorded."""
+        replayed = self._replayed_chaos()
+        steps: list[Step] = []
+        for index, step in enumerate(self.scenario.steps):
+            if step.verb != "chaos":
+                steps.append(step)
+                continue
+            if replayed is not None:
+                concrete = [Step(**s) for s in replayed[index]]
+            else:
+                seed = self.seed if self.seed is not None else step.options.get("seed", 1)
+                concrete = chaos.expand(step, self.scenario.topology, seed)
+            history.record("chaos-schedule", index=index, steps=[s.to_json() for s in concrete])
+            steps += concrete
+        steps.sort(key=lambda s: s.at)
+        return steps
+
+    def _replayed_chaos(self) -> dict[int, list[dict[str, Any]]] | None:
+        if self.replay is None:
+            return None
+        schedules = {
+            e["index"]: e["steps"] for e in of_kind(read_history(self.replay), "chaos-schedule")
+        }
+        if not schedules and any(s.verb == "chaos" for s in self.scenario.steps):
+            raise TestbedError(f"{self.replay} holds no chaos schedule to replay")
+        return schedules
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        s = self.scenario
+        clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
+        history = History(self.out / "history.jsonl", clock)
+        history.record(
+            "run",
+            scenario=s.name,
+            source=s.source,
+            factor=s.factor,
+            settings=self._settings_dict(),
+            topology=s.topology_ref,
+            expect=s.expect,
+            detection_s=DETECTION_WALL_S * s.factor,
+        )
+        steps = self.plan(history)
+        try:
+            with LocalBackend(home=self.home) as backend:
+                deployment = bring_up(s.topology, backend)
+                history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
+                with Pipeline(
+                    deployment, PipelineSettings(**self._settings_dict()), clock
+                ) as pipeline:
+                    pipeline.start()
+                    history.record("pipeline-started")
+                    self._play(steps, deployment, pipeline, history)
+                    self._finish(deployment, pipeline, history)
+                pids = self._pids(backend, pipeline)
+            left = [p for p in pids if procs.alive(p)]
+            history.record("teardown", leftover_pids=left)
+        except TestbedError as exc:
+            history.record("aborted", error=str(exc))
+            raise
+        finally:
+            history.close()
+        return self.out
+
+    def _settings_dict(self) -> dict[str, Any]:
+        s = self.scenario
+        return {"rate_per_hour": s.rate_per_hour, "seed": s.seed, **s.settings}
+
+    def _play(
+        self, steps: list[Step], deployment: Deployment, pipeline: Pipeline, history: History
+    ) -> None:
+        sampler = _Sampler(pipeline, deployment, history)
+        sampler.start()
+        try:
+            for step in steps:
+                pipeline.clock.sleep_until(step.at)
+                self.progress(pipeline.clock.now(), f"{step.verb} {step.value or step.options}")
+                history.record("step", step=step.to_json())
+                try:
+                    self._execute(step, deployment, pipeline, history)
+                except TestbedError as exc:
+                    self.failures.append(f"step {step.verb} at {step.at:.0f}s: {exc}")
+                    history.record("step-failed", step=step.to_json(), error=str(exc))
+        finally:
+            sampler.stop()
+
+    def _execute(
+        self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
+    ) -> None:
+        wan = deployment.wan
+        recorded = len(wan.history) if wan is not None else 0
+        verb, value, options = step.verb, step.value, step.options
+        if verb in ("partition", "heal", "latency", "bandwidth", "toxic") and wan is None:
+            raise TestbedError("this topology has no WAN")
+        if verb == "partition":
+            wan.partition(
+                value[0],
+                value[1],
+                mode=options.get("mode", "reset"),
+                direction=options.get("direction"),
+            )
+        elif verb == "heal":
+            wan.heal() if value == "all" else wan.heal(value[0], value[1])
+        elif verb == "latency":
+            a, b = options.get("link", value)
+            wan.degrade(
+                a,
+                b,
+                latency=int(options.get("ms", value if isinstance(value, int) else 0)),
+                jitter=int(options.get("jitter", 0)),
+            )
+        elif verb == "bandwidth":
+            a, b = options.get("link", value)
+            wan.degrade(a, b, bandwidth=int(options["rate"]))
+        elif verb == "toxic":
+            a, b = options.get("link", value)
+            stream = options.get("stream")
+            wan.toxic(
+                a,
+                b,
+                options["type"],
+                stream=None if stream in (None, "both") else stream,
+                toxicity=float(options.get("toxicity", 1.0)),
+                **{k: int(v) for k, v in (options.get("attributes") or {}).items()},
+            )
+        elif verb in ("kill", "stop", "start", "pause", "resume"):
+            self._process_fault(verb, options.get("target", value), deployment, pipeline)
+        elif verb == "settle":
+            self._settle(step, pipeline, history)
+        for fault in wan.history[recorded:] if wan is not None else []:
+            history.record("fault", **dataclasses.asdict(fault))
+
+    def _process_fault(
+        self, verb: str, target: str, deployment: Deployment, pipeline: Pipeline
+    ) -> None:
+        topo = deployment.topology
+        if target in topo.sites:
+            processes = [p for p in pipeline.processes.values() if p.config["site"] == target]
+            servers = [deployment.server(s.name) for s in topo.servers_at(target)]
+            if verb == "start":
+                for server in servers:
+                    if server.state() == "stopped":
+                        server.start()
+                for process in processes:
+                    if process.state() == "stopped" and self._should_run(process.name, topo):
+                        process.start()
+                return
+            for process in processes:
+                if process.state() != "stopped" or verb == "resume":
+                    getattr(process, verb)()
+            for server in servers:
+                if server.state() != "stopped" or verb == "resume":
+                    getattr(server, verb)()
+            return
+        if target in deployment.servers:
+            server = deployment.server(target)
+            if verb == "start" and server.state() != "stopped":
+                return
+            getattr(server, verb)()
+            return
+        process = pipeline.process(target)
+        if verb == "start" and process.state() != "stopped":
+            return
+        getattr(process, verb)()
+
+    @staticmethod
+    def _should_run(name: str, topo: Any) -> bool:
+        gims = {g.name: g for g in topo.gims}
+        return name not in gims or gims[name].active
+
+    def _settle(self, step: Step, pipeline: Pipeline, history: History) -> None:
+        target = pipeline.clock.now()
+        limit = pipeline.clock.wall_seconds(float(step.value))
+        try:
+            pipeline.wait_for(pipeline.caught_up(target), limit, "caught up")
+            history.record("settled", through=target)
+        except TestbedError:
+            self.failures.append(
+                f"settle at {step.at:.0f}s: reporting did not catch up within {step.value:.0f}s"
+            )
+            history.record("settle-timeout", through=target, limit=step.value)
+
+    def _finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
+        wan = deployment.wan
+        residue = wan.residue() if wan is not None else []
+        history.record("residue", wan=residue)
+        if residue:
+            wan.heal()  # cleanup, so the final settle can measure what was lost, not stuck
+            history.record("cleanup-heal")
+        for process in pipeline.processes.values():  # a scenario may end with one down
+            if process.state() == "paused":
+                process.resume()
+        try:
+            figures = pipeline.settle(FINAL_SETTLE_WALL_S)
+            history.record("final-settle", figures=figures)
+        except TestbedError as exc:
+            self.failures.append(f"final settle: {exc}")
+            history.record("final-settle-timeout", error=str(exc)[:2000])
+        self._save_contents(deployment, pipeline, history)
+
+    def _save_contents(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
+        active = next((g for g in deployment.topology.gims if g.active), None)
+        infomart = active.infomart if active else "infomart1"
+        with open(self.out / "ledger.jsonl", "w", encoding="utf-8") as ledger:
+            for event in pipeline.ledger():
+                ledger.write(json.dumps(dataclasses.asdict(event)) + "\n")
+        server = deployment.server(infomart)
+        sites = server.execute(
+            "SELECT site, discard_before, discarded, returned_at FROM gim_site",
+            dbname=INFOMART_DATABASE,
+        )
+        contents = {
+            "infomart": infomart,
+            "facts": pipeline.facts(infomart),
+            "discards": pipeline.discards(infomart),
+            "sites": [list(r) for r in sites],
+            "replica": self._replica(deployment, infomart),
+            "failures": self.failures,
+        }
+        (self.out / "final.json").write_text(json.dumps(contents))
+        history.record("contents-saved", facts=len(contents["facts"]))
+
+    def _replica(self, deployment: Deployment, primary_name: str) -> dict[str, Any] | None:
+        standbys = [s for s in deployment.topology.servers if s.standby_of == primary_name]
+        if not standbys:
+            return None
+        primary = deployment.server(primary_name)
+        standby = deployment.server(standbys[0].name)
+        try:
+            lsn = primary.wait_for_catchup(standby, timeout=30)
+        except TestbedError as exc:
+            return {"standby": standby.name, "caught_up": False, "error": str(exc)}
+        query = (
+            "SELECT count(*), coalesce(md5(string_agg(event_id || ':' || interaction_key,"
+            " ',' ORDER BY interaction_key)), '') FROM fact_interaction"
+        )
+        sums = [tuple(s.execute(query, dbname=INFOMART_DATABASE)[0]) for s in (primary, standby)]
+        return {
+            "standby": standby.name,
+            "caught_up": True,
+            "lsn": lsn,
+            "primary": list(sums[0]),
+            "standby_sum": list(sums[1]),
+        }
+
+    @staticmethod
+    def _pids(backend: LocalBackend, pipeline: Pipeline) -> list[int]:
+        pids = [s.pid for s in backend.run.manifest.servers.values() if s.pid]
+        return pids + [p.pid for p in pipeline.processes.values() if p.pid]
+
+
+class _Sampler(threading.Thread):
+    """Samples the pipeline's figures into the history while the timeline plays."""
+
+    def __init__(self, pipeline: Pipeline, deployment: Deployment, history: History) -> None:
+        super().__init__(daemon=True, name="sampler")
+        self.pipeline = pipeline
+        self.deployment = deployment
+        self.history = history
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(SAMPLE_WALL_S):
+            try:
+                self.history.record("sample", **self.pipeline.figures())
+            except Exception as exc:  # a sample is best effort; the run goes on
+                self.history.record("sample-failed", error=str(exc)[:200])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
+
+
+def now_stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

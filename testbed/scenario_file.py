@@ -1,0 +1,322 @@
+"""Scenario files: the YAML contract users write against, parsed and checked up front.
+
+Every mistake is one line naming the file, the line and the field (`InvalidFile`, exit code
+2), found before anything starts: a typo must not cost a ten-minute run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed import datafile
+from testbed.clock import DEFAULT_FACTOR, parse_duration, parse_factor
+from testbed.errors import InvalidFile, TestbedError
+from testbed.netfault.toxics import REGISTRY
+from testbed.pipeline import source_name
+from testbed.topology import Topology, load_topology
+
+TOP_KEYS = ("name", "description", "topology", "clock", "settings", "workload", "steps", "expect")
+SETTINGS = ("extract_data_stuck_threshold", "delayed_data_threshold", "heartbeat_interval")
+PROCESS_VERBS = ("kill", "stop", "start", "pause", "resume")
+LATER_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
+CHAOS_FAULTS = ("partition", "latency", "bandwidth", "kill", "stop", "pause")
+VERB_KEYS: dict[str, tuple[str, ...]] = {
+    "partition": ("mode", "direction"),
+    "heal": (),
+    "latency": ("link", "ms", "jitter"),
+    "bandwidth": ("link", "rate"),
+    "toxic": ("link", "type", "stream", "toxicity", "attributes"),
+    **{verb: ("target",) for verb in PROCESS_VERBS},
+    "settle": (),
+    "wait": (),
+    "chaos": ("until", "seed", "faults", "mean_interval", "targets"),
+    **{verb: ("force", "from", "to", "gim") for verb in LATER_VERBS},
+}
+EXPECT_KEYS = ("loss", "duplicates", "replica", "stuck", "rto")
+
+
+@dataclass
+class Step:
+    at: float
+    verb: str
+    value: Any
+    options: dict[str, Any]
+    line: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "verb": self.verb, "value": self.value, "options": self.options}
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    topology: Topology
+    topology_ref: str
+    factor: float
+    settings: dict[str, float]
+    rate_per_hour: float
+    seed: int
+    steps: list[Step]
+    expect: dict[str, Any]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def scenario_dirs() -> list[Path]:
+    """Where named scenarios are found: ./scenarios, then the catalog shipped with us."""
+    here = Path("scenarios")
+    shipped = Path(__file__).resolve().parent.parent / "scenarios"
+    return [d for d in (here, shipped) if d.is_dir()]
+
+
+def find_scenario(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise InvalidFile(f"{path}: no such file")
+        return path
+    for directory in scenario_dirs():
+        for candidate in (directory / f"{name_or_path}.yaml", directory / f"{name_or_path}.yml"):
+            if candidate.exists():
+                return candidate
+    known = ", ".join(sorted(p.stem for d in scenario_dirs() for p in d.glob("*.yaml")))
+    raise InvalidFile(f"unknown scenario '{name_or_path}' (catalog: {known or 'empty'})")
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    path = find_scenario(str(name_or_path))
+    return _Parser(datafile.load(path)).scenario()
+
+
+class _Parser:
+    def __init__(self, doc: datafile.DataFile) -> None:
+        self.doc = doc
+
+    def fail(self, path: tuple, message: str) -> InvalidFile:
+        return self.doc.error(path, message)
+
+    def duration(self, value: Any, path: tuple) -> float:
+        try:
+            return parse_duration(value)
+        except TestbedError as exc:
+            raise self.fail(path, str(exc)) from None
+
+    def mapping(self, value: Any, path: tuple, keys: tuple[str, ...]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping with keys {', '.join(keys)}")
+        for key in value:
+            if key not in keys:
+                raise self.fail((*path, key), f"unknown field (expected one of: {', '.join(keys)})")
+        return value
+
+    def scenario(self) -> Scenario:
+        top = self.mapping(self.doc.data, (), TOP_KEYS)
+        if "name" not in top:
+            raise self.fail((), "missing required field 'name'")
+        ref = str(top.get("topology", "active-standby"))
+        try:
+            topology = load_topology(ref)
+        except InvalidFile as exc:
+            raise self.fail(("topology",), str(exc)) from None
+        try:
+            factor = parse_factor(top["clock"]) if "clock" in top else DEFAULT_FACTOR
+        except TestbedError as exc:
+            raise self.fail(("clock",), str(exc)) from None
+        settings = {
+            key: self.duration(value, ("settings", key))
+            for key, value in self.mapping(top.get("settings"), ("settings",), SETTINGS).items()
+        }
+        workload = self.mapping(top.get("workload"), ("workload",), ("rate", "seed"))
+        rate = self.rate(workload.get("rate", "600/h"))
+        seed = workload.get("seed", 1)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise self.fail(("workload", "seed"), f"{seed!r} is not an integer")
+        steps_raw = top.get("steps") or []
+        if not isinstance(steps_raw, list):
+            raise self.fail(("steps",), "must be a list of steps")
+        names = _Names(topology)
+        steps = [self.step(raw, ("steps", i), names) for i, raw in enumerate(steps_raw)]
+        steps.sort(key=lambda s: s.at)  # stable: same `at` keeps file order
+        expect = self.expect(top.get("expect"), names)
+        return Scenario(
+            name=str(top["name"]),
+            description=str(top.get("description", "")),
+            topology=topology,
+            topology_ref=ref,
+            factor=factor,
+            settings=settings,
+            rate_per_hour=rate,
+            seed=seed,
+            steps=steps,
+            expect=expect,
+            source=self.doc.source,
+        )
+
+    def rate(self, value: Any) -> float:
+        path = ("workload", "rate")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\w+)\s*", str(value))
+        if not match:
+            raise self.fail(path, f"{value!r} is not a rate like 600/h")
+        per = self.duration(
+            "1" + match.group(2) if match.group(2).isalpha() else match.group(2), path
+        )
+        rate = float(match.group(1)) * 3600.0 / per
+        if rate <= 0:
+            raise self.fail(path, "the rate must be positive")
+        return rate
+
+    def step(self, raw: Any, path: tuple, names: _Names) -> Step:
+        if not isinstance(raw, dict):
+            raise self.fail(path, "a step is a mapping like {at: 1h, partition: [site1, site2]}")
+        if "at" not in raw:
+            raise self.fail(path, "missing required field 'at'")
+        at = self.duration(raw["at"], (*path, "at"))
+        verbs = [k for k in raw if k in VERB_KEYS]
+        if len(verbs) != 1:
+            unknown = [
+                k
+                for k in raw
+                if k != "at" and k not in VERB_KEYS and not any(k in VERB_KEYS[v] for v in verbs)
+            ]
+            if unknown:
+                raise self.fail(
+                    (*path, unknown[0]),
+                    f"unknown step '{unknown[0]}' (steps: {', '.join(VERB_KEYS)})",
+                )
+            raise self.fail(path, "a step has exactly one verb (partition, heal, kill, ...)")
+        verb = verbs[0]
+        options = {k: v for k, v in raw.items() if k not in ("at", verb)}
+        for key in options:
+            if key not in VERB_KEYS[verb]:
+                raise self.fail(
+                    (*path, key),
+                    f"'{verb}' takes no field '{key}'"
+                    + (f" (fields: {', '.join(VERB_KEYS[verb])})" if VERB_KEYS[verb] else ""),
+                )
+        line = self.doc.line_of(path)
+        value = raw[verb]
+        vpath = (*path, verb)
+        if verb in LATER_VERBS:
+            raise self.fail(
+                vpath,
+                f"'{verb}' (disaster recovery) is not supported by this version of the engine yet",
+            )
+        if verb == "partition":
+            names.link(value, vpath, self)
+            mode = options.get("mode", "reset")
+            if mode not in ("reset", "blackhole"):
+                raise self.fail((*path, "mode"), f"{mode!r} is not one of: reset, blackhole")
+            direction = options.get("direction")
+            if direction is not None:
+                a, _, b = str(direction).partition("->")
+                if {a.strip(), b.strip()} != set(value):
+                    raise self.fail(
+                        (*path, "direction"),
+                        f"must be '{value[0]}->{value[1]}' or '{value[1]}->{value[0]}'",
+                    )
+        elif verb == "heal":
+            if value != "all":
+                names.link(value, vpath, self)
+        elif verb in ("latency", "bandwidth", "toxic"):
+            names.link(options.get("link", value), (*path, "link"), self)
+            if verb == "latency":
+                for key in ("ms", "jitter"):
+                    self.number(options.get(key, value if key == "ms" else 0), (*path, key))
+            if verb == "bandwidth":
+                self.number(options.get("rate"), (*path, "rate"))
+            if verb == "toxic" and options.get("type") not in REGISTRY:
+                raise self.fail(
+                    (*path, "type"),
+                    f"{options.get('type')!r} is not a toxic ({', '.join(REGISTRY)})",
+                )
+        elif verb in PROCESS_VERBS:
+            names.target(options.get("target", value), vpath, self)
+        elif verb in ("settle", "wait"):
+            value = self.duration(value, vpath)
+        elif verb == "chaos":
+            options["until"] = self.duration(options.get("until"), (*path, "until"))
+            if options["until"] <= at:
+                raise self.fail((*path, "until"), "must be after `at`")
+            options["mean_interval"] = self.duration(
+                options.get("mean_interval", "1h"), (*path, "mean_interval")
+            )
+            faults = options.get("faults", ["partition", "latency", "kill"])
+            for i, fault in enumerate(faults if isinstance(faults, list) else [faults]):
+                if fault not in CHAOS_FAULTS:
+                    raise self.fail(
+                        (*path, "faults", i),
+                        f"{fault!r} is not a chaos fault ({', '.join(CHAOS_FAULTS)})",
+                    )
+            options["faults"] = list(faults)
+        return Step(at, verb, value, options, line)
+
+    def number(self, value: Any, path: tuple) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise self.fail(path, f"{value!r} is not a non-negative number")
+        return float(value)
+
+    def expect(self, raw: Any, names: _Names) -> dict[str, Any]:
+        expect = dict(self.mapping(raw, ("expect",), EXPECT_KEYS))
+        if "loss" in expect:
+            loss = self.mapping(expect["loss"], ("expect", "loss"), names.sites)
+            parsed = {}
+            for site, value in loss.items():
+                path = ("expect", "loss", site)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    parsed[site] = {"events": value} if value else {"events": 0}
+                else:
+                    parsed[site] = {"window": self.duration(value, path)}
+            expect["loss"] = parsed
+        if "duplicates" in expect and (
+            not isinstance(expect["duplicates"], int) or expect["duplicates"] < 0
+        ):
+            raise self.fail(("expect", "duplicates"), "must be a count (normally 0)")
+        if "replica" in expect and expect["replica"] not in ("consistent", "diverged"):
+            raise self.fail(("expect", "replica"), "must be consistent or diverged")
+        if "stuck" in expect:
+            stuck = expect["stuck"] or []
+            for i, site in enumerate(stuck):
+                if site not in names.sites:
+                    raise self.fail(("expect", "stuck", i), f"unknown site '{site}'")
+            expect["stuck"] = list(stuck)
+        if "rto" in expect:
+            match = re.fullmatch(r"\s*<=?\s*(\S+)\s*", str(expect["rto"]))
+            if not match:
+                raise self.fail(("expect", "rto"), "must read like '<= 30m'")
+            expect["rto"] = self.duration(match.group(1), ("expect", "rto"))
+        return expect
+
+
+class _Names:
+    """What a step may name: sites, links, processes and servers of the topology."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.sites = topology.sites
+        self.processes = (
+            [i.name for i in topology.icons]
+            + [g.name for g in topology.gims]
+            + [source_name(p.site) for p in topology.icon_pairs()]
+        )
+        self.servers = [s.name for s in topology.servers]
+
+    def link(self, value: Any, path: tuple, parser: _Parser) -> None:
+        if not isinstance(value, list) or len(value) != 2:
+            raise parser.fail(path, "must be a pair of sites like [site1, site2]")
+        for site in value:
+            if site not in self.sites:
+                raise parser.fail(path, f"unknown site '{site}' (sites: {', '.join(self.sites)})")
+        if value[0] == value[1]:
+            raise parser.fail(path, "a link joins two different sites")
+
+    def target(self, value: Any, path: tuple, parser: _Parser) -> None:
+        known = [*self.processes, *self.servers, *self.sites]
+        if value not in known:
+            raise parser.fail(path, f"unknown target '{value}' (targets: {', '.join(known)})")
