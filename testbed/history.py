@@ -21,7 +21,7 @@ class History:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
         entry = {"wall": time.time(), "t": self.clock.now(), "kind": kind, **fields}

@@ -316,17 +316,17 @@ class _Sampler(threading.Thread):
         self.pipeline = pipeline
         self.deployment = deployment
         self.history = history
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(SAMPLE_WALL_S):
+        while not self._halt.wait(SAMPLE_WALL_S):
             try:
                 self.history.record("sample", **self.pipeline.figures())
             except Exception as exc:  # a sample is best effort; the run goes on
                 self.history.record("sample-failed", error=str(exc)[:200])
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 

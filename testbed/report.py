@@ -1,0 +1,156 @@
+"""Reports of a scenario run: `report.json` for programs, a table for the terminal, and
+`report.html` with a timeline plot for people, all from the run's folder."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from testbed.checks import Outcome, evaluate
+from testbed.history import of_kind, read_history
+
+HOUR = 3600.0
+
+
+def write_reports(out: Path) -> Outcome:
+    outcome = evaluate(out)
+    (out / "report.json").write_text(json.dumps(outcome.to_json(), indent=2))
+    (out / "report.html").write_text(_html(out, outcome), encoding="utf-8")
+    return outcome
+
+
+def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
+    verdict = "[bold green]PASS[/]" if outcome.passed else "[bold red]FAIL[/]"
+    table = Table(title=f"{outcome.scenario}: {verdict}", title_justify="left")
+    for column in ("check", "result", "figure"):
+        table.add_column(column, overflow="fold")
+    for check in outcome.checks:
+        table.add_row(
+            check.name, "[green]pass[/]" if check.passed else "[red]fail[/]", check.message
+        )
+    console.print(table)
+    f = outcome.figures
+    console.print(
+        f"lost {f['lost_events']} (predicted {f['predicted_lost_events']}), duplicates"
+        f" {f['duplicates']}, rto {_h(f['rto_s'])}, rpo {_h(f['rpo_s'])}; report: {out}",
+        highlight=False,
+    )
+
+
+def _h(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / HOUR:.2f}h"
+
+
+def _plot(out: Path, outcome: Outcome) -> str:
+    """The timeline as a base64 PNG: completeness, boundary, queues, faults, losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = read_history(out / "history.jsonl")
+    samples = list(of_kind(history, "sample"))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    times = [s["t"] / HOUR for s in samples]
+    sites = sorted({site for s in samples for site in (s.get("complete_to") or {})})
+    for site in sites:
+        lag = [
+            (
+                (s["t"] - s["complete_to"][site]) / HOUR
+                if (s.get("complete_to") or {}).get(site) is not None
+                else None
+            )
+            for s in samples
+        ]
+        top.plot(times, lag, label=f"{site} completeness lag")
+    boundary_lag = [
+        (
+            (s["t"] - s["transform_boundary"]) / HOUR
+            if s.get("transform_boundary") is not None
+            else None
+        )
+        for s in samples
+    ]
+    top.plot(times, boundary_lag, "k--", label="reporting delay (now - transform boundary)")
+    top.set_ylabel("scenario hours behind")
+    icons = sorted({name for s in samples for name in (s.get("queued_events") or {})})
+    for name in icons:
+        bottom.plot(
+            times,
+            [(s.get("queued_events") or {}).get(name) for s in samples],
+            label=f"{name} queue",
+        )
+    bottom.set_ylabel("queued events")
+    bottom.set_xlabel("scenario time (hours)")
+    for start, end, label in _fault_spans(history):
+        for axis in (top, bottom):
+            axis.axvspan(start / HOUR, end / HOUR, color="tab:red", alpha=0.12)
+        top.annotate(label, (start / HOUR, 0), fontsize=7, rotation=90, va="bottom")
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    facts = {row[0] for row in json.loads((out / "final.json").read_text())["facts"]}
+    lost = [e["ts"] / HOUR for e in ledger if e["id"] not in facts]
+    if lost:
+        top.plot(lost, [0] * len(lost), "rx", markersize=3, label=f"lost events ({len(lost)})")
+    for axis in (top, bottom):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{outcome.scenario}: {'PASS' if outcome.passed else 'FAIL'}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _fault_spans(history: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    spans, open_faults = [], {}
+    end = max((e["t"] for e in history), default=0.0)
+    for entry in of_kind(history, "step"):
+        step = entry["step"]
+        verb, key = step["verb"], json.dumps(step["value"] or step["options"].get("target"))
+        if verb in ("partition", "latency", "bandwidth", "toxic", "kill", "stop", "pause"):
+            open_faults[(verb, key)] = entry["t"]
+        elif verb in ("heal", "start", "resume"):
+            for (fverb, fkey), start in list(open_faults.items()):
+                if (
+                    step["value"] == "all"
+                    or fkey == key
+                    or (verb == "heal" and fverb in ("partition", "latency", "bandwidth", "toxic"))
+                ):
+                    spans.append((start, entry["t"], f"{fverb} {fkey}"))
+                    del open_faults[(fverb, fkey)]
+    spans += [(start, end, f"{verb} {key}") for (verb, key), start in open_faults.items()]
+    return spans
+
+
+def _html(out: Path, outcome: Outcome) -> str:
+    rows = "".join(
+        f"<tr class={'pass' if c.passed else 'fail'}><td>{html.escape(c.name)}</td>"
+        f"<td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.message)}</td></tr>"
+        for c in outcome.checks
+    )
+    figures = html.escape(json.dumps(outcome.figures, indent=2))
+    png = _plot(out, outcome)
+    verdict = "PASS" if outcome.passed else "FAIL"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(outcome.scenario)}: {verdict}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+tr.pass td:nth-child(2) {{ color: green; }} tr.fail td:nth-child(2) {{ color: red; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow: auto; }}
+</style></head><body>
+<h1>{html.escape(outcome.scenario)}: {verdict}</h1>
+<table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
+<h2>Timeline</h2>
+<img alt="timeline" src="data:image/png;base64,{png}" style="max-width:100%">
+<h2>Figures</h2><pre>{figures}</pre>
+</body></html>
+"""
