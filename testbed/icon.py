@@ -102,12 +102,8 @@ class Icon:
     def run_writer(self) -> None:
         conn: psycopg.Connection | None = None
         backoff = BACKOFF_START_S
-        last_status = 0.0
         while True:
             self._maybe_heartbeat()
-            if time.monotonic() - last_status > STATUS_EVERY_S:
-                self._write_status()
-                last_status = time.monotonic()
             items = self.queue.peek(BATCH_MAX)
             if not items or (
                 len(items) < BATCH_MAX and self.clock.now() - items[0].ts < self.flush_after
@@ -200,6 +196,12 @@ class Icon:
         self.queue.append([("heartbeat", now, {"ts": value})])
         self.next_heartbeat = now + self.heartbeat_interval
 
+    def report_status(self) -> None:
+        """On a thread of its own: the writer may be stuck for seconds on a dead WAN."""
+        while True:
+            self._write_status()
+            time.sleep(STATUS_EVERY_S)
+
     def _write_status(self) -> None:
         write_status(
             self.config["status"],
@@ -237,6 +239,7 @@ def main() -> None:
         raise SystemExit(2) from None
     listener = socket.create_server(("127.0.0.1", int(config["port"])), reuse_port=False)
     threading.Thread(target=icon.serve_intake, args=(listener,), daemon=True).start()
+    threading.Thread(target=icon.report_status, daemon=True).start()
     icon.log.info(
         "accepting events on 127.0.0.1:%s, writing to %s/%s",
         config["port"],

@@ -1,19 +1,48 @@
-"""pytest fixtures for users' own chaos tests (registered through the `pytest11` entry point).
+"""pytest support for users' own chaos tests (registered through the `pytest11` entry point).
+
+- Fixtures: a running topology (`testbed_deployment`), its WAN (`testbed_wan`), the
+  pipeline on it (`testbed_pipeline`), the scenario clock (`testbed_clock`), and
+  `run_scenario(name_or_path)` returning the checked outcome.
+- Scenario files in a `scenarios/` folder are collected as tests (`pytest scenarios/`); a
+  failure shows the failed checks, the chaos seed and where the report is; the figures are
+  attached to the JUnit XML as properties.
+- Options: `--testbed-backend`, `--chaos-seed`.
 
 Every fixture is a context manager underneath: a failing or interrupted test still stops
-every server it started.
+every server and process it started.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from testbed.backends.local import LocalBackend
+from testbed.checks import Outcome
+from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
+from testbed.netfault.wan import Wan
+from testbed.pipeline import Pipeline, PipelineSettings
 from testbed.topology import Topology, default_topology
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("testbed", "bc-testbed")
+    group.addoption(
+        "--testbed-backend",
+        default="local",
+        choices=["local"],
+        help="where PostgreSQL runs (default: local processes)",
+    )
+    group.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="seed for every chaos step (default: each scenario's own)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +68,105 @@ def testbed_topology() -> Topology:
 def testbed_deployment(testbed_backend: LocalBackend, testbed_topology: Topology) -> Deployment:
     """The topology running on real servers, stopped after the test."""
     return bring_up(testbed_topology, testbed_backend)
+
+
+@pytest.fixture
+def testbed_wan(testbed_deployment: Deployment) -> Wan:
+    """The WAN between the sites: `partition`, `heal`, `degrade`, `toxic`, `residue`."""
+    assert testbed_deployment.wan is not None, "this topology has no WAN"
+    return testbed_deployment.wan
+
+
+@pytest.fixture
+def testbed_clock() -> Clock:
+    """Scenario time for the pipeline (1 scenario hour per wall second)."""
+    return Clock.start()
+
+
+@pytest.fixture
+def testbed_pipeline(testbed_deployment: Deployment, testbed_clock: Clock) -> Iterator[Pipeline]:
+    """Sources, ICONs and GIM running on the deployment; stopped after the test."""
+    with Pipeline(testbed_deployment, PipelineSettings(), testbed_clock) as pipeline:
+        yield pipeline.start()
+
+
+@pytest.fixture
+def run_scenario(
+    request: pytest.FixtureRequest, tmp_path: Path, testbed_home: Path
+) -> Callable[..., Outcome]:
+    """Run a scenario (catalog name or file) and return its checked outcome."""
+
+    def run(name_or_path: str | Path, seed: int | None = None) -> Outcome:
+        return _run(
+            name_or_path,
+            tmp_path / "report",
+            testbed_home,
+            seed if seed is not None else request.config.getoption("--chaos-seed"),
+            request.node.user_properties,
+        )
+
+    return run
+
+
+def _run(
+    name_or_path: str | Path,
+    out: Path,
+    home: Path,
+    seed: int | None,
+    properties: list[tuple[str, object]],
+) -> Outcome:
+    from testbed.report import write_reports
+    from testbed.scenario import ScenarioRun
+    from testbed.scenario_file import load_scenario
+
+    scenario = load_scenario(str(name_or_path))
+    ScenarioRun(scenario, out, home=str(home), seed=seed).run()
+    outcome = write_reports(out)
+    for key in ("lost_events", "predicted_lost_events", "duplicates", "rto_s", "rpo_s"):
+        properties.append((key, outcome.figures[key]))
+    properties.append(("report", str(out / "report.html")))
+    return outcome
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.parent.name == "scenarios":
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        yield ScenarioItem.from_parent(self, name=self.path.stem)
+
+
+class ScenarioFailed(Exception):
+    def __init__(self, outcome: Outcome, out: Path, seed: int | None) -> None:
+        super().__init__(outcome.scenario)
+        self.outcome, self.out, self.seed = outcome, out, seed
+
+
+class ScenarioItem(pytest.Item):
+    """One scenario file run as a test: passes when every check of its outcome passes."""
+
+    def runtest(self) -> None:
+        seed = self.config.getoption("--chaos-seed")
+        out = self.config._tmp_path_factory.mktemp(f"scenario-{self.name}")  # type: ignore[attr-defined]
+        home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
+        outcome = _run(self.path, out, home, seed, self.user_properties)
+        if not outcome.passed:
+            raise ScenarioFailed(outcome, out, seed)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed):
+            failed = excinfo.value
+            lines = [
+                f"scenario {failed.outcome.scenario} failed"
+                f" (chaos seed: {failed.seed if failed.seed is not None else 'from the file'};"
+                f" report: {failed.out / 'report.html'})"
+            ]
+            lines += [f"  {c.name}: {c.message}" for c in failed.outcome.checks if not c.passed]
+            return "\n".join(lines)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario: {self.name}"
