@@ -19,3 +19,25 @@ def test_the_deployment_has_every_database_of_the_topology(testbed_deployment: D
         names = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
         assert set(spec.databases) <= names, spec.name
     assert testbed_deployment.server("infomart2").is_in_recovery()
+
+
+def test_run_scenario_returns_the_checked_outcome_and_records_figures(
+    run_scenario, request
+) -> None:
+    outcome = run_scenario("normal-operation")
+    assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
+    assert outcome.figures["duplicates"] == 0
+    names = {name for name, _ in request.node.user_properties}
+    assert {"lost_events", "duplicates", "rto_s", "report"} <= names
+
+
+def test_the_wan_and_pipeline_fixtures_work_together(testbed_wan, testbed_pipeline) -> None:
+    testbed_pipeline.clock.sleep(1800)
+    testbed_wan.partition("site1", "site2", mode="blackhole")
+    testbed_pipeline.clock.sleep(1800)
+    assert testbed_wan.residue()
+    testbed_wan.heal()
+    figures = testbed_pipeline.settle(60)
+    assert figures["transform_boundary"] is not None
+    ledger = {e.id for e in testbed_pipeline.ledger()}
+    assert ledger == {row[0] for row in testbed_pipeline.facts()}
