@@ -54,9 +54,10 @@ def evaluate(out: Path) -> Outcome:
     facts = collections.Counter(row[0] for row in final["facts"])
     expect = run["expect"]
 
+    lineage = final.get("lineage", {})
     checks = [
         _completed(final),
-        _loss(ledger, facts, prediction, topology.sites, expect.get("loss", {})),
+        _loss(ledger, facts, prediction, topology.sites, expect.get("loss", {}), lineage),
         _duplicates(facts, int(expect.get("duplicates", 0))),
         _hwm_monotonic(history),
         _residue(history),
@@ -105,6 +106,8 @@ def evaluate(out: Path) -> Outcome:
         "rpo_s": rpo,
         "rpo_wall_s": rpo / factor,
         "stuck_sites": stuck_seen,
+        "lineage_sample": dict(list(lineage.items())[:20]),
+        "stopped_at": dict(collections.Counter(h["stopped_at"] for h in lineage.values())),
         "prediction_notes": prediction.notes,
     }
     return Outcome(run["scenario"], all(c.passed for c in checks), checks, figures)
@@ -141,6 +144,7 @@ def _loss(
     prediction: Prediction,
     sites: tuple[str, ...],
     stated: dict[str, Any],
+    lineage: dict[str, dict],
 ) -> Check:
     unpredicted: list[dict] = []
     kept_but_predicted: list[dict] = []
@@ -155,9 +159,10 @@ def _loss(
     problems = []
     if unpredicted:
         first = unpredicted[0]
+        where = lineage.get(first["id"], {}).get("stopped_at", "not traced")
         problems.append(
             f"{len(unpredicted)} events lost that the rules do not predict, e.g."
-            f" {first['id']} at t={first['ts']:.0f}s"
+            f" {first['id']} at t={first['ts']:.0f}s (stopped at: {where})"
         )
     if kept_but_predicted:
         first = kept_but_predicted[0]

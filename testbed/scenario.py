@@ -8,6 +8,7 @@ report can be re-made (`testbed report DIR`) without running anything again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import threading
@@ -22,10 +23,12 @@ from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
 from testbed.errors import TestbedError
 from testbed.history import History, of_kind, read_history
+from testbed.lineage import lineage
 from testbed.pipeline import Pipeline, PipelineSettings
 from testbed.scenario_file import Scenario, Step
 from testbed.topology import INFOMART_DATABASE
 
+LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
 LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first
 SAMPLE_WALL_S = 0.05
 FINAL_SETTLE_WALL_S = 90.0
@@ -268,9 +271,13 @@ class ScenarioRun:
             "SELECT site, discard_before, discarded, returned_at FROM gim_site",
             dbname=INFOMART_DATABASE,
         )
+        facts = pipeline.facts(infomart)
+        counts = collections.Counter(row[0] for row in facts)
+        suspects = [e for e in pipeline.ledger() if counts[e.id] != 1][:LINEAGE_MAX]
         contents = {
+            "lineage": lineage(deployment, pipeline, infomart, suspects),
             "infomart": infomart,
-            "facts": pipeline.facts(infomart),
+            "facts": facts,
             "discards": pipeline.discards(infomart),
             "sites": [list(r) for r in sites],
             "replica": self._replica(deployment, infomart),
@@ -319,11 +326,30 @@ class _Sampler(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        count = 0
         while not self._halt.wait(SAMPLE_WALL_S):
+            count += 1
             try:
-                self.history.record("sample", **self.pipeline.figures())
+                figures = self.pipeline.figures()
+                if count % 10 == 0:
+                    figures["replication_lag_bytes"] = self._replication_lag()
+                self.history.record("sample", **figures)
             except Exception as exc:  # a sample is best effort; the run goes on
                 self.history.record("sample-failed", error=str(exc)[:200])
+
+    def _replication_lag(self) -> dict[str, int | None]:
+        """Bytes of WAL each standby has yet to replay (None: it cannot be asked)."""
+        lag: dict[str, int | None] = {}
+        for spec in self.deployment.topology.servers:
+            if spec.standby_of is None:
+                continue
+            try:
+                primary = self.deployment.server(spec.standby_of).current_lsn()
+                replayed = self.deployment.server(spec.name).replay_lsn()
+                lag[spec.name] = max(0, primary - replayed) if replayed is not None else None
+            except Exception:  # a server down or cut off: no figure, not a failure
+                lag[spec.name] = None
+        return lag
 
     def stop(self) -> None:
         self._halt.set()
