@@ -76,6 +76,7 @@ class Source:
     requests: queue.Queue[int] = field(default_factory=queue.Queue)
     busy: bool = False
     reachable: bool = False
+    answered: bool = False  # at least one extraction (or failure) since this GIM started
 
 
 class Extractor(threading.Thread):
@@ -223,6 +224,7 @@ class Gim:
         for result in got:
             source = self.sources[result.source]
             source.busy = False
+            source.answered = True
             if isinstance(result, Failed):
                 if source.reachable:
                     self.log.warning("source %s unreachable: %s", source.name, result.error)
@@ -259,7 +261,10 @@ class Gim:
                 beat = result.heartbeat
                 if beat is not None and (site["complete_to"] is None or beat > site["complete_to"]):
                     site["complete_to"] = beat
-            returned = self._site_transitions(conn, sites, now)
+            # A GIM that was down for long must first hear every source once: otherwise the
+            # first cycle would find every site "stuck" only because it has not asked yet.
+            primed = all(s.answered for s in self.sources.values())
+            returned = self._site_transitions(conn, sites, now) if primed else False
             if any(r.events for r in results):
                 self._merge(conn, results, now)
             if returned:
