@@ -209,6 +209,7 @@ class Icon:
                 "name": self.name,
                 "queue_depth": self.queue.depth(),
                 "queued_events": self.queue.depth("event"),
+                "oldest_queued_ts": self.queue.oldest_event_ts(),
                 "written": self.written,
                 "last_seq": self.last_seq,
                 "idb_connected": self.idb_connected,

@@ -298,6 +298,7 @@ class Pipeline:
             "scenario_time": self.clock.now(),
             "queue_depth": {n: s.get("queue_depth") for n, s in icons.items()},
             "queued_events": {n: s.get("queued_events") for n, s in icons.items()},
+            "oldest_queued_ts": {n: s.get("oldest_queued_ts") for n, s in icons.items()},
             "idb_connected": {n: s.get("idb_connected") for n, s in icons.items()},
             "emitted": {n: (p.status() or {}).get("emitted") for n, p in self.sources.items()},
             "transform_boundary": active.get("transform_boundary"),
@@ -346,14 +347,26 @@ class Pipeline:
 
     def caught_up(self, through: float) -> Callable[[dict[str, Any]], bool]:
         """Reporting has caught up to scenario time `through`: the transform boundary is past
-        it and no running ICON holds an undelivered event."""
+        it and no running ICON still queues an event from before it. (Events after it may be
+        queued: under a running workload the queues are never all empty at once.)"""
 
         def check(figures: dict[str, Any]) -> bool:
             boundary = figures["transform_boundary"]
-            queued = [
-                q for n, q in figures["queued_events"].items() if figures["states"][n] == "running"
+            oldest = [
+                ts
+                for n, ts in figures["oldest_queued_ts"].items()
+                if figures["states"][n] == "running" and ts is not None
             ]
-            return boundary is not None and boundary >= through and all(q == 0 for q in queued)
+            missing = any(
+                figures["states"][n] == "running" and s is None
+                for n, s in figures["queued_events"].items()
+            )
+            return (
+                boundary is not None
+                and boundary >= through
+                and not missing
+                and all(ts > through for ts in oldest)
+            )
 
         return check
 

@@ -79,6 +79,13 @@ class PersistentQueue:
                 "SELECT count(*) FROM queue WHERE kind = ?", (kind,)
             ).fetchone()[0]
 
+    def oldest_event_ts(self) -> float | None:
+        """The scenario time of the oldest event still queued (None: no event queued)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT min(json_extract(body, '$.ts')) FROM queue WHERE kind = 'event'"
+            ).fetchone()[0]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

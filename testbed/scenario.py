@@ -12,7 +12,6 @@ import collections
 import dataclasses
 import json
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -354,7 +353,3 @@ class _Sampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(5)
-
-
-def now_stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
