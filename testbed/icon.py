@@ -128,6 +128,7 @@ class Icon:
 
     def _connect(self) -> psycopg.Connection:
         conn = connect(self.config["idb"], self.config["database"], self.name)
+        conn.autocommit = True  # see _write: no client-driven transaction on the IDB
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5), conn.transaction():
             conn.execute(IDB_DDL)
             row = conn.execute(
@@ -149,41 +150,38 @@ class Icon:
         beats = [i for i in items if i.kind == "heartbeat"]
         sessions = [i for i in items if i.kind == "session"]
         top = items[-1].seq
-        # One round trip for the whole transaction (pipeline mode): the server never sits
-        # idle inside it waiting for us, so a WAN cut mid-batch cannot leave a transaction
-        # open on the IDB holding every extraction of that server back.
-        with conn.pipeline(), conn.transaction():
-            if events:
-                conn.execute(
-                    "INSERT INTO events (event_id, site, ts, payload, icon, queue_seq)"
-                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[],"
-                    " %s::text[], %s::int8[])",
-                    (
-                        [e.body["id"] for e in events],
-                        [e.body["site"] for e in events],
-                        [e.body["ts"] for e in events],
-                        [e.body["payload"] for e in events],
-                        [self.name] * len(events),
-                        [e.seq for e in events],
-                    ),
-                )
-            if beats:
-                conn.execute(
-                    "INSERT INTO heartbeats (icon, ts, queue_seq)"
-                    " SELECT %s, * FROM unnest(%s::float8[], %s::int8[])",
-                    (self.name, [b.body["ts"] for b in beats], [b.seq for b in beats]),
-                )
-            for s in sessions:
-                conn.execute(
-                    "INSERT INTO sessions (icon, session_id, event, ts, queue_seq)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (self.name, s.body["id"], s.body["event"], s.ts, s.seq),
-                )
-            conn.execute(
-                "INSERT INTO icon_progress (icon, last_seq) VALUES (%s, %s)"
-                " ON CONFLICT (icon) DO UPDATE SET last_seq = EXCLUDED.last_seq",
-                (self.name, top),
-            )
+        # The whole batch is ONE statement in autocommit mode. The server runs it only once
+        # the message has arrived whole, and it is never left waiting for us inside a
+        # transaction: a WAN cut mid-batch cannot leave a transaction open on the IDB, which
+        # would hold back the snapshot xmin that every extraction of that server stops at.
+        conn.execute(
+            "WITH ev AS (INSERT INTO events (event_id, site, ts, payload, icon, queue_seq)"
+            "   SELECT * FROM unnest(%(ids)s::text[], %(sites)s::text[], %(ts)s::float8[],"
+            "   %(payloads)s::text[], %(icons)s::text[], %(seqs)s::int8[])),"
+            " hb AS (INSERT INTO heartbeats (icon, ts, queue_seq)"
+            "   SELECT %(icon)s, * FROM unnest(%(hb_ts)s::float8[], %(hb_seqs)s::int8[])),"
+            " se AS (INSERT INTO sessions (icon, session_id, event, ts, queue_seq)"
+            "   SELECT %(icon)s, * FROM unnest(%(se_ids)s::text[], %(se_events)s::text[],"
+            "   %(se_ts)s::float8[], %(se_seqs)s::int8[]))"
+            " INSERT INTO icon_progress (icon, last_seq) VALUES (%(icon)s, %(top)s)"
+            " ON CONFLICT (icon) DO UPDATE SET last_seq = EXCLUDED.last_seq",
+            {
+                "icon": self.name,
+                "top": top,
+                "ids": [e.body["id"] for e in events],
+                "sites": [e.body["site"] for e in events],
+                "ts": [e.body["ts"] for e in events],
+                "payloads": [e.body["payload"] for e in events],
+                "icons": [self.name] * len(events),
+                "seqs": [e.seq for e in events],
+                "hb_ts": [b.body["ts"] for b in beats],
+                "hb_seqs": [b.seq for b in beats],
+                "se_ids": [x.body["id"] for x in sessions],
+                "se_events": [x.body["event"] for x in sessions],
+                "se_ts": [x.ts for x in sessions],
+                "se_seqs": [x.seq for x in sessions],
+            },
+        )
         self.last_seq = top
         self.queue.delete_through(top)
         self.written += len(events)

@@ -162,6 +162,11 @@ def test_an_outage_longer_than_the_threshold_loses_exactly_the_old_part(
     testbed_deployment.wan.partition("site1", "site2", mode="blackhole")
     run_for(p, 2.6)  # past the threshold: site 1 goes on without site 2
     figures = p.figures()
+    held = testbed_deployment.server("idb1").scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+        " AND now() - xact_start > interval '1 second'"
+    )
+    assert held == 0, "a writer cut off by the WAN holds a transaction open on idb1"
     assert figures["stuck_sites"] == ["site2"]
     assert _max_fact_ts(p, "site1") > start + THRESHOLD
     assert _max_fact_ts(p, "site2") <= start + EDGE
