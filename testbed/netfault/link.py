@@ -317,6 +317,11 @@ class Connection:
 
     async def _connect_upstream(self) -> None:
         host, port = self.proxy.upstream_address()
+        for toxic, _state in self.up.toxics():
+            if toxic.type_name == "slow_open" and toxic.delay:
+                await self.up.sleep(toxic.delay / 1000.0)  # a toxic change cuts it short
+                if self.closed:
+                    return
         try:
             await asyncio.get_running_loop().create_connection(lambda: self.server, host, port)
         except (OSError, ValueError) as exc:
