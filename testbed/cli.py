@@ -217,7 +217,7 @@ def status(as_json: bool, home: str | None) -> None:
                     "state": state,
                 }
             )
-        proxies = [
+        processes = [
             {
                 "name": p.name,
                 "pid": p.pid,
@@ -234,7 +234,7 @@ def status(as_json: bool, home: str | None) -> None:
                 "detached": run.manifest.detached,
                 "runner_alive": run.owner_alive(),
                 "servers": servers,
-                "processes": proxies,
+                "processes": processes,
             }
         )
     if as_json:

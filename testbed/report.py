@@ -109,23 +109,31 @@ def _plot(out: Path, outcome: Outcome) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+WAN_FAULTS = ("partition", "latency", "bandwidth", "toxic")
+PROCESS_FAULTS = ("kill", "stop", "pause")
+
+
 def _fault_spans(history: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    """(start, end, label) of every fault: a WAN fault lasts until its link is healed, a
+    process or server fault until its target is started or resumed."""
     spans, open_faults = [], {}
     end = max((e["t"] for e in history), default=0.0)
     for entry in of_kind(history, "step"):
         step = entry["step"]
-        verb, key = step["verb"], json.dumps(step["value"] or step["options"].get("target"))
-        if verb in ("partition", "latency", "bandwidth", "toxic", "kill", "stop", "pause"):
-            open_faults[(verb, key)] = entry["t"]
+        verb, options = step["verb"], step["options"]
+        if verb in WAN_FAULTS:
+            open_faults[(verb, "-".join(sorted(step["value"] or options["link"])))] = entry["t"]
+        elif verb in PROCESS_FAULTS:
+            open_faults[(verb, options.get("target", step["value"]))] = entry["t"]
         elif verb in ("heal", "start", "resume"):
-            for (fverb, fkey), start in list(open_faults.items()):
-                if (
-                    step["value"] == "all"
-                    or fkey == key
-                    or (verb == "heal" and fverb in ("partition", "latency", "bandwidth", "toxic"))
-                ):
-                    spans.append((start, entry["t"], f"{fverb} {fkey}"))
-                    del open_faults[(fverb, fkey)]
+            if verb == "heal":
+                link = None if step["value"] == "all" else "-".join(sorted(step["value"]))
+                closed = [k for k in open_faults if k[0] in WAN_FAULTS and link in (None, k[1])]
+            else:
+                target = options.get("target", step["value"])
+                closed = [k for k in open_faults if k[0] in PROCESS_FAULTS and k[1] == target]
+            for key in closed:
+                spans.append((open_faults.pop(key), entry["t"], f"{key[0]} {key[1]}"))
     spans += [(start, end, f"{verb} {key}") for (verb, key), start in open_faults.items()]
     return spans
 

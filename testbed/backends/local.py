@@ -53,8 +53,6 @@ def port_is_free(host: str, port: int) -> bool:
 class LocalNode:
     """Process control and data directory of one server; `Server` adds the SQL vocabulary."""
 
-    backend_name = "local"
-
     def __init__(
         self, backend: LocalBackend, name: str, site: str, role: str, port: int | None
     ) -> None:
@@ -70,7 +68,7 @@ class LocalNode:
         self.logfile = self.dir / "server.log"
         self.backups = backend.data_root / "backups" / name
         self.pid: int | None = None
-        self.standby = False
+        self.primary_conninfo: str | None = None  # set while configured as a standby
         self._proc: subprocess.Popen | None = None
         self.dir.mkdir(parents=True)
         backend.user.own(self.dir)
@@ -97,7 +95,7 @@ class LocalNode:
             f"cluster_name = 'testbed-{self.name}'",
         ]
         signal_file = self.datadir / "standby.signal"
-        self.standby = primary_conninfo is not None
+        self.primary_conninfo = primary_conninfo
         if primary_conninfo is not None:
             quoted = primary_conninfo.replace("'", "''")
             lines.append(f"primary_conninfo = '{quoted}'")
@@ -105,6 +103,10 @@ class LocalNode:
         else:
             signal_file.unlink(missing_ok=True)
         self._write(self.datadir / SERVER_CONF, "\n".join(lines) + "\n")
+
+    @property
+    def standby(self) -> bool:
+        return self.primary_conninfo is not None
 
     def basebackup(self, name: str, host: str, port: int) -> Path:
         """`pg_basebackup` of this server, reached at host:port (directly or via a proxy)."""
@@ -174,7 +176,7 @@ class LocalNode:
                         "choose another port in the topology file"
                     )
                 self.port = free_port()  # an auto-chosen port was taken meanwhile: pick again
-                self.configure_port()
+                self.configure(self.primary_conninfo)  # same settings, new port
             try:
                 self._spawn(timeout)
                 return
@@ -184,15 +186,7 @@ class LocalNode:
                         f"{self.name}: port {self.port} on {self.host} is in use"
                     ) from None
                 self.port = free_port()
-                self.configure_port()
-
-    def configure_port(self) -> None:
-        conf = self.datadir / SERVER_CONF
-        lines = [
-            f"port = {self.port}" if line.startswith("port = ") else line
-            for line in conf.read_text().splitlines()
-        ]
-        self._write(conf, "\n".join(lines) + "\n")
+                self.configure(self.primary_conninfo)  # same settings, new port
 
     def _spawn(self, timeout: float) -> None:
         log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
