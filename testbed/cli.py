@@ -19,6 +19,7 @@ from rich.table import Table
 
 from testbed import procs
 from testbed.backends.storage import STORAGES
+from testbed.cli_plan import plan
 from testbed.errors import TestbedError
 
 # Piped output is read by programs and logs: do not wrap table rows at 80 columns there.
@@ -410,6 +411,8 @@ def report(directory: str, as_json: bool) -> None:
         print_summary(outcome, Path(directory), out)
     sys.exit(0 if outcome.passed else 1)
 
+
+main.add_command(plan)
 
 if __name__ == "__main__":
     main()

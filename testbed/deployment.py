@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from testbed.errors import TestbedError
 from testbed.netfault.client import ToxiproxyClient
 from testbed.netfault.wan import RouteProxy, Wan
 from testbed.postgres import Server
@@ -42,6 +43,15 @@ class Deployment:
     backend: Backend
     wan: Wan | None = None
     route_addresses: dict[tuple[str, str], str] | None = None
+    # Replication as it is now, which operator procedures change: standby -> its primary.
+    standby_of: dict[str, str] = field(default_factory=dict)
+    # A standby promoted while its primary was still running (forced): new -> old primary.
+    promoted_from: dict[str, str] = field(default_factory=dict)
+    failed_sites: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.standby_of:
+            self.standby_of = {s.name: s.standby_of for s in self.topology.servers if s.standby_of}
 
     @property
     def servers(self) -> dict[str, Server]:
@@ -55,6 +65,22 @@ class Deployment:
         sites, straight to the server otherwise. Every component connects through this."""
         routed = (self.route_addresses or {}).get((client, server))
         return routed or self.server(server).address
+
+    def ensure_route(self, client: str, server: str, purpose: str = "replication") -> str:
+        """Where `client` dials `server`, adding a WAN proxy when the route crosses sites
+        and has none yet (a replacement site, a reversed replication after switchover)."""
+        site_of = {s.name: s.site for s in self.topology.servers}
+        site_of |= {c.name: c.site for c in (*self.topology.icons, *self.topology.gims)}
+        if site_of[client] == site_of[server] or (client, server) in (self.route_addresses or {}):
+            return self.address_for(client, server)
+        if self.wan is None:
+            raise TestbedError("this deployment has no WAN to route through")
+        route = Route(client, site_of[client], server, site_of[server], purpose)  # type: ignore[arg-type]
+        proxy = self.wan.client.create_proxy(route.name, self.server(server).address)
+        assert self.route_addresses is not None
+        self.route_addresses[(client, server)] = proxy.listen
+        self.wan.routes.append(RouteProxy(route.name, route.client_site, route.server_site))
+        return proxy.listen
 
     def rows(self) -> list[dict[str, object]]:
         """One row per server: site, role, name, host:port, pid (the `testbed up` table)."""

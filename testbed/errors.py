@@ -30,3 +30,9 @@ class ServerFailed(TestbedError):
     """A server did not start, stop or answer as asked."""
 
     exit_code = 1
+
+
+class Refused(TestbedError):
+    """An operator procedure whose precondition does not hold (`force` overrides it)."""
+
+    exit_code = 1

@@ -22,6 +22,9 @@ continues from the replicated state.
   arrive together). Facts have no unique key on the event: a merge bug would show as a
   duplicate to the checkers, not be hidden by the database.
 - A source with no new data for `delayed_data_threshold` gets a warning, nothing more.
+- A *retired* site (`retired_sites`: a site lost in a disaster, whose calls moved to the
+  survivors) is still extracted from the copies on surviving IDBs, but it no longer gates
+  the transform boundary and is never declared stuck: it will never send data again.
 
 Run as `python -m testbed.gim CONFIG.json`, with the run's clock in the environment.
 """
@@ -141,6 +144,7 @@ class Gim:
         self.delayed = float(config["delayed_data_threshold"])
         self.sources = {s["name"]: Source(**s) for s in config["sources"]}
         self.sites = sorted({s.site for s in self.sources.values()})
+        self.retired = set(config.get("retired_sites", []))
         self.results: queue.Queue[Any] = queue.Queue()
         self.hwm: dict[str, int] = {}
         self.warned: set[str] = set()
@@ -269,7 +273,11 @@ class Gim:
                 self._merge(conn, results, now)
             if returned:
                 self._discard_staged(conn, now)
-            candidates = [s["complete_to"] for s in sites.values() if not s["stuck"]]
+            candidates = [
+                s["complete_to"]
+                for name, s in sites.items()
+                if not s["stuck"] and name not in self.retired and name in self.sites
+            ]
             if candidates and None not in candidates:
                 target = min(candidates)
                 if boundary is None or target > boundary:
@@ -296,7 +304,8 @@ class Gim:
         for name, site in sites.items():
             since = site["complete_to"] if site["complete_to"] is not None else self.started
             lag = now - since
-            if not site["stuck"] and lag > self.threshold:
+            judged = name not in self.retired and name in self.sites
+            if judged and not site["stuck"] and lag > self.threshold:
                 site["stuck"] = True
                 self.log.warning(
                     "site %s is stuck: no data for %s (threshold %s); going on without it",
@@ -308,7 +317,7 @@ class Gim:
                     "UPDATE gim_site SET stuck = true, stuck_since = %s WHERE site = %s",
                     (now, name),
                 )
-            elif site["stuck"] and lag <= self.threshold:
+            elif judged and site["stuck"] and lag <= self.threshold:
                 site["stuck"] = False
                 cut = now - self.threshold
                 if site["discard_before"] is None or cut > site["discard_before"]:

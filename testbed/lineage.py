@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.deployment import Deployment
-from testbed.pipeline import Pipeline, source_name
+from testbed.pipeline import Pipeline
 from testbed.topology import INFOMART_DATABASE
 from testbed.workload import Event
 
@@ -25,7 +25,7 @@ def lineage(
         return {}
     ids = [e.id for e in events]
     topo = deployment.topology
-    delivered = _deliveries(pipeline, {e.site for e in events})
+    delivered = _deliveries(pipeline)
     in_queue: dict[str, list[str]] = {i: [] for i in ids}
     in_idb: dict[str, list[str]] = {i: [] for i in ids}
     for icon in topo.icons:
@@ -97,11 +97,11 @@ def _stop(hops: dict[str, Any]) -> str:
     return "data source: no ICON took it"
 
 
-def _deliveries(pipeline: Pipeline, sites: set[str]) -> dict[str, list[str]]:
+def _deliveries(pipeline: Pipeline) -> dict[str, list[str]]:
     """Event id -> ICONs that acknowledged its batch (from the sources' delivery logs)."""
     found: dict[str, list[str]] = {}
-    for site in sites:
-        log = pipeline.workdir / source_name(site) / "deliveries.jsonl"
+    for source in pipeline.sources.values():
+        log = Path(source.config["deliveries"])
         if not log.exists():
             continue
         for line in log.read_text().splitlines():

@@ -122,6 +122,12 @@ class ManagedProcess:
         self.stop()
         self.start()
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """New settings, read at the next start (an operator editing the application's
+        options, then restarting it)."""
+        self.config = {**config, "name": self.name, "status": str(self.workdir / "status.json")}
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+
     def _reap(self) -> None:
         if self._proc is not None:
             try:
@@ -170,6 +176,12 @@ class Pipeline:
             source_name(pair.site): self._source(pair.site, [pair.a, pair.b])
             for pair in topo.icon_pairs()
         }
+        # The GIMs in service, the first one's Info Mart being the reporting one. Operator
+        # procedures change it (a DR activates the standby site's GIM).
+        self.active_gims: list[str] = [g.name for g in topo.gims if g.active]
+        # ICONs whose IDB was lost with its site: they queue, but nobody can extract what
+        # they would write, so waiting for their queues to drain is waiting for ever.
+        self.detached: set[str] = set()
 
     # --- building the processes ----------------------------------------------------------
 
@@ -196,7 +208,10 @@ class Pipeline:
             },
         )
 
-    def _gim(self, gim: GimSpec) -> ManagedProcess:
+    def gim_config(
+        self, gim: GimSpec, lost_idbs: frozenset[str] = frozenset(), retired: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """GIM's options: every ICON database on an IDB that still exists is a source."""
         topo = self.deployment.topology
         sources = [
             {
@@ -207,34 +222,72 @@ class Pipeline:
                 "database": icon.database,
             }
             for icon in topo.icons
+            if icon.idb not in lost_idbs
         ]
-        return self._process(
-            gim.name,
-            "testbed.gim",
-            {
-                "site": gim.site,
-                "sources": sources,
-                "infomart": self.deployment.address_for(gim.name, gim.infomart),
-                "database": INFOMART_DATABASE,
-                "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,
-                "delayed_data_threshold": self.settings.delayed_data_threshold,
-            },
-        )
+        return {
+            "site": gim.site,
+            "sources": sources,
+            "infomart": self.deployment.address_for(gim.name, gim.infomart),
+            "database": INFOMART_DATABASE,
+            "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,
+            "delayed_data_threshold": self.settings.delayed_data_threshold,
+            "retired_sites": list(retired),
+        }
 
-    def _source(self, site: str, icons: list[IconSpec]) -> ManagedProcess:
-        name = source_name(site)
+    def _gim(self, gim: GimSpec) -> ManagedProcess:
+        return self._process(gim.name, "testbed.gim", self.gim_config(gim))
+
+    def _source(
+        self,
+        site: str,
+        icons: list[IconSpec],
+        name: str | None = None,
+        rate_per_hour: float | None = None,
+        id_prefix: str | None = None,
+    ) -> ManagedProcess:
+        name = name or source_name(site)
         return self._process(
             name,
             "testbed.workload",
             {
                 "site": site,
-                "rate_per_hour": self.settings.rate_per_hour,
+                "rate_per_hour": rate_per_hour or self.settings.rate_per_hour,
                 "seed": self.settings.seed,
+                "id_prefix": id_prefix,
                 "icons": [{"name": i.name, "port": self.icon_ports[i.name]} for i in icons],
-                "ledger": str(self.ledger_path(site)),
+                "ledger": str(self.workdir / name / "ledger.jsonl"),
                 "deliveries": str(self.workdir / name / "deliveries.jsonl"),
             },
         )
+
+    # --- growing the pipeline (operator procedures) ----------------------------------------
+
+    def add_icon(self, icon: IconSpec) -> ManagedProcess:
+        process = self._icon(icon)
+        self.icons[icon.name] = process
+        process.start()
+        self._wait_ready(process)
+        return process
+
+    def add_gim(self, gim: GimSpec) -> ManagedProcess:
+        process = self._gim(gim)
+        self.gims[gim.name] = process
+        return process
+
+    def add_source(
+        self,
+        site: str,
+        icons: list[IconSpec],
+        name: str | None = None,
+        rate_per_hour: float | None = None,
+        id_prefix: str | None = None,
+    ) -> ManagedProcess:
+        """A data source started now; `id_prefix` for a second stream at the same site."""
+        process = self._source(site, icons, name, rate_per_hour, id_prefix)
+        self.sources[process.name] = process
+        process.start()
+        self._wait_ready(process)
+        return process
 
     # --- control -------------------------------------------------------------------------
 
@@ -290,10 +343,16 @@ class Pipeline:
     # --- figures -------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
-        """What the scenario history samples; cheap (status files only), at any time."""
+        """What the scenario history samples; cheap (status files only), at any time.
+
+        The boundary is the smallest over the GIMs in service (all of them must have caught
+        up for reporting to have), None while one of them is not reporting."""
         icons = {n: p.status() or {} for n, p in self.icons.items()}
         gims = {n: p.status() or {} for n, p in self.gims.items() if p.state() != "stopped"}
-        active = next(iter(gims.values()), {})
+        serving = [gims.get(n, {}) for n in self.active_gims]
+        active = serving[0] if serving else {}
+        boundaries = [g.get("transform_boundary") for g in serving]
+        boundary = None if not boundaries or None in boundaries else min(boundaries)
         return {
             "scenario_time": self.clock.now(),
             "queue_depth": {n: s.get("queue_depth") for n, s in icons.items()},
@@ -301,8 +360,11 @@ class Pipeline:
             "oldest_queued_ts": {n: s.get("oldest_queued_ts") for n, s in icons.items()},
             "idb_connected": {n: s.get("idb_connected") for n, s in icons.items()},
             "emitted": {n: (p.status() or {}).get("emitted") for n, p in self.sources.items()},
-            "transform_boundary": active.get("transform_boundary"),
+            "transform_boundary": boundary,
             "hwm": active.get("hwm"),
+            "hwm_by_gim": {n: s.get("hwm") for n, s in gims.items()},
+            "active_gims": list(self.active_gims),
+            "detached": sorted(self.detached),
             "stuck_sites": active.get("stuck_sites"),
             "complete_to": active.get("complete_to"),
             "states": {n: p.state() for n, p in self.processes.items()},
@@ -312,8 +374,21 @@ class Pipeline:
         return self.workdir / source_name(site) / "ledger.jsonl"
 
     def ledger(self, site: str | None = None) -> list[Event]:
-        sites = [site] if site else [p.site for p in self.deployment.topology.icon_pairs()]
-        return [e for s in sites for e in Ledger.read(self.ledger_path(s))]
+        """Every event any data source of the run emitted (of one site if given)."""
+        events = [
+            e
+            for process in self.sources.values()
+            for e in Ledger.read(Path(process.config["ledger"]))
+        ]
+        return [e for e in events if site is None or e.site == site]
+
+    @property
+    def reporting_infomart(self) -> str:
+        """The Info Mart of the first GIM in service: the one reports are read from."""
+        gims = {g.name: g for g in self.deployment.topology.gims}
+        if self.active_gims:
+            return gims[self.active_gims[0]].infomart
+        return next(s.name for s in self.deployment.topology.servers if s.role == "infomart")
 
     def facts(self, infomart: str = "infomart1") -> list[tuple[str, str, float, str]]:
         return [
@@ -352,15 +427,15 @@ class Pipeline:
 
         def check(figures: dict[str, Any]) -> bool:
             boundary = figures["transform_boundary"]
+            counted = {n for n, state in figures["states"].items() if state == "running"} - set(
+                figures["detached"]
+            )
             oldest = [
                 ts
                 for n, ts in figures["oldest_queued_ts"].items()
-                if figures["states"][n] == "running" and ts is not None
+                if n in counted and ts is not None
             ]
-            missing = any(
-                figures["states"][n] == "running" and s is None
-                for n, s in figures["queued_events"].items()
-            )
+            missing = any(n in counted and s is None for n, s in figures["queued_events"].items())
             return (
                 boundary is not None
                 and boundary >= through

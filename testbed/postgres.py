@@ -36,6 +36,7 @@ class ServerNode(Protocol):
 
     def init(self) -> None: ...
     def restore(self, backup: Path) -> None: ...
+    def wipe(self) -> None: ...
     def configure(self, primary_conninfo: str | None = None) -> None: ...
     def basebackup(self, name: str, host: str, port: int) -> Path: ...
     def state(self) -> str: ...
@@ -248,12 +249,37 @@ class Server:
         """
         self.node.restore(root.backup_path(backup_name))
         if streaming:
-            host, port = split_address(via) if via else (root.host, root.port)
-            conninfo = psycopg.conninfo.make_conninfo(
-                host=host, port=port, user=SUPERUSER, application_name=self.name
-            )
-            self.node.configure(primary_conninfo=conninfo)
+            self.node.configure(primary_conninfo=self._primary_conninfo(root, via))
         return self
+
+    def _primary_conninfo(self, root: Server, via: str | None) -> str:
+        host, port = split_address(via) if via else (root.host, root.port)
+        return psycopg.conninfo.make_conninfo(
+            host=host, port=port, user=SUPERUSER, application_name=self.name
+        )
+
+    def rebuild_from(self, root: Server, backup_name: str, via: str | None = None) -> Server:
+        """Throw this server's data away and make it a streaming standby of `root` from a
+        base backup (the way back for an old primary that cannot simply follow)."""
+        if self.state() != "stopped":
+            self.stop()
+        self.node.wipe()
+        return self.init_from_backup(root, backup_name, streaming=True, via=via)
+
+    def follow(self, root: Server, via: str | None = None) -> Server:
+        """Configure this stopped server as a streaming standby of `root`, keeping its data:
+        right for a primary shut down cleanly after `root` replayed all of its WAL."""
+        if self.state() != "stopped":
+            raise ServerFailed(f"{self.name} is {self.state()}; stop it before it follows")
+        self.node.configure(primary_conninfo=self._primary_conninfo(root, via))
+        return self
+
+    def streaming(self) -> bool:
+        """This standby's WAL receiver is connected and streaming."""
+        try:
+            return self.scalar("SELECT status FROM pg_stat_wal_receiver") == "streaming"
+        except psycopg.Error:
+            return False
 
     def wait_for_catchup(
         self,

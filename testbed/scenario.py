@@ -19,18 +19,21 @@ from typing import Any
 from testbed import chaos, procs
 from testbed.backends.local import LocalBackend
 from testbed.clock import Clock
+from testbed.consistency import compare, divergence
 from testbed.deployment import Deployment, bring_up
+from testbed.dr import Operator
 from testbed.errors import TestbedError
 from testbed.history import History, of_kind, read_history
 from testbed.lineage import lineage
 from testbed.pipeline import Pipeline, PipelineSettings
-from testbed.scenario_file import Scenario, Step
+from testbed.scenario_file import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
 LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first
 SAMPLE_WALL_S = 0.05
 FINAL_SETTLE_WALL_S = 90.0
+REPLAY_AGE_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
 DETECTION_WALL_S = 0.25  # GIM cycle + ICON retry + connection set-up, in wall seconds
 
 Progress = Callable[[float, str], None]
@@ -111,6 +114,7 @@ class ScenarioRun:
                 ) as pipeline:
                     pipeline.start()
                     history.record("pipeline-started")
+                    self.operator = Operator(deployment, pipeline, history.record)
                     self._play(steps, deployment, pipeline, history)
                     self._finish(deployment, pipeline, history)
                 pids = self._pids(backend, pipeline)
@@ -188,8 +192,26 @@ class ScenarioRun:
             self._process_fault(verb, options.get("target", value), deployment, pipeline)
         elif verb == "settle":
             self._settle(step, pipeline, history)
+        elif verb in DR_VERBS:
+            self._procedure(verb, value, options)
         for fault in wan.history[recorded:] if wan is not None else []:
             history.record("fault", **dataclasses.asdict(fault))
+
+    def _procedure(self, verb: str, value: Any, options: dict[str, Any]) -> None:
+        force = bool(options.get("force", False))
+        op = self.operator
+        if verb == "fail-site":
+            op.fail_site(value)
+        elif verb == "promote":
+            op.promote(value, force=force)
+        elif verb == "activate-gim":
+            op.activate_gim(value, force=force)
+        elif verb == "add-site":
+            op.add_site(value, replaces=options.get("replaces"))
+        elif verb == "transfer":
+            op.transfer(value["from"], value["to"], gim=value.get("gim", "running"))
+        elif verb == "switchover":
+            op.switchover(value)
 
     def _process_fault(
         self, verb: str, target: str, deployment: Deployment, pipeline: Pipeline
@@ -203,7 +225,7 @@ class ScenarioRun:
                     if server.state() == "stopped":
                         server.start()
                 for process in processes:
-                    if process.state() == "stopped" and self._should_run(process.name, topo):
+                    if process.state() == "stopped" and self._should_run(process.name, pipeline):
                         process.start()
                 return
             for process in processes:
@@ -225,9 +247,8 @@ class ScenarioRun:
         getattr(process, verb)()
 
     @staticmethod
-    def _should_run(name: str, topo: Any) -> bool:
-        gims = {g.name: g for g in topo.gims}
-        return name not in gims or gims[name].active
+    def _should_run(name: str, pipeline: Pipeline) -> bool:
+        return name not in pipeline.gims or name in pipeline.active_gims
 
     def _settle(self, step: Step, pipeline: Pipeline, history: History) -> None:
         target = pipeline.clock.now()
@@ -260,8 +281,10 @@ class ScenarioRun:
         self._save_contents(deployment, pipeline, history)
 
     def _save_contents(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
-        active = next((g for g in deployment.topology.gims if g.active), None)
-        infomart = active.infomart if active else "infomart1"
+        # The writers stop first: a replica is compared at a pinned LSN that must not move.
+        for name in pipeline.active_gims:
+            pipeline.gims[name].stop()
+        infomart = pipeline.reporting_infomart
         with open(self.out / "ledger.jsonl", "w", encoding="utf-8") as ledger:
             for event in pipeline.ledger():
                 ledger.write(json.dumps(dataclasses.asdict(event)) + "\n")
@@ -273,40 +296,42 @@ class ScenarioRun:
         facts = pipeline.facts(infomart)
         counts = collections.Counter(row[0] for row in facts)
         suspects = [e for e in pipeline.ledger() if counts[e.id] != 1][:LINEAGE_MAX]
+        gims = {g.name: g for g in deployment.topology.gims}
+        others = {
+            gims[name].infomart: sorted({row[0] for row in pipeline.facts(gims[name].infomart)})
+            for name in pipeline.active_gims[1:]
+            if gims[name].infomart != infomart
+        }
         contents = {
             "lineage": lineage(deployment, pipeline, infomart, suspects),
             "infomart": infomart,
             "facts": facts,
             "discards": pipeline.discards(infomart),
             "sites": [list(r) for r in sites],
-            "replica": self._replica(deployment, infomart),
+            "other_infomarts": others,  # event ids each other Info Mart in service holds
+            "replica": self._replica(deployment),
             "failures": self.failures,
         }
         (self.out / "final.json").write_text(json.dumps(contents))
         history.record("contents-saved", facts=len(contents["facts"]))
 
-    def _replica(self, deployment: Deployment, primary_name: str) -> dict[str, Any] | None:
-        standbys = [s for s in deployment.topology.servers if s.standby_of == primary_name]
-        if not standbys:
+    def _replica(self, deployment: Deployment) -> dict[str, Any] | None:
+        """Every standby against its primary, and every split (two primaries) analysed."""
+        pairs = [
+            compare(deployment.server(primary), deployment.server(standby))
+            for standby, primary in sorted(deployment.standby_of.items())
+            if deployment.server(primary).state() == "running"
+            and deployment.server(standby).state() == "running"
+        ]
+        splits = [
+            divergence(deployment.server(old), deployment.server(new))
+            for new, old in sorted(deployment.promoted_from.items())
+            if deployment.server(old).state() == "running"
+            and deployment.server(new).state() == "running"
+        ]
+        if not pairs and not splits:
             return None
-        primary = deployment.server(primary_name)
-        standby = deployment.server(standbys[0].name)
-        try:
-            lsn = primary.wait_for_catchup(standby, timeout=30)
-        except TestbedError as exc:
-            return {"standby": standby.name, "caught_up": False, "error": str(exc)}
-        query = (
-            "SELECT count(*), coalesce(md5(string_agg(event_id || ':' || interaction_key,"
-            " ',' ORDER BY interaction_key)), '') FROM fact_interaction"
-        )
-        sums = [tuple(s.execute(query, dbname=INFOMART_DATABASE)[0]) for s in (primary, standby)]
-        return {
-            "standby": standby.name,
-            "caught_up": True,
-            "lsn": lsn,
-            "primary": list(sums[0]),
-            "standby_sum": list(sums[1]),
-        }
+        return {"pairs": pairs, "divergence": splits}
 
     @staticmethod
     def _pids(backend: LocalBackend, pipeline: Pipeline) -> list[int]:
@@ -331,24 +356,28 @@ class _Sampler(threading.Thread):
             try:
                 figures = self.pipeline.figures()
                 if count % 10 == 0:
-                    figures["replication_lag_bytes"] = self._replication_lag()
+                    lag, seconds = self._replication_lag()
+                    figures["replication_lag_bytes"] = lag
+                    figures["replication_lag_s"] = seconds
                 self.history.record("sample", **figures)
             except Exception as exc:  # a sample is best effort; the run goes on
                 self.history.record("sample-failed", error=str(exc)[:200])
 
-    def _replication_lag(self) -> dict[str, int | None]:
-        """Bytes of WAL each standby has yet to replay (None: it cannot be asked)."""
+    def _replication_lag(self) -> tuple[dict[str, int | None], dict[str, float | None]]:
+        """Per standby: bytes of WAL it has yet to replay, and how old (wall seconds) the
+        newest transaction it replayed is while it is behind (None: it cannot be asked)."""
         lag: dict[str, int | None] = {}
-        for spec in self.deployment.topology.servers:
-            if spec.standby_of is None:
-                continue
+        seconds: dict[str, float | None] = {}
+        for standby, primary_name in list(self.deployment.standby_of.items()):
             try:
-                primary = self.deployment.server(spec.standby_of).current_lsn()
-                replayed = self.deployment.server(spec.name).replay_lsn()
-                lag[spec.name] = max(0, primary - replayed) if replayed is not None else None
+                primary = self.deployment.server(primary_name).current_lsn()
+                server = self.deployment.server(standby)
+                replayed = server.replay_lsn()
+                lag[standby] = max(0, primary - replayed) if replayed is not None else None
+                seconds[standby] = 0.0 if lag[standby] == 0 else server.scalar(REPLAY_AGE_SQL)
             except Exception:  # a server down or cut off: no figure, not a failure
-                lag[spec.name] = None
-        return lag
+                lag[standby] = seconds[standby] = None
+        return lag, seconds
 
     def stop(self) -> None:
         self._halt.set()

@@ -16,12 +16,12 @@ from testbed.clock import DEFAULT_FACTOR, parse_duration, parse_factor
 from testbed.errors import InvalidFile, TestbedError
 from testbed.netfault.toxics import REGISTRY
 from testbed.pipeline import source_name
-from testbed.topology import Topology, load_topology
+from testbed.topology import Topology, load_topology, with_replacement_site
 
 TOP_KEYS = ("name", "description", "topology", "clock", "settings", "workload", "steps", "expect")
 SETTINGS = ("extract_data_stuck_threshold", "delayed_data_threshold", "heartbeat_interval")
 PROCESS_VERBS = ("kill", "stop", "start", "pause", "resume")
-LATER_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
+DR_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
 CHAOS_FAULTS = ("partition", "latency", "bandwidth", "kill", "stop", "pause")
 VERB_KEYS: dict[str, tuple[str, ...]] = {
     "partition": ("mode", "direction"),
@@ -33,7 +33,12 @@ VERB_KEYS: dict[str, tuple[str, ...]] = {
     "settle": (),
     "wait": (),
     "chaos": ("until", "seed", "faults", "mean_interval", "targets"),
-    **{verb: ("force", "from", "to", "gim") for verb in LATER_VERBS},
+    "fail-site": (),
+    "promote": ("force",),
+    "activate-gim": ("force",),
+    "add-site": ("replaces",),
+    "transfer": ("from", "to", "gim"),
+    "switchover": (),
 }
 EXPECT_KEYS = ("loss", "duplicates", "replica", "stuck", "rto")
 
@@ -204,12 +209,9 @@ class _Parser:
         line = self.doc.line_of(path)
         value = raw[verb]
         vpath = (*path, verb)
-        if verb in LATER_VERBS:
-            raise self.fail(
-                vpath,
-                f"'{verb}' (disaster recovery) is not supported by this version of the engine yet",
-            )
-        if verb == "partition":
+        if verb in DR_VERBS:
+            value, options = self.dr_step(verb, value, options, path, names)
+        elif verb == "partition":
             names.link(value, vpath, self)
             mode = options.get("mode", "reset")
             if mode not in ("reset", "blackhole"):
@@ -258,6 +260,44 @@ class _Parser:
             options["faults"] = list(faults)
         return Step(at, verb, value, options, line)
 
+    def dr_step(
+        self, verb: str, value: Any, options: dict[str, Any], path: tuple, names: _Names
+    ) -> tuple[Any, dict[str, Any]]:
+        """Operator procedures name a site; `transfer` names two (a mapping or step fields)."""
+        vpath = (*path, verb)
+        if "force" in options and not isinstance(options["force"], bool):
+            raise self.fail((*path, "force"), "must be true or false")
+        if verb == "transfer":
+            fields = dict(value) if isinstance(value, dict) else {}
+            fields |= {k: options[k] for k in ("from", "to", "gim") if k in options}
+            for key in fields:
+                if key not in ("from", "to", "gim"):
+                    raise self.fail((*vpath, key), "transfer takes from, to and gim")
+            for key in ("from", "to"):
+                if key not in fields:
+                    raise self.fail(vpath, f"transfer needs '{key}' (a site)")
+                names.site(fields[key], (*vpath, key), self)
+            if fields["from"] == fields["to"]:
+                raise self.fail(vpath, "transfer goes from one site to another")
+            fields.setdefault("gim", "running")
+            if fields["gim"] not in ("running", "stopped"):
+                raise self.fail((*vpath, "gim"), f"{fields['gim']!r} is not running or stopped")
+            return fields, {}
+        if verb == "add-site":
+            if not isinstance(value, str) or value in names.sites:
+                raise self.fail(vpath, f"{value!r} must name a new site (for example site3)")
+            replaces = options.get("replaces")
+            if replaces is None and len(names.failed) != 1:
+                raise self.fail(vpath, "say which lost site it replaces: `replaces: site1`")
+            replaces = replaces or names.failed[0]
+            names.site(replaces, (*path, "replaces"), self)
+            names.add_site(value, replaces)
+            return value, {"replaces": replaces}
+        names.site(value, vpath, self)
+        if verb == "fail-site":
+            names.failed.append(value)
+        return value, options
+
     def number(self, value: Any, path: tuple) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise self.fail(path, f"{value!r} is not a non-negative number")
@@ -299,6 +339,11 @@ class _Names:
     """What a step may name: sites, links, processes and servers of the topology."""
 
     def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.failed: list[str] = []
+        self._learn(topology)
+
+    def _learn(self, topology: Topology) -> None:
         self.sites = topology.sites
         self.processes = (
             [i.name for i in topology.icons]
@@ -306,6 +351,15 @@ class _Names:
             + [source_name(p.site) for p in topology.icon_pairs()]
         )
         self.servers = [s.name for s in topology.servers]
+
+    def add_site(self, site: str, replaces: str) -> None:
+        """Steps after an `add-site` may name the new site and its parts."""
+        self.topology = with_replacement_site(self.topology, site, replaces)
+        self._learn(self.topology)
+
+    def site(self, value: Any, path: tuple, parser: _Parser) -> None:
+        if value not in self.sites:
+            raise parser.fail(path, f"unknown site {value!r} (sites: {', '.join(self.sites)})")
 
     def link(self, value: Any, path: tuple, parser: _Parser) -> None:
         if not isinstance(value, list) or len(value) != 2:

@@ -7,6 +7,7 @@ the rules of the documented deployments are checked here once, when the file is 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -152,6 +153,96 @@ class Topology:
 
 
 BUILTIN = ("active-standby", "active-active")
+
+
+def topology_to_dict(topo: Topology) -> dict:
+    """Plain data for the history: the topology a run ended with may differ from its file
+    (a replacement site added during return to normal)."""
+    return dataclasses.asdict(topo)
+
+
+def topology_from_dict(data: dict) -> Topology:
+    return Topology(
+        name=data["name"],
+        mode=data["mode"],
+        sites=tuple(data["sites"]),
+        servers=tuple(
+            ServerSpec(**{**s, "databases": tuple(s["databases"])}) for s in data["servers"]
+        ),
+        icons=tuple(IconSpec(**i) for i in data["icons"]),
+        gims=tuple(GimSpec(**g) for g in data["gims"]),
+        wan=tuple(tuple(link) for link in data["wan"]),  # type: ignore[misc]
+    )
+
+
+def renamed_for_site(name: str, old_site: str, new_site: str) -> str:
+    """`idb1` -> `idb3` when site3 replaces site1; `<name>_<site>` when the site names do
+    not end in a number."""
+    old = re.fullmatch(r"[a-z_]*?(\d+)", old_site)
+    new = re.fullmatch(r"[a-z_]*?(\d+)", new_site)
+    if old and new and old.group(1) in name:
+        return name.replace(old.group(1), new.group(1), 1)
+    return f"{name}_{new_site}"
+
+
+def with_replacement_site(topo: Topology, new_site: str, replaces: str) -> Topology:
+    """The topology once `new_site` is built to take over the role of the lost `replaces`:
+    an IDB and an empty Info Mart of its own, its own ICON pair (member b writing to the
+    same remote IDB as the lost site's member b did), the other sites' member b re-pointed
+    to the new IDB, a GIM that is not in service, and WAN links to every surviving site.
+    The lost site stays in the model: its events are part of the ground truth."""
+    if new_site in topo.sites:
+        raise InvalidFile(f"site '{new_site}' exists already")
+    rename = {}
+    for name in [s.name for s in topo.servers_at(replaces)]:
+        rename[name] = renamed_for_site(name, replaces, new_site)
+    for item in (*topo.icons, *topo.gims):
+        if item.site == replaces:
+            rename[item.name] = renamed_for_site(item.name, replaces, new_site)
+    taken = {s.name for s in topo.servers} | {i.name for i in topo.icons} | set(topo.sites)
+    taken |= {g.name for g in topo.gims}
+    clash = sorted(set(rename.values()) & taken)
+    if clash:
+        raise InvalidFile(f"cannot add site '{new_site}': names {', '.join(clash)} are taken")
+    new_servers = tuple(
+        ServerSpec(rename[s.name], new_site, s.role, (), None, None)
+        for s in topo.servers_at(replaces)
+    )
+    icons: list[IconSpec] = []
+    for icon in topo.icons:
+        if icon.site != replaces and icon.idb in rename:
+            icons.append(IconSpec(icon.name, icon.site, icon.member, rename[icon.idb]))
+        else:
+            icons.append(icon)
+    for icon in topo.icons:
+        if icon.site == replaces:
+            idb = rename.get(icon.idb, icon.idb)
+            icons.append(IconSpec(rename[icon.name], new_site, icon.member, idb))
+    gims = list(topo.gims) + [
+        GimSpec(rename[g.name], new_site, rename[g.infomart], False)
+        for g in topo.gims
+        if g.site == replaces
+    ]
+    databases: dict[str, list[str]] = {s.name: [] for s in (*topo.servers, *new_servers)}
+    for icon in icons:
+        databases[icon.idb].append(icon.database)
+    servers = tuple(
+        ServerSpec(
+            s.name,
+            s.site,
+            s.role,
+            tuple(databases[s.name]) + ((INFOMART_DATABASE,) if s.role == "infomart" else ()),
+            s.port,
+            s.standby_of,
+        )
+        for s in (*topo.servers, *new_servers)
+    )
+    wan = topo.wan + tuple(
+        (site, new_site) for site in topo.sites if site != replaces and site != new_site
+    )
+    return Topology(
+        topo.name, topo.mode, (*topo.sites, new_site), servers, tuple(icons), tuple(gims), wan
+    )
 
 
 def load_topology(name_or_path: str | Path) -> Topology:

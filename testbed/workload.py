@@ -41,14 +41,18 @@ class Event:
     payload: str
 
 
-def schedule(site: str, rate_per_hour: float, seed: int) -> Iterator[Event]:
-    """The site's events, in time order, for ever."""
-    rng = random.Random(f"{seed}:{site}")
+def schedule(
+    site: str, rate_per_hour: float, seed: int, prefix: str | None = None
+) -> Iterator[Event]:
+    """The site's events, in time order, for ever. A second stream at the same site (the
+    calls of a lost site, moved here) has its own `prefix`, so ids never collide."""
+    prefix = prefix or site
+    rng = random.Random(f"{seed}:{prefix}")
     mean_gap = 3600.0 / rate_per_hour
     t, i = 0.0, 0
     while True:
         t += rng.expovariate(1.0 / mean_gap)
-        yield Event(f"{site}-{i:09d}", site, t, f"call {i} at {site} agent {rng.randrange(500)}")
+        yield Event(f"{prefix}-{i:09d}", site, t, f"call {i} at {site} agent {rng.randrange(500)}")
         i += 1
 
 
@@ -120,7 +124,9 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
     ledger = Ledger(Path(config["ledger"]))
     deliveries = open(config["deliveries"], "a", encoding="utf-8")  # noqa: SIM115
     links = [IconLink(icon["name"], icon["port"]) for icon in config["icons"]]
-    events = schedule(site, float(config["rate_per_hour"]), int(config["seed"]))
+    events = schedule(
+        site, float(config["rate_per_hour"]), int(config["seed"]), config.get("id_prefix")
+    )
     start = clock.now()
     upcoming = next(events)
     while upcoming.ts < start:  # not running then: those calls never happened

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,12 @@ class LocalNode:
             raise ServerFailed(f"{self.name}: no backup at {backup}")
         self._copy_tree(backup, self.datadir)
         self.configure()
+
+    def wipe(self) -> None:
+        """Remove the data directory of a stopped server, before a restore replaces it."""
+        if self.state() != "stopped":
+            raise ServerFailed(f"{self.name} is {self.state()}; stop it before wiping its data")
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
     def configure(self, primary_conninfo: str | None = None) -> None:
         """Write this server's own settings; with a conninfo it starts as a streaming standby."""

@@ -1,0 +1,140 @@
+"""Is a standby Info Mart the same as its primary? Have two Info Marts split apart?
+
+Both questions are asked of live servers at the end of a run (or inside an operator
+procedure) and answered as plain data for `final.json`, so the checkers judge from the
+folder alone.
+
+- `compare`: the standby must have replayed the primary's flush LSN (the pin); then every
+  Info Mart table, facts and GIM's state alike, is checksummed on both. Callers stop the
+  writers first, or the primary moves past the pin while the sums are taken.
+- `divergence`: two Info Marts that are both primaries, one promoted while the other still
+  ran (split brain). Each has rows the other lacks, and the promoted one's timeline forked
+  from the other's WAL at an LSN the other has written past: neither can stream from the
+  other again without rewinding one of them, which throws away what it loaded on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from testbed.errors import TestbedError
+from testbed.postgres import Server, format_lsn, parse_lsn
+from testbed.topology import INFOMART_DATABASE
+
+# Table -> the key its rows are ordered by; together, everything GIM writes.
+TABLES = {
+    "fact_interaction": "interaction_key",
+    "staging": "event_id",
+    "gim_discard": "event_id",
+    "gim_source": "source",
+    "gim_site": "site",
+    "gim_state": "id",
+}
+SHOWN = 5  # differing rows listed per table and side
+
+
+def _sums(server: Server) -> dict[str, list]:
+    sums = {}
+    for table, key in TABLES.items():
+        row = server.execute(
+            f"SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {key})), '')"
+            f" FROM {table} t",
+            dbname=INFOMART_DATABASE,
+        )[0]
+        sums[table] = [int(row[0]), row[1]]
+    return sums
+
+
+def _rows(server: Server, table: str) -> list[str]:
+    key = TABLES[table]
+    return [
+        r[0]
+        for r in server.execute(
+            f"SELECT t::text FROM {table} t ORDER BY {key}", dbname=INFOMART_DATABASE
+        )
+    ]
+
+
+def _differences(a: Server, b: Server, table: str) -> dict[str, Any]:
+    rows_a, rows_b = _rows(a, table), _rows(b, table)
+    set_a, set_b = set(rows_a), set(rows_b)
+    only_a = [r for r in rows_a if r not in set_b]
+    only_b = [r for r in rows_b if r not in set_a]
+    return {
+        f"only_in_{a.name}": len(only_a),
+        f"only_in_{b.name}": len(only_b),
+        "first": {a.name: only_a[:SHOWN], b.name: only_b[:SHOWN]},
+    }
+
+
+def compare(primary: Server, standby: Server, timeout: float = 30.0) -> dict[str, Any]:
+    """The standby against its primary at the primary's flush LSN, table by table."""
+    result: dict[str, Any] = {"primary": primary.name, "standby": standby.name}
+    try:
+        pin = primary.lsn("flush")
+        result["lsn"] = format_lsn(
+            primary.wait_for_catchup(standby, target_lsn=pin, timeout=timeout)
+        )
+        result["pinned_at"] = format_lsn(pin or 0)
+    except (TestbedError, psycopg.Error) as exc:
+        return {**result, "caught_up": False, "error": str(exc).strip()[:300]}
+    sums = {primary.name: _sums(primary), standby.name: _sums(standby)}
+    differing = [t for t in TABLES if sums[primary.name][t] != sums[standby.name][t]]
+    return {
+        **result,
+        "caught_up": True,
+        "sums": sums,
+        "differing_tables": differing,
+        "differences": {t: _differences(primary, standby, t) for t in differing},
+        "consistent": not differing,
+    }
+
+
+def _timeline(server: Server) -> int:
+    return int(server.scalar("SELECT timeline_id FROM pg_control_checkpoint()"))
+
+
+def _fork_lsn(promoted: Server) -> int | None:
+    """Where the promoted server's current timeline branched off its parent's WAL."""
+    timeline = _timeline(promoted)
+    if timeline <= 1:
+        return None
+    try:
+        text = promoted.scalar("SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",))
+    except psycopg.Error:
+        return None
+    lines = [line.split() for line in text.splitlines() if line.strip() and line[0].isdigit()]
+    return parse_lsn(lines[-1][1]) if lines else None
+
+
+def divergence(old: Server, promoted: Server) -> dict[str, Any]:
+    """Two Info Marts that both took writes after `promoted` left `old`'s replication."""
+    fork = _fork_lsn(promoted)
+    old_lsn = old.current_lsn()
+    facts = "SELECT event_id || ' key ' || interaction_key FROM fact_interaction"
+    rows = {
+        s.name: {r[0] for r in s.execute(facts, dbname=INFOMART_DATABASE)} for s in (old, promoted)
+    }
+    events = {name: {r.split(" key ")[0] for r in found} for name, found in rows.items()}
+    only_old = sorted(rows[old.name] - rows[promoted.name])
+    only_promoted = sorted(rows[promoted.name] - rows[old.name])
+    past_fork = old_lsn - fork if fork is not None else None
+    cannot_resume = bool(past_fork and past_fork > 0)
+    return {
+        "old_primary": old.name,
+        "promoted": promoted.name,
+        "fork_lsn": format_lsn(fork) if fork is not None else None,
+        "promoted_timeline": _timeline(promoted),
+        "old_primary_lsn": format_lsn(old_lsn),
+        "old_wal_past_fork_bytes": past_fork,
+        "replication_can_resume": not cannot_resume,
+        "fact_rows_only_in": {old.name: len(only_old), promoted.name: len(only_promoted)},
+        "events_only_in": {
+            old.name: len(events[old.name] - events[promoted.name]),
+            promoted.name: len(events[promoted.name] - events[old.name]),
+        },
+        "first_rows_only_in": {old.name: only_old[:SHOWN], promoted.name: only_promoted[:SHOWN]},
+        "diverged": cannot_resume or bool(only_old) or bool(only_promoted),
+    }

@@ -1,0 +1,577 @@
+"""The operator's procedures of a business-continuity deployment: losing a site, promoting
+the standby Info Mart, bringing GIM into service at the other site, adding a replacement
+site, transferring the Info Mart over the WAN, and a planned switchover.
+
+Each procedure checks its precondition first and refuses with the reason (`Refused`, exit
+code 1) unless forced; a forced override is recorded. Each records what it did, with its
+figures, through `record` (the scenario history), so the checkers can explain the outcome.
+
+The guard that matters most is the documented one: never bring the standby site into
+service while the active site still runs. During a WAN outage the standby cannot reach the
+primary, but the primary is not gone: promoting then gives two Info Marts that both take
+writes (split brain). `promote` therefore refuses while the primary answers *or* still runs
+(not fenced); only a failed or stopped primary lets it through.
+
+At the moment a site fails, `fail_site` takes a census of where that site's events still
+exist (the surviving IDBs, the surviving Info Mart as far as it had replayed). Whatever is
+in neither is gone for good: that set is the exact loss the run must end with.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from testbed.deployment import Deployment
+from testbed.errors import Refused, TestbedError
+from testbed.pipeline import Pipeline, source_name
+from testbed.postgres import SUPERUSER, Server, format_lsn, split_address
+from testbed.topology import (
+    INFOMART_DATABASE,
+    GimSpec,
+    ServerSpec,
+    Topology,
+    topology_to_dict,
+    with_replacement_site,
+)
+
+Record = Callable[..., Any]
+REACH_TIMEOUT_S = 2  # libpq's smallest useful connect timeout
+QUIET_TIMEOUT_S = 10.0  # statements of the dead site still finishing on surviving servers
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class Operator:
+    def __init__(
+        self, deployment: Deployment, pipeline: Pipeline | None = None, record: Record | None = None
+    ) -> None:
+        self.deployment = deployment
+        self.pipeline = pipeline
+        self.record = record or (lambda _kind, **_fields: None)
+        self._transfers = 0
+
+    # --- shared ---------------------------------------------------------------------------
+
+    @property
+    def topology(self) -> Topology:
+        return self.deployment.topology
+
+    def _guard(self, procedure: str, site: str, reason: str | None, force: bool) -> bool:
+        """Refuse (raise) when `reason` is set, unless forced; True when forced past it."""
+        if reason is None:
+            return False
+        if force:
+            self.record("dr-forced", procedure=procedure, site=site, overridden=reason)
+            return True
+        self.record("dr-refused", procedure=procedure, site=site, reason=reason)
+        raise Refused(f"{procedure} {site} refused: {reason}")
+
+    def _check_site(self, site: str) -> None:
+        if site not in self.topology.sites:
+            raise TestbedError(f"unknown site '{site}' (sites: {', '.join(self.topology.sites)})")
+
+    def _infomart_at(self, site: str) -> ServerSpec:
+        found = [s for s in self.topology.servers_at(site) if s.role == "infomart"]
+        if not found:
+            raise TestbedError(f"site {site} has no Info Mart")
+        return found[0]
+
+    def _gim_at(self, site: str) -> GimSpec:
+        found = [g for g in self.topology.gims if g.site == site]
+        if not found:
+            raise TestbedError(f"site {site} has no GIM")
+        return found[0]
+
+    def _need_pipeline(self, procedure: str) -> Pipeline:
+        if self.pipeline is None:
+            raise Refused(
+                f"{procedure} needs the pipeline (ICONs, GIMs, data sources), which "
+                "`testbed up` does not run; use it as a scenario step"
+            )
+        return self.pipeline
+
+    def _lost_idbs(self) -> frozenset[str]:
+        return frozenset(
+            s.name
+            for s in self.topology.servers
+            if s.role == "idb" and s.site in self.deployment.failed_sites
+        )
+
+    def _reachable(self, client: str, server: str) -> bool:
+        host, port = split_address(self.deployment.address_for(client, server))
+        try:
+            with psycopg.connect(
+                host=host,
+                port=port,
+                user=SUPERUSER,
+                dbname="postgres",
+                connect_timeout=REACH_TIMEOUT_S,
+            ) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    # --- fail-site ------------------------------------------------------------------------
+
+    def fail_site(self, site: str, force: bool = False) -> dict[str, Any]:
+        """Every component of `site` dies at once; its calls move to a surviving site."""
+        self._check_site(site)
+        failed = self.deployment.failed_sites
+        self._guard(
+            "fail-site", site, f"{site} has failed already" if site in failed else None, force=False
+        )
+        survivors = [s for s in self.topology.sites if s != site and s not in failed]
+        if not survivors:
+            raise Refused(f"fail-site {site} refused: it is the last site standing")
+        killed: list[str] = []
+        pipeline = self.pipeline
+        if pipeline is not None:
+            order = [*pipeline.icons.values(), *pipeline.sources.values(), *pipeline.gims.values()]
+            for process in order:
+                if process.config["site"] == site and process.state() != "stopped":
+                    process.kill()
+                    killed.append(process.name)
+        for spec in self.topology.servers_at(site):
+            server = self.deployment.server(spec.name)
+            if server.state() != "stopped":
+                server.kill()
+                killed.append(spec.name)
+        failed.add(site)
+        facts: dict[str, Any] = {"procedure": "fail-site", "site": site, "killed": killed}
+        if pipeline is not None:
+            lost_idbs = self._lost_idbs()
+            pipeline.detached |= {i.name for i in self.topology.icons if i.idb in lost_idbs}
+            gims_there = {g.name for g in self.topology.gims if g.site == site}
+            pipeline.active_gims = [g for g in pipeline.active_gims if g not in gims_there]
+            facts["census"] = self._census(site, killed)
+            facts["takeover"] = self._take_over_calls(site, survivors[0])
+        self.record("dr", **facts)
+        return facts
+
+    def _census(self, site: str, killed: list[str]) -> dict[str, Any]:
+        """Where each of the lost site's events still exists, right after the failure."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        surviving = [
+            s
+            for s in self.topology.servers
+            if s.site not in self.deployment.failed_sites
+            and self.deployment.server(s.name).state() == "running"
+        ]
+        self._wait_quiet(surviving, killed)
+        ledger = pipeline.ledger(site)
+        in_idbs: set[str] = set()
+        for icon in self.topology.icons:
+            idb = next((s for s in surviving if s.name == icon.idb), None)
+            if icon.site != site or idb is None:
+                continue
+            rows = self.deployment.server(idb.name).execute(
+                "SELECT event_id FROM events", dbname=icon.database
+            )
+            in_idbs |= {r[0] for r in rows}
+        in_infomarts: set[str] = set()
+        for spec in (s for s in surviving if s.role == "infomart"):
+            server = self.deployment.server(spec.name)
+            self._wait_replayed(server)
+            rows = server.execute(
+                "SELECT event_id FROM fact_interaction UNION SELECT event_id FROM staging",
+                dbname=INFOMART_DATABASE,
+            )
+            in_infomarts |= {r[0] for r in rows}
+        lost = sorted(e.id for e in ledger if e.id not in in_idbs and e.id not in in_infomarts)
+        return {
+            "site": site,
+            "events": len(ledger),
+            "last_ts": max((e.ts for e in ledger), default=0.0),
+            "in_surviving_idbs": sum(1 for e in ledger if e.id in in_idbs),
+            "only_in_surviving_infomart": sum(
+                1 for e in ledger if e.id in in_infomarts and e.id not in in_idbs
+            ),
+            "lost_without_infomart": sum(1 for e in ledger if e.id not in in_idbs),
+            "lost": lost,
+        }
+
+    def _wait_quiet(self, surviving: list[ServerSpec], killed: list[str]) -> None:
+        """A statement the dead site sent just before dying still commits: wait for it."""
+        deadline = time.monotonic() + QUIET_TIMEOUT_S
+        for spec in surviving:
+            server = self.deployment.server(spec.name)
+            while time.monotonic() < deadline:
+                busy = server.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)"
+                    " AND state <> 'idle'",
+                    (killed,),
+                )
+                if not busy:
+                    break
+                time.sleep(0.01)
+
+    @staticmethod
+    def _wait_replayed(server: Server, timeout: float = QUIET_TIMEOUT_S) -> None:
+        """A standby whose primary died replays what it received, then stands still."""
+        if not server.is_in_recovery():
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            received, replayed = server.lsn("receive"), server.lsn("replay")
+            if received is None or (replayed is not None and replayed >= received):
+                return
+            time.sleep(0.01)
+
+    def _take_over_calls(self, site: str, survivor: str) -> dict[str, Any] | None:
+        """Calls of the lost site are routed to a surviving one: a second stream of events
+        there, at the lost site's rate, through the survivor's ICON pair."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        pair = next((p for p in self.topology.icon_pairs() if p.site == survivor), None)
+        lost_source = pipeline.sources.get(source_name(site))
+        if pair is None or lost_source is None:
+            return None
+        name = f"{source_name(survivor)}_takeover"
+        if name in pipeline.sources:
+            return None
+        rate = float(lost_source.config["rate_per_hour"])
+        pipeline.add_source(survivor, [pair.a, pair.b], name, rate, f"{survivor}t")
+        return {"source": name, "site": survivor, "rate_per_hour": rate}
+
+    # --- promote --------------------------------------------------------------------------
+
+    def _primary_not_fenced(self, standby: str, primary: str) -> str | None:
+        spec = self.topology.server(primary)
+        state = self.deployment.server(primary).state()
+        if state == "stopped":
+            return None
+        if self._reachable(standby, primary):
+            return (
+                f"{primary}, the primary at {spec.site}, is {state} and answers from"
+                f" {self.topology.server(standby).site}; promoting {standby} would give two"
+                f" Info Marts that both take writes (split brain). Fail or fence {spec.site}"
+                " first, or force it"
+            )
+        return (
+            f"{primary} at {spec.site} does not answer over the WAN but still runs (not"
+            " fenced): this is a network outage, not a disaster. GIM must not be brought into"
+            f" service at {self.topology.server(standby).site} during an outage; fence"
+            f" {spec.site} first, or force it"
+        )
+
+    def promote(self, site: str, force: bool = False) -> dict[str, Any]:
+        """Stop replication into `site`'s Info Mart and make it a primary."""
+        self._check_site(site)
+        spec = self._infomart_at(site)
+        primary = self.deployment.standby_of.get(spec.name)
+        if primary is None:
+            raise Refused(f"promote {site} refused: {spec.name} is not a standby")
+        standby = self.deployment.server(spec.name)
+        if standby.state() != "running":
+            raise Refused(f"promote {site} refused: {spec.name} is {standby.state()}")
+        forced = self._guard("promote", site, self._primary_not_fenced(spec.name, primary), force)
+        replayed = standby.lsn("replay")
+        started = time.monotonic()
+        standby.promote()
+        del self.deployment.standby_of[spec.name]
+        if self.deployment.server(primary).state() != "stopped":
+            self.deployment.promoted_from[spec.name] = primary
+        facts = {
+            "procedure": "promote",
+            "site": site,
+            "server": spec.name,
+            "former_primary": primary,
+            "replayed_lsn": format_lsn(replayed or 0),
+            "forced": forced,
+            "wall_s": round(time.monotonic() - started, 3),
+        }
+        self.record("dr", **facts)
+        return facts
+
+    # --- activate-gim ---------------------------------------------------------------------
+
+    def activate_gim(self, site: str, force: bool = False) -> dict[str, Any]:
+        """GIM at `site` into service against the IDBs that still exist, continuing from
+        the state in its Info Mart (replicated from the old primary)."""
+        self._check_site(site)
+        pipeline = self._need_pipeline("activate-gim")
+        gim = self._gim_at(site)
+        infomart = self.deployment.server(gim.infomart)
+        if infomart.state() != "running":
+            raise Refused(f"activate-gim {site} refused: {gim.infomart} is {infomart.state()}")
+        if infomart.is_in_recovery():
+            raise Refused(
+                f"activate-gim {site} refused: {gim.infomart} is still a standby of"
+                f" {self.deployment.standby_of.get(gim.infomart)}; promote {site} first"
+            )
+        others = [
+            g
+            for g in pipeline.active_gims
+            if g != gim.name and pipeline.gims[g].state() != "stopped"
+        ]
+        reason = None
+        if self.topology.mode == "active-standby" and others:
+            reason = (
+                f"{', '.join(others)} still in service: two GIMs loading two Info Marts is"
+                " split brain; fail or stop it first, or force it"
+            )
+        forced = self._guard("activate-gim", site, reason, force)
+        self._start_gim(gim)
+        facts = {
+            "procedure": "activate-gim",
+            "site": site,
+            "gim": gim.name,
+            "infomart": gim.infomart,
+            "sources": [s["name"] for s in pipeline.gims[gim.name].config["sources"]],
+            "retired_sites": sorted(self.deployment.failed_sites),
+            "forced": forced,
+        }
+        self.record("dr", **facts)
+        return facts
+
+    def _start_gim(self, gim: GimSpec) -> None:
+        """(Re)start `gim` with the sources that exist now; it leads the GIMs in service."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        process = pipeline.gims.get(gim.name) or pipeline.add_gim(gim)
+        if process.state() != "stopped":
+            process.stop()
+        process.reconfigure(
+            pipeline.gim_config(gim, self._lost_idbs(), tuple(sorted(self.deployment.failed_sites)))
+        )
+        process.start()
+        pipeline.active_gims = [gim.name, *(g for g in pipeline.active_gims if g != gim.name)]
+
+    def _restart_active_gims(self) -> None:
+        """After the sources changed (a site added), GIMs in service re-read them."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        specs = {g.name: g for g in self.topology.gims}
+        for name in reversed(list(pipeline.active_gims)):
+            if pipeline.gims[name].state() != "stopped":
+                self._start_gim(specs[name])
+
+    # --- add-site -------------------------------------------------------------------------
+
+    def add_site(self, site: str, replaces: str | None = None) -> dict[str, Any]:
+        """A replacement for a lost site: its IDB, an empty Info Mart, its ICON pair, and
+        the surviving sites' member b re-pointed to the new IDB; its calls come back to it."""
+        failed = sorted(self.deployment.failed_sites)
+        replaces = replaces or (failed[0] if len(failed) == 1 else None)
+        if replaces is None:
+            raise Refused(
+                f"add-site {site} refused: say which failed site it replaces (failed: "
+                f"{', '.join(failed) or 'none'})"
+            )
+        if replaces not in failed:
+            raise Refused(f"add-site {site} refused: {replaces} has not failed")
+        if site in self.topology.sites:
+            raise Refused(
+                f"add-site {site} refused: {site} exists already; a replacement site takes a"
+                " new name (for example site3)"
+            )
+        old = self.topology
+        new = with_replacement_site(old, site, replaces)
+        backend = self.deployment.backend
+        started = time.monotonic()
+        existing = {s.name for s in old.servers}
+        for spec in new.servers:
+            if spec.name not in existing:
+                server = (
+                    backend.new_server(spec.name, spec.site, spec.role, spec.port).init().start()
+                )
+                for database in spec.databases:
+                    server.create_database(database)
+            else:
+                before = set(old.server(spec.name).databases)
+                for database in spec.databases:
+                    if database not in before:
+                        self.deployment.server(spec.name).create_database(database)
+        self.deployment.topology = new
+        for route in new.cross_site_routes():
+            if {route.client_site, route.server_site} & self.deployment.failed_sites:
+                continue
+            self.deployment.ensure_route(route.client, route.server, route.purpose)
+        self.record("topology-changed", topology=topology_to_dict(new))
+        facts: dict[str, Any] = {
+            "procedure": "add-site",
+            "site": site,
+            "replaces": replaces,
+            "servers": [s.name for s in new.servers_at(site)],
+        }
+        if self.pipeline is not None:
+            facts.update(self._grow_pipeline(old, site))
+        facts["wall_s"] = round(time.monotonic() - started, 3)
+        self.record("dr", **facts)
+        return facts
+
+    def _grow_pipeline(self, old: Any, site: str) -> dict[str, Any]:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        new = self.topology
+        before = {i.name: i for i in old.icons}
+        repointed = []
+        for icon in new.icons:
+            if icon.name in before and before[icon.name].idb != icon.idb:
+                process = pipeline.icons[icon.name]
+                process.reconfigure(
+                    {**process.config, "idb": self.deployment.address_for(icon.name, icon.idb)}
+                )
+                process.restart()  # its queue is on disk: it drains into the new IDB
+                pipeline.detached.discard(icon.name)
+                repointed.append(icon.name)
+        pair = next(p for p in new.icon_pairs() if p.site == site)
+        for icon in (pair.a, pair.b):
+            pipeline.add_icon(icon)
+        for gim in new.gims:
+            if gim.name not in pipeline.gims:
+                pipeline.add_gim(gim)
+        stopped = [n for n in pipeline.sources if n.endswith("_takeover")]
+        for name in stopped:
+            pipeline.sources[name].stop()
+        pipeline.add_source(site, [pair.a, pair.b])
+        self._restart_active_gims()
+        return {"repointed": repointed, "takeover_stopped": stopped}
+
+    # --- transfer -------------------------------------------------------------------------
+
+    def transfer(self, source_site: str, target_site: str, gim: str = "running") -> dict[str, Any]:
+        """Copy the Info Mart of `source_site` to `target_site` with a base backup over the
+        WAN, then stream: what GIM loaded meanwhile (if it kept running) is caught up."""
+        self._check_site(source_site)
+        self._check_site(target_site)
+        if gim not in ("running", "stopped"):
+            raise TestbedError(f"transfer: gim is 'running' or 'stopped', not {gim!r}")
+        src_spec, dst_spec = self._infomart_at(source_site), self._infomart_at(target_site)
+        src, dst = self.deployment.server(src_spec.name), self.deployment.server(dst_spec.name)
+        why = None
+        if src.state() != "running" or src.is_in_recovery():
+            why = f"{src.name} is not a running primary"
+        elif self.deployment.standby_of.get(dst.name) == src.name:
+            why = f"{dst.name} is a standby of {src.name} already"
+        elif self.pipeline is not None and any(
+            g.infomart == dst.name and g.name in self.pipeline.active_gims
+            for g in self.topology.gims
+        ):
+            why = f"{dst.name} is loaded by a GIM in service; it cannot be overwritten"
+        if why:
+            raise Refused(f"transfer to {target_site} refused: {why}")
+        paused = []
+        if gim == "stopped" and self.pipeline is not None:
+            for g in self.topology.gims:
+                process = self.pipeline.gims.get(g.name)
+                if g.infomart == src.name and process is not None and process.state() == "running":
+                    process.stop()
+                    paused.append(g.name)
+        via = self.deployment.ensure_route(dst.name, src.name, "replication")
+        self._transfers += 1
+        name = f"transfer-{self._transfers}-to-{dst.name}"
+        lsn_before = src.current_lsn()
+        started = time.monotonic()
+        path = src.backup(name, via=via)
+        copy_s = time.monotonic() - started
+        size = _tree_bytes(path)
+        lsn_after = src.current_lsn()
+        dst.rebuild_from(src, name, via=via).start()
+        self._remove_backup(path)
+        self.deployment.standby_of[dst.name] = src.name
+        caught_from = time.monotonic()
+        target = src.current_lsn()
+        src.wait_for_catchup(dst, target_lsn=target, timeout=120)
+        catch_up_s = time.monotonic() - caught_from
+        specs = {g.name: g for g in self.topology.gims}
+        for g in paused:
+            self._start_gim(specs[g])
+        facts = {
+            "procedure": "transfer",
+            "from": source_site,
+            "to": target_site,
+            "gim": gim,
+            "bytes": size,
+            "copy_wall_s": round(copy_s, 3),
+            "rate_mb_s": round(size / copy_s / 1e6, 2) if copy_s else None,
+            "wal_during_copy_bytes": lsn_after - lsn_before,
+            "catch_up_bytes": max(0, target - lsn_after),
+            "catch_up_wall_s": round(catch_up_s, 3),
+            "total_wall_s": round(time.monotonic() - started, 3),
+            "gim_stopped": paused,
+        }
+        self.record("dr", **facts)
+        return facts
+
+    @staticmethod
+    def _remove_backup(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    # --- switchover -----------------------------------------------------------------------
+
+    def switchover(self, site: str) -> dict[str, Any]:
+        """Planned role change with no loss: GIM stops, the standby at `site` catches up and
+        is promoted, the old primary follows it, and GIM starts at `site`."""
+        self._check_site(site)
+        new_spec = self._infomart_at(site)
+        old_name = self.deployment.standby_of.get(new_spec.name)
+        if old_name is None:
+            raise Refused(
+                f"switchover to {site} refused: {new_spec.name} is not a standby; transfer the"
+                f" Info Mart to {site} first"
+            )
+        new, old = self.deployment.server(new_spec.name), self.deployment.server(old_name)
+        if old.state() != "running" or not new.streaming():
+            raise Refused(
+                f"switchover to {site} refused: {new.name} is not streaming from {old.name};"
+                " a switchover without loss needs both up and connected"
+            )
+        started = time.monotonic()
+        stopped = []
+        if self.pipeline is not None:
+            for name in list(self.pipeline.active_gims):
+                if self.pipeline.gims[name].state() != "stopped":
+                    self.pipeline.gims[name].stop()
+                    stopped.append(name)
+        final = old.lsn("flush")
+        old.wait_for_catchup(new, target_lsn=final, timeout=60)
+        old.stop()  # clean: its shutdown checkpoint reaches the standby before it exits
+        new.promote()
+        del self.deployment.standby_of[new.name]
+        via = self.deployment.ensure_route(old.name, new.name, "replication")
+        method = self._rejoin(old, new, via)
+        self.deployment.standby_of[old.name] = new.name
+        if self.pipeline is not None:
+            self.pipeline.active_gims = []
+            self._start_gim(self._gim_at(site))
+        facts = {
+            "procedure": "switchover",
+            "site": site,
+            "new_primary": new.name,
+            "new_standby": old.name,
+            "final_lsn": format_lsn(final or 0),
+            "rejoined_by": method,
+            "gims_stopped": stopped,
+            "wall_s": round(time.monotonic() - started, 3),
+        }
+        self.record("dr", **facts)
+        return facts
+
+    def _rejoin(self, old: Server, new: Server, via: str) -> str:
+        """The old primary follows the new one as it is, or from a fresh base backup when
+        its WAL went past the fork (it cannot, after a clean switchover, but we check)."""
+        old.follow(new, via=via).start()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if old.streaming():
+                new.wait_for_catchup(old, timeout=30)
+                return "follow"
+            time.sleep(0.05)
+        self._transfers += 1
+        name = f"rejoin-{self._transfers}-{old.name}"
+        path = new.backup(name, via=via)
+        old.rebuild_from(new, name, via=via).start()
+        self._remove_backup(path)
+        new.wait_for_catchup(old, timeout=60)
+        return "base backup"
