@@ -14,7 +14,7 @@ from typing import Any
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
 from testbed.prediction import Prediction, predict
-from testbed.topology import load_topology
+from testbed.topology import load_topology, topology_from_dict
 
 
 @dataclass
@@ -47,6 +47,8 @@ def evaluate(out: Path) -> Outcome:
     final = json.loads((out / "final.json").read_text())
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     topology = load_topology(run["topology"])
+    for change in of_kind(history, "topology-changed"):  # a replacement site was added
+        topology = topology_from_dict(change["topology"])
     settings = run["settings"]
     threshold = float(settings.get("extract_data_stuck_threshold", 28860.0))
     tolerance = float(settings.get("heartbeat_interval", 60.0)) + float(run["detection_s"])
@@ -62,6 +64,11 @@ def evaluate(out: Path) -> Outcome:
         _hwm_monotonic(history),
         _residue(history),
     ]
+    if prediction.censuses:
+        checks.append(_census_loss(ledger, facts, prediction))
+    checks.append(_single_active(history, topology.mode, final.get("replica")))
+    if final.get("other_infomarts"):
+        checks.append(_converged(facts, final["other_infomarts"], final["infomart"]))
     stuck_seen = sorted({s for e in of_kind(history, "sample") for s in e.get("stuck_sites") or []})
     if "stuck" in expect:
         want = sorted(expect["stuck"])
@@ -85,6 +92,10 @@ def evaluate(out: Path) -> Outcome:
     replica = final.get("replica")
     if replica is not None or "replica" in expect:
         checks.append(_replica(replica, expect.get("replica", "consistent")))
+    procedures = [
+        {k: v for k, v in e.items() if k not in ("census", "wall", "kind")}
+        for e in of_kind(history, "dr")
+    ]
 
     lost = _lost(ledger, facts)
     factor = float(run["factor"])
@@ -92,9 +103,19 @@ def evaluate(out: Path) -> Outcome:
     figures = {
         "lost_events": {s: len(lost.get(s, [])) for s in topology.sites},
         "predicted_lost_events": {
-            s: sum(1 for e in ledger if e["site"] == s and _in(prediction.windows.get(s), e["ts"]))
+            s: sum(
+                1
+                for e in ledger
+                if e["site"] == s and prediction.verdict(s, e["ts"], e["id"]) == "lost"
+            )
             for s in topology.sites
         },
+        "disaster_census": [
+            {k: v for k, v in c.items() if k != "lost"} | {"lost": len(c["lost"])}
+            for c in prediction.censuses
+        ],
+        "procedures": procedures,
+        "replication_lag_max_bytes": _lag_max(history),
         "predicted_windows": {s: [[a, b] for a, b in w] for s, w in prediction.windows.items()},
         "tolerance_s": tolerance,
         "duplicates": sum(1 for n in facts.values() if n > 1),
@@ -115,10 +136,6 @@ def evaluate(out: Path) -> Outcome:
 
 def _fmt(seconds: float | None) -> str:
     return "never" if seconds is None else format_duration(seconds)
-
-
-def _in(windows: list | None, ts: float) -> bool:
-    return any(a <= ts < b for a, b in windows or [])
 
 
 def _lost(ledger: list[dict], facts: collections.Counter) -> dict[str, list[float]]:
@@ -150,7 +167,7 @@ def _loss(
     kept_but_predicted: list[dict] = []
     lost = _lost(ledger, facts)
     for event in ledger:
-        verdict = prediction.verdict(event["site"], event["ts"])
+        verdict = prediction.verdict(event["site"], event["ts"], event["id"])
         gone = event["id"] not in facts
         if gone and verdict == "kept":
             unpredicted.append(event)
@@ -177,12 +194,14 @@ def _loss(
             margin = sum(
                 1
                 for e in ledger
-                if e["site"] == site and prediction.verdict(site, e["ts"]) == "either"
+                if e["site"] == site and prediction.verdict(site, e["ts"], e["id"]) == "either"
             )
             if abs(len(times) - want["events"]) > margin:
                 problems.append(
                     f"{site}: {len(times)} events lost, expected {want['events']} (margin {margin})"
                 )
+        elif prediction.censuses:
+            problems.append(f"{site}: a disaster's loss is a count of events, not a window")
         else:
             span = sum(b - a for a, b in prediction.windows.get(site, []))
             actual = (times[-1] - times[0]) if times else 0.0
@@ -219,10 +238,15 @@ def _hwm_monotonic(history: list[dict]) -> Check:
     last: dict[str, int] = {}
     backwards = []
     for entry in of_kind(history, "sample"):
-        for source, mark in (entry.get("hwm") or {}).items():
-            if source in last and mark < last[source]:
-                backwards.append(f"{source} at t={entry['t']:.0f}s: {last[source]} -> {mark}")
-            last[source] = mark
+        # Per GIM: a GIM brought into service elsewhere starts from the replicated marks,
+        # which may be older; that is re-extraction, not a mark moving back.
+        by_gim = entry.get("hwm_by_gim") or {"gim": entry.get("hwm")}
+        for gim, marks in by_gim.items():
+            for source, mark in (marks or {}).items():
+                key = f"{gim}/{source}"
+                if key in last and mark < last[key]:
+                    backwards.append(f"{key} at t={entry['t']:.0f}s: {last[key]} -> {mark}")
+                last[key] = mark
     return Check(
         "hwm-monotonic",
         not backwards,
@@ -263,16 +287,127 @@ def _rto(history: list[dict]) -> float | None:
 
 
 def _replica(replica: dict[str, Any] | None, expected: str) -> Check:
+    """`consistent`: every standby equals its primary at a pinned LSN. `diverged`: two
+    Info Marts split apart, and the report says how (only then does it pass)."""
     if replica is None:
-        return Check("replica", False, "no standby to compare")
-    if not replica.get("caught_up"):
-        state = "diverged"
-        message = f"{replica['standby']} did not catch up: {replica.get('error')}"
-    else:
-        same = replica["primary"] == replica["standby_sum"]
-        state = "consistent" if same else "diverged"
-        message = (
-            f"{replica['standby']} {state} with the primary at LSN {replica['lsn']}"
-            f" ({replica['primary'][0]} facts)"
+        return Check("replica", False, "no standby and no split to compare; expected " + expected)
+    parts, diverged = [], False
+    for pair in replica.get("pairs", []):
+        if not pair.get("caught_up"):
+            diverged = True
+            parts.append(f"{pair['standby']} did not catch up: {pair.get('error')}")
+        elif pair["differing_tables"]:
+            diverged = True
+            first = pair["differences"][pair["differing_tables"][0]]
+            parts.append(
+                f"{pair['standby']} differs from {pair['primary']} at LSN {pair['lsn']} in"
+                f" {', '.join(pair['differing_tables'])} (first rows: {first['first']})"
+            )
+        else:
+            facts = pair["sums"][pair["primary"]]["fact_interaction"][0]
+            parts.append(
+                f"{pair['standby']} equals {pair['primary']} at LSN {pair['lsn']} in every"
+                f" table ({facts} facts)"
+            )
+    for split in replica.get("divergence", []):
+        if not split["diverged"]:
+            parts.append(f"{split['promoted']} and {split['old_primary']} hold the same rows")
+            continue
+        diverged = True
+        only = split["fact_rows_only_in"]
+        resume = (
+            "replication can no longer resume"
+            if not split["replication_can_resume"]
+            else "replication could still resume"
         )
-    return Check("replica", state == expected, f"{message}; expected {expected}")
+        parts.append(
+            f"split brain: {split['promoted']} (timeline {split['promoted_timeline']}, forked at"
+            f" {split['fork_lsn']}) and {split['old_primary']} (wrote"
+            f" {split['old_wal_past_fork_bytes']} bytes of WAL past the fork) both took"
+            f" writes; fact rows only in {split['old_primary']}: {only[split['old_primary']]},"
+            f" only in {split['promoted']}: {only[split['promoted']]}; {resume}"
+        )
+    state = "diverged" if diverged else "consistent"
+    return Check("replica", state == expected, f"{'; '.join(parts)}; expected {expected}")
+
+
+def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Prediction) -> Check:
+    """A lost site's events before its failure: lost exactly when the census said so."""
+    problems, parts = [], []
+    for census in prediction.censuses:
+        site, last = census["site"], census["last_ts"]
+        predicted = set(census["lost"])
+        universe = [e for e in ledger if e["site"] == site and e["ts"] <= last]
+        lost = {e["id"] for e in universe if e["id"] not in facts}
+        missing = predicted - lost
+        extra = {
+            e["id"]
+            for e in universe
+            if e["id"] in lost - predicted
+            and prediction.verdict(site, e["ts"]) == "kept"  # not explained by another rule
+        }
+        if missing:
+            problems.append(f"{len(missing)} events the census counted lost were loaded")
+        if extra:
+            problems.append(
+                f"{len(extra)} events a surviving store held were lost, e.g. {sorted(extra)[:3]}"
+            )
+        parts.append(
+            f"{site}: {len(lost)} of {len(universe)} events lost at the failure, census"
+            f" predicted {len(predicted)} ({census['in_surviving_idbs']} saved by a surviving"
+            f" IDB, {census['only_in_surviving_infomart']} only by the surviving Info Mart)"
+        )
+    return Check(
+        "disaster-loss",
+        not problems,
+        "; ".join(problems + parts),
+        {"predicted": sum(len(c["lost"]) for c in prediction.censuses)},
+    )
+
+
+def _single_active(history: list[dict], mode: str, replica: dict[str, Any] | None) -> Check:
+    """One GIM in service at a time in active-standby, unless a scenario forced a second
+    one in: then the split must be detected and reported."""
+    most, when = 0, None
+    for entry in of_kind(history, "sample"):
+        states = entry.get("states") or {}
+        running = [g for g in entry.get("active_gims") or [] if states.get(g) == "running"]
+        if len(running) > most:
+            most, when = len(running), entry["t"]
+    if mode != "active-standby" or most <= 1:
+        return Check("single-active", True, f"at most {max(most, 1)} GIM in service per Info Mart")
+    forced = any(e["procedure"] == "activate-gim" for e in of_kind(history, "dr-forced"))
+    reported = any(s.get("diverged") for s in (replica or {}).get("divergence", []))
+    ok = forced and reported
+    return Check(
+        "single-active",
+        ok,
+        f"{most} GIMs in service at once from t={when:.0f}s"
+        + ("; forced on purpose, and the divergence is reported" if ok else "; not detected"),
+    )
+
+
+def _converged(facts: collections.Counter, others: dict[str, list[str]], main: str) -> Check:
+    """Active-active: every Info Mart ends with the same set of events (keys may differ)."""
+    mine = set(facts)
+    parts, ok = [], True
+    for name, events in others.items():
+        theirs = set(events)
+        if theirs != mine:
+            ok = False
+            parts.append(
+                f"{name} differs from {main}: {len(theirs - mine)} events only in {name},"
+                f" {len(mine - theirs)} only in {main}"
+            )
+        else:
+            parts.append(f"{name} holds the same {len(mine)} events as {main}")
+    return Check("converged", ok, "; ".join(parts))
+
+
+def _lag_max(history: list[dict]) -> dict[str, int]:
+    most: dict[str, int] = {}
+    for entry in of_kind(history, "sample"):
+        for name, lag in (entry.get("replication_lag_bytes") or {}).items():
+            if lag is not None:
+                most[name] = max(most.get(name, 0), lag)
+    return most

@@ -61,7 +61,10 @@ class Icon:
         self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
         self.heartbeat_interval = float(config["heartbeat_interval"])
         self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
-        self.watermark: float | None = None  # set while a source session is open
+        # Per open source session, its watermark; a heartbeat carries the smallest, since
+        # each source vouches only for its own events (calls moved from a lost site arrive
+        # on a second session).
+        self.watermarks: dict[str, float] = {}
         self.written = 0
         self.last_seq = 0
         self.idb_connected = False
@@ -69,11 +72,19 @@ class Icon:
 
     # --- intake ------------------------------------------------------------------------
 
+    @property
+    def watermark(self) -> float | None:
+        marks = list(self.watermarks.values())
+        return min(marks) if marks else None
+
     def serve_intake(self, listener: socket.socket) -> None:
         while True:
             conn, _ = listener.accept()
-            with conn:
-                self._session(conn)
+            threading.Thread(target=self._serve_session, args=(conn,), daemon=True).start()
+
+    def _serve_session(self, conn: socket.socket) -> None:
+        with conn:
+            self._session(conn)
 
     def _session(self, conn: socket.socket) -> None:
         session = uuid.uuid4().hex[:12]
@@ -88,12 +99,12 @@ class Icon:
                     items.append(("event", self.clock.now(), _parse_event(reader.readline())))
                 if items:
                     self.queue.append(items)  # durable before the acknowledgement
-                self.watermark = float(watermark)
+                self.watermarks[session] = float(watermark)
                 conn.sendall(f"OK {len(items)}\n".encode())
         except (OSError, ValueError) as exc:
             self.log.warning("source session %s broke: %s", session, exc)
         finally:
-            self.watermark = None
+            self.watermarks.pop(session, None)
             self.queue.append([("session", self.clock.now(), {"id": session, "event": "end"})])
             self.log.info("source session %s ended", session)
 
