@@ -93,7 +93,12 @@ def compare(primary: Server, standby: Server, timeout: float = 30.0) -> dict[str
 
 
 def _timeline(server: Server) -> int:
-    return int(server.scalar("SELECT timeline_id FROM pg_control_checkpoint()"))
+    """The timeline being written now (the checkpoint's may still be the old one right
+    after a promotion)."""
+    if server.is_in_recovery():
+        return int(server.scalar("SELECT timeline_id FROM pg_control_checkpoint()"))
+    name = server.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    return int(name[:8], 16)
 
 
 def _fork_lsn(promoted: Server) -> int | None:
