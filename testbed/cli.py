@@ -19,6 +19,7 @@ from rich.table import Table
 
 from testbed import procs
 from testbed.backends.storage import STORAGES
+from testbed.cli_dr import dr
 from testbed.cli_plan import plan
 from testbed.errors import TestbedError
 
@@ -413,6 +414,7 @@ def report(directory: str, as_json: bool) -> None:
 
 
 main.add_command(plan)
+main.add_command(dr)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 
-def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+def deferred_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """`testbed.cli.user_errors`, applied when the command runs."""
 
     @functools.wraps(command)
@@ -42,7 +42,7 @@ def plan() -> None:
     help="Events GIM keeps loading meanwhile: 2000/h (or /s, /min, /d).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@_user_errors
+@deferred_user_errors
 def transfer(size: str, link: str, workload: str | None, as_json: bool) -> None:
     """How long a base backup of the Info Mart takes across the WAN, and the catch-up after.
 

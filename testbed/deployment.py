@@ -17,7 +17,7 @@ from testbed.errors import TestbedError
 from testbed.netfault.client import ToxiproxyClient
 from testbed.netfault.wan import RouteProxy, Wan
 from testbed.postgres import Server
-from testbed.topology import Route, ServerSpec, Topology
+from testbed.topology import Route, ServerSpec, Topology, topology_from_dict, topology_to_dict
 
 INITIAL_BACKUP = "initial"
 
@@ -79,7 +79,7 @@ class Deployment:
         proxy = self.wan.client.create_proxy(route.name, self.server(server).address)
         assert self.route_addresses is not None
         self.route_addresses[(client, server)] = proxy.listen
-        self.wan.routes.append(RouteProxy(route.name, route.client_site, route.server_site))
+        self.wan.add_route(RouteProxy(route.name, route.client_site, route.server_site))
         return proxy.listen
 
     def rows(self) -> list[dict[str, object]]:
@@ -112,6 +112,43 @@ class Deployment:
 
 
 Progress = Callable[[str], None]
+
+
+def attach(topology: Topology, backend: Backend, state: dict | None = None) -> Deployment:
+    """The deployment of a run another command brought up, rebuilt from its servers, the
+    proxies its WAN proxy holds, and the state operator procedures left (`dr_state`)."""
+    state = state or {}
+    if state.get("topology"):
+        topology = topology_from_dict(state["topology"])
+    deployment = Deployment(topology, backend)
+    routes = topology.cross_site_routes()
+    if routes:
+        client = backend.start_proxy()
+        proxies = client.proxies()
+        site_of = {s.name: s.site for s in topology.servers}
+        site_of |= {c.name: c.site for c in (*topology.icons, *topology.gims)}
+        addresses, wired = {}, []
+        for name, proxy in proxies.items():
+            client_name, _, server_name = name.partition("-to-")
+            if client_name in site_of and server_name in site_of:
+                addresses[(client_name, server_name)] = proxy.listen
+                wired.append(RouteProxy(name, site_of[client_name], site_of[server_name]))
+        deployment.wan, deployment.route_addresses = Wan(client, wired), addresses
+    if "standby_of" in state:
+        deployment.standby_of = dict(state["standby_of"])
+    deployment.promoted_from = dict(state.get("promoted_from", {}))
+    deployment.failed_sites = set(state.get("failed_sites", []))
+    return deployment
+
+
+def dr_state(deployment: Deployment) -> dict:
+    """What `attach` needs to pick up where operator procedures left the deployment."""
+    return {
+        "topology": topology_to_dict(deployment.topology),
+        "standby_of": deployment.standby_of,
+        "promoted_from": deployment.promoted_from,
+        "failed_sites": sorted(deployment.failed_sites),
+    }
 
 
 def bring_up(topology: Topology, backend: Backend, progress: Progress | None = None) -> Deployment:

@@ -22,6 +22,7 @@ from testbed import procs
 from testbed.backends import runs
 from testbed.backends.osuser import ServerUser, server_user
 from testbed.backends.pgbin import PgBinaries, find_binaries
+from testbed.backends.proxyproc import NAME as PROXY_NAME
 from testbed.backends.proxyproc import ProxyProcess
 from testbed.backends.storage import data_root_for, storage_choice
 from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
@@ -73,6 +74,28 @@ class LocalNode:
         self._proc: subprocess.Popen | None = None
         self.dir.mkdir(parents=True)
         backend.user.own(self.dir)
+
+    @classmethod
+    def existing(cls, backend: LocalBackend, record: runs.ServerRecord) -> LocalNode:
+        """The node of a server another command started (a detached run), from its record."""
+        node = cls.__new__(cls)
+        node.backend = backend
+        node.name, node.site, node.role = record.name, record.site, record.role
+        node.host, node.port, node.fixed_port = record.host, record.port, True
+        node.datadir = Path(record.datadir)
+        node.dir = node.datadir.parent
+        node.logfile = node.dir / "server.log"
+        node.backups = backend.data_root / "backups" / record.name
+        alive = record.pid is not None and procs.is_ours(record.pid, record.datadir)
+        node.pid = record.pid if alive else None
+        node._proc = None
+        node.primary_conninfo = None
+        conf = node.datadir / SERVER_CONF
+        if (node.datadir / "standby.signal").exists() and conf.exists():
+            for line in conf.read_text().splitlines():
+                if line.startswith("primary_conninfo = "):
+                    node.primary_conninfo = line.split("= ", 1)[1].strip("'").replace("''", "'")
+        return node
 
     # --- data directory -------------------------------------------------------------
 
@@ -330,6 +353,42 @@ class LocalBackend:
         self.nodes: dict[str, LocalNode] = {}
         self.servers: dict[str, Server] = {}
         self.proxy: ProxyProcess | None = None
+        self.attached_proxy: ToxiproxyClient | None = None
+        self.attached = False
+
+    @classmethod
+    def attach(cls, home: str | Path | None = None, run_id: str | None = None) -> LocalBackend:
+        """The backend of a run left running (`testbed up --detach`), to act on it: its
+        servers and its WAN proxy as they are. Closing it leaves them running."""
+        home_path = runs.home_dir(home)
+        found = [r for r in runs.list_runs(home_path) if r.manifest.backend == cls.name]
+        if run_id is not None:
+            found = [r for r in found if r.id == run_id]
+        found = [r for r in found if r.live_servers()]
+        if not found:
+            which = f"run '{run_id}'" if run_id else "no running topology"
+            raise TestbedError(
+                f"{which} under {home_path} with servers up; start one with "
+                "`testbed up --detach` (see `testbed status`)"
+            )
+        run = found[-1]
+        backend = cls.__new__(cls)
+        backend.bins = find_binaries()
+        backend.user = server_user()
+        backend.template = ensure_template(backend.bins, backend.user)
+        backend.keep = True
+        backend.attached = True
+        backend.run = run
+        backend.data_root = run.data_root
+        backend.nodes = {
+            name: LocalNode.existing(backend, record)
+            for name, record in run.manifest.servers.items()
+        }
+        backend.servers = {name: Server(node) for name, node in backend.nodes.items()}
+        backend.proxy = None
+        proxy = run.manifest.processes.get(PROXY_NAME)
+        backend.attached_proxy = ToxiproxyClient(proxy.address) if proxy and proxy.address else None
+        return backend
 
     @property
     def id(self) -> str:
@@ -349,6 +408,8 @@ class LocalBackend:
 
     def start_proxy(self) -> ToxiproxyClient:
         """The run's WAN proxy server (started on first use) and a client for its API."""
+        if self.attached_proxy is not None:
+            return self.attached_proxy
         if self.proxy is None:
             self.proxy = ProxyProcess(self.run, free_port())
             try:
@@ -388,6 +449,8 @@ class LocalBackend:
             raise ServerFailed("could not stop every server: " + "; ".join(errors))
 
     def close(self) -> None:
+        if self.attached:  # another command started these servers; they stay up
+            return
         try:
             self.stop_all()
         finally:

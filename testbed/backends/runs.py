@@ -60,6 +60,9 @@ class RunManifest:
     detached: bool = False
     servers: dict[str, ServerRecord] = field(default_factory=dict)
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    # What operator procedures changed (replication roles, failed sites, added sites), so
+    # the next `testbed dr` command on this run starts from where the last one left it.
+    dr_state: dict = field(default_factory=dict)
 
 
 class RunDir:

@@ -86,6 +86,28 @@ class Wan:
             pairs.append((route.proxy, stream))
         return pairs
 
+    def add_route(self, route: RouteProxy) -> None:
+        """A route added while the WAN is up (a replacement site, a reversed replication)
+        gets the faults its link carries now: a new connection must not bypass a cut or a
+        slow link only because its proxy is younger than the fault."""
+        siblings = self.between(route.client_site, route.server_site)
+        self.routes.append(route)
+        if not siblings:
+            return
+        model = self._proxy(siblings[0].proxy)
+        flip = siblings[0].client_site != route.client_site
+        proxy = self._proxy(route.proxy)
+        for toxic in model.toxics:
+            stream = toxic.stream
+            if flip:
+                stream = "downstream" if stream == "upstream" else "upstream"
+            name = toxic.name.replace(toxic.stream, stream) if flip else toxic.name
+            proxy.add_toxic(
+                toxic.type, stream=stream, name=name, toxicity=toxic.toxicity, **toxic.attributes
+            )
+        if not model.enabled:
+            proxy.disable()
+
     def _record(self, action: str, sites: tuple[str, ...], proxies: list[str], **detail: Any):
         now = self.scenario_now() if self.scenario_now else None
         self.history.append(
