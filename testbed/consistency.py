@@ -57,7 +57,7 @@ def _rows(server: Server, table: str) -> list[str]:
     ]
 
 
-def _differences(a: Server, b: Server, table: str) -> dict[str, Any]:
+def table_differences(a: Server, b: Server, table: str) -> dict[str, Any]:
     rows_a, rows_b = _rows(a, table), _rows(b, table)
     set_a, set_b = set(rows_a), set(rows_b)
     only_a = [r for r in rows_a if r not in set_b]
@@ -87,7 +87,7 @@ def compare(primary: Server, standby: Server, timeout: float = 30.0) -> dict[str
         "caught_up": True,
         "sums": sums,
         "differing_tables": differing,
-        "differences": {t: _differences(primary, standby, t) for t in differing},
+        "differences": {t: table_differences(primary, standby, t) for t in differing},
         "consistent": not differing,
     }
 

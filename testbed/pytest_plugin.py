@@ -24,6 +24,7 @@ from testbed.backends.local import LocalBackend
 from testbed.checks import Outcome
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
+from testbed.dr import Operator
 from testbed.netfault.wan import Wan
 from testbed.pipeline import Pipeline, PipelineSettings
 from testbed.topology import Topology, default_topology
@@ -75,6 +76,13 @@ def testbed_wan(testbed_deployment: Deployment) -> Wan:
     """The WAN between the sites: `partition`, `heal`, `degrade`, `toxic`, `residue`."""
     assert testbed_deployment.wan is not None, "this topology has no WAN"
     return testbed_deployment.wan
+
+
+@pytest.fixture
+def testbed_operator(testbed_deployment: Deployment) -> Operator:
+    """The operator's procedures (fail-site, promote, transfer, switchover, ...) on the
+    deployment's servers; `Operator(deployment, pipeline)` adds the pipeline's part."""
+    return Operator(testbed_deployment)
 
 
 @pytest.fixture

@@ -149,3 +149,37 @@ def test_down_stops_the_servers_of_a_crashed_runner(home: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert "stopped 4 server(s)" in down.stderr
     assert not [pid for pid in pids if procs.alive(pid)]
+
+
+def test_dr_promote_on_a_healthy_primary_is_refused_in_one_line(home: Path) -> None:
+    assert run_cli("up", "--detach", home=home).returncode == 0
+    result = run_cli("dr", "promote", "site2", home=home)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "promote site2 refused" in lines[0] and "infomart1" in lines[0]
+
+
+def test_dr_procedures_chain_on_a_detached_run(home: Path) -> None:
+    assert run_cli("up", "--detach", home=home).returncode == 0
+    steps = [
+        ("fail-site", "site1"),
+        ("promote", "site2"),
+        ("add-site", "site3"),
+        ("transfer", "--from", "site2", "--to", "site3"),
+        ("switchover", "--to", "site3"),
+    ]
+    for step in steps:
+        result = run_cli("dr", *step, "--json", home=home)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["procedure"] == step[0]
+    running = {s["name"] for s in _running_servers(home)}
+    assert running == {"idb2", "infomart2", "idb3", "infomart3"}
+    standby = psycopg.connect(
+        host="127.0.0.1",
+        port=next(s["port"] for s in _running_servers(home) if s["name"] == "infomart2"),
+        user="postgres",
+        dbname="postgres",
+    )
+    with standby:
+        assert standby.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
