@@ -96,7 +96,7 @@ def test_return_to_normal_transfer_then_switchover_keeps_every_row(
     _load_schema(testbed_deployment)
     testbed_operator.fail_site("site1")
     testbed_operator.promote("site2")
-    with pytest.raises(Refused, match="site1 has not failed|exists already"):
+    with pytest.raises(Refused, match=r"exists already"):
         testbed_operator.add_site("site2")
     added = testbed_operator.add_site("site3")
     assert added["servers"] == ["idb3", "infomart3"]
@@ -152,5 +152,5 @@ def test_routes_added_later_carry_the_faults_of_their_link(
 
 
 def test_unknown_sites_are_refused_with_the_known_ones(testbed_operator: Operator) -> None:
-    with pytest.raises(TestbedError, match="unknown site 'site9'.*site1, site2"):
+    with pytest.raises(TestbedError, match=r"unknown site .site9.*site1, site2"):
         testbed_operator.promote("site9")
