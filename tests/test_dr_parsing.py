@@ -54,9 +54,7 @@ def test_dr_steps_parse_and_an_added_site_can_be_named_afterwards(tmp_path: Path
     assert ("add-site", "site3") in verbs
     transfer = next(s for s in scenario.steps if s.verb == "transfer")
     assert transfer.value == {"from": "site2", "to": "site3", "gim": "running"}
-    assert next(s for s in scenario.steps if s.verb == "add-site").options == {
-        "replaces": "site1"
-    }
+    assert next(s for s in scenario.steps if s.verb == "add-site").options == {"replaces": "site1"}
 
 
 @pytest.mark.parametrize(
