@@ -93,6 +93,19 @@ def _plot(out: Path, outcome: Outcome) -> str:
         for axis in (top, bottom):
             axis.axvspan(start / HOUR, end / HOUR, color="tab:red", alpha=0.12)
         top.annotate(label, (start / HOUR, 0), fontsize=7, rotation=90, va="bottom")
+    for entry in (e for e in history if e["kind"] in ("dr", "dr-forced")):
+        forced = entry["kind"] == "dr-forced"
+        for axis in (top, bottom):
+            axis.axvline(entry["t"] / HOUR, color="tab:purple", ls=":" if forced else "--", lw=1)
+        label = f"{entry['procedure']} {entry.get('site') or entry.get('to') or ''}"
+        top.annotate(
+            label + (" (forced)" if forced else ""),
+            (entry["t"] / HOUR, 0),
+            fontsize=7,
+            rotation=90,
+            va="bottom",
+            color="tab:purple",
+        )
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
     facts = {row[0] for row in json.loads((out / "final.json").read_text())["facts"]}
     lost = [e["ts"] / HOUR for e in ledger if e["id"] not in facts]
