@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import procs
+from testbed.backends.choose import BACKENDS
 from testbed.backends.storage import STORAGES
 from testbed.cli_dr import dr
 from testbed.cli_plan import plan
@@ -26,8 +27,6 @@ from testbed.errors import TestbedError
 # Piped output is read by programs and logs: do not wrap table rows at 80 columns there.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, log_path=False)
-
-BACKENDS = ("local",)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,6 +78,11 @@ def main() -> None:
     show_default=True,
     help="Built-in topology name (active-standby, active-active) or a topology file.",
 )
+@click.option(
+    "--toxiproxy-image",
+    default=None,
+    help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the servers as JSON.")
 @click.option("--detach", is_flag=True, help="Return and leave the servers running.")
 @click.option("--once", is_flag=True, help="Start, check each server answers, stop.")
@@ -98,9 +102,10 @@ def up(
     once: bool,
     storage: str | None,
     home: str | None,
+    toxiproxy_image: str | None,
 ) -> None:
     """Start a topology and show its servers; Ctrl-C (or `testbed down`) stops it."""
-    from testbed.backends.local import LocalBackend
+    from testbed.backends.choose import open_backend
     from testbed.deployment import bring_up
     from testbed.topology import load_topology
 
@@ -108,7 +113,14 @@ def up(
         raise TestbedError("--detach and --once contradict each other; choose one")
     topo = load_topology(topology)
     _stop_on_signals()
-    backend_run = LocalBackend(home=home, keep=detach, owner="cli-detached" if detach else "cli-up")
+    backend_run = open_backend(
+        backend,
+        home=home,
+        keep=detach,
+        owner="cli-detached" if detach else "cli-up",
+        storage=storage,
+        toxiproxy_image=toxiproxy_image,
+    )
     left_running = False
     try:
         with err.status(f"starting {topo.name} ({len(topo.servers)} servers)..."):
@@ -277,7 +289,71 @@ def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
         return
     for run in targets:
         stopped = runs.stop_run(run, keep=keep)
+        if run.manifest.backend == "docker":
+            stopped += _remove_containers(run.id)
         err.print(f"run {run.id}: stopped {len(stopped)} server(s)" + (", kept" if keep else ""))
+    if every:
+        swept = _remove_containers(None)  # also what crashed runs without a folder left
+        if swept:
+            err.print(f"removed {len(swept)} leftover container(s): {', '.join(swept)}")
+
+
+def _remove_containers(run_id: str | None) -> list[str]:
+    """The Docker objects of a run (of every run: None), when an engine answers."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception:
+        return []
+    from testbed.backends.docker import remove_run
+
+    return remove_run(client, run_id)
+
+
+@main.command()
+@click.option("--topology", default="active-standby", show_default=True)
+@click.option(
+    "--out",
+    "folder",
+    type=click.Path(file_okay=False),
+    default="compose",
+    show_default=True,
+    help="Folder for two-site.yml and wan.json.",
+)
+@user_errors
+def compose(topology: str, folder: str) -> None:
+    """Write the Docker Compose files of a long-lived environment for a topology."""
+    from pathlib import Path
+
+    from testbed.compose import write
+    from testbed.topology import load_topology
+
+    for path in write(load_topology(topology), Path(folder)):
+        err.print(f"wrote {path}", highlight=False)
+
+
+@main.group()
+def images() -> None:
+    """The docker backend's images (built locally; no registry needed)."""
+
+
+@images.command("build")
+@click.option(
+    "--offline", "mode", flag_value="offline", help="Base: Debian packages (debootstrap)."
+)
+@click.option("--online", "mode", flag_value="online", help="Base: the official images.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def images_build(mode: str | None, as_json: bool) -> None:
+    """Build the postgres and proxy images; online (official bases already in the engine)
+    or offline (a base from Debian's packages), chosen automatically unless told."""
+    from testbed.backends import images as image_builder
+
+    result = image_builder.build(mode or "auto", say=lambda m: err.print(m, highlight=False))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
 
 
 @main.command("list")
@@ -308,6 +384,11 @@ def list_scenarios() -> None:
 @click.argument("scenarios", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Run the whole catalog.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True)
+@click.option(
+    "--toxiproxy-image",
+    default=None,
+    help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for chaos steps (overrides the file).")
 @click.option(
     "--out",
@@ -334,6 +415,7 @@ def run(
     as_json: bool,
     replay: str | None,
     home: str | None,
+    toxiproxy_image: str | None,
 ) -> None:
     """Run scenarios; exit 0 if every check passes, 1 if one fails, 2 on bad input."""
     import time
@@ -384,6 +466,8 @@ def run(
                 seed=seed,
                 replay=Path(replay) if replay else None,
                 progress=progress,
+                backend=backend,
+                toxiproxy_image=toxiproxy_image,
             ).run()
         outcome = write_reports(out_path)
         failed += not outcome.passed

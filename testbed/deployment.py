@@ -32,6 +32,9 @@ class Backend(Protocol):
     ) -> Server: ...
     def start_proxy(self) -> ToxiproxyClient: ...
     def preflight(self, topology: Topology) -> None: ...
+    def route_listen(self) -> str: ...  # a proxy's listen address, as the proxy sees it
+    def upstream(self, server: str) -> str: ...  # a server's address, as the proxy sees it
+    def published(self, listen: str) -> str: ...  # a listen address, as clients see it
     def close(self) -> None: ...
 
 
@@ -76,11 +79,14 @@ class Deployment:
         if self.wan is None:
             raise TestbedError("this deployment has no WAN to route through")
         route = Route(client, site_of[client], server, site_of[server], purpose)  # type: ignore[arg-type]
-        proxy = self.wan.client.create_proxy(route.name, self.server(server).address)
+        backend = self.backend
+        proxy = self.wan.client.create_proxy(
+            route.name, backend.upstream(server), listen=backend.route_listen()
+        )
         assert self.route_addresses is not None
-        self.route_addresses[(client, server)] = proxy.listen
+        self.route_addresses[(client, server)] = backend.published(proxy.listen)
         self.wan.add_route(RouteProxy(route.name, route.client_site, route.server_site))
-        return proxy.listen
+        return self.route_addresses[(client, server)]
 
     def rows(self) -> list[dict[str, object]]:
         """One row per server: site, role, name, host:port, pid (the `testbed up` table)."""
@@ -105,7 +111,7 @@ class Deployment:
                 "to": route.server_site,
                 "purpose": route.purpose,
                 "proxy": (self.route_addresses or {}).get((route.client, route.server), "-"),
-                "upstream": self.server(route.server).address,
+                "upstream": self.backend.upstream(route.server),
             }
             for route in self.topology.cross_site_routes()
         ]
@@ -131,7 +137,7 @@ def attach(topology: Topology, backend: Backend, state: dict | None = None) -> D
         for name, proxy in proxies.items():
             client_name, _, server_name = name.partition("-to-")
             if client_name in site_of and server_name in site_of:
-                addresses[(client_name, server_name)] = proxy.listen
+                addresses[(client_name, server_name)] = backend.published(proxy.listen)
                 wired.append(RouteProxy(name, site_of[client_name], site_of[server_name]))
         deployment.wan, deployment.route_addresses = Wan(client, wired), addresses
     if "standby_of" in state:
@@ -195,13 +201,13 @@ def _wire_wan(
         [
             {
                 "name": route.name,
-                "listen": "127.0.0.1:0",
-                "upstream": backend.servers[route.server].address,
+                "listen": backend.route_listen(),
+                "upstream": backend.upstream(route.server),
             }
             for route in routes
         ]
     )
-    listen = {p.name: p.listen for p in proxies}
+    listen = {p.name: backend.published(p.listen) for p in proxies}
     addresses = {(r.client, r.server): listen[r.name] for r in routes}
     wan = Wan(client, [RouteProxy(r.name, r.client_site, r.server_site) for r in routes])
     return wan, addresses

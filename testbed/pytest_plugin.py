@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from testbed.backends.local import LocalBackend
+from testbed.backends.choose import BACKENDS, open_backend
 from testbed.checks import Outcome
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
@@ -35,8 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--testbed-backend",
         default="local",
-        choices=["local"],
-        help="where PostgreSQL runs (default: local processes)",
+        choices=list(BACKENDS),
+        help="where PostgreSQL runs (default: local processes; docker: containers)",
     )
     group.addoption(
         "--chaos-seed",
@@ -53,9 +53,9 @@ def testbed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def testbed_backend(testbed_home: Path) -> Iterator[LocalBackend]:
-    """An empty local run: make servers with `new_server(name).init().start()`."""
-    with LocalBackend(home=testbed_home) as backend:
+def testbed_backend(request: pytest.FixtureRequest, testbed_home: Path) -> Iterator[Any]:
+    """An empty run on the chosen backend: make servers with `new_server(name).init().start()`."""
+    with open_backend(request.config.getoption("--testbed-backend"), home=testbed_home) as backend:
         yield backend
 
 
@@ -66,7 +66,7 @@ def testbed_topology() -> Topology:
 
 
 @pytest.fixture
-def testbed_deployment(testbed_backend: LocalBackend, testbed_topology: Topology) -> Deployment:
+def testbed_deployment(testbed_backend: Any, testbed_topology: Topology) -> Deployment:
     """The topology running on real servers, stopped after the test."""
     return bring_up(testbed_topology, testbed_backend)
 
@@ -104,13 +104,16 @@ def run_scenario(
 ) -> Callable[..., Outcome]:
     """Run a scenario (catalog name or file) and return its checked outcome."""
 
-    def run(name_or_path: str | Path, seed: int | None = None) -> Outcome:
+    def run(
+        name_or_path: str | Path, seed: int | None = None, backend: str | None = None
+    ) -> Outcome:
         return _run(
             name_or_path,
             tmp_path / "report",
             testbed_home,
             seed if seed is not None else request.config.getoption("--chaos-seed"),
             request.node.user_properties,
+            backend or request.config.getoption("--testbed-backend"),
         )
 
     return run
@@ -122,13 +125,14 @@ def _run(
     home: Path,
     seed: int | None,
     properties: list[tuple[str, object]],
+    backend: str = "local",
 ) -> Outcome:
     from testbed.report import write_reports
     from testbed.scenario import ScenarioRun
     from testbed.scenario_file import load_scenario
 
     scenario = load_scenario(str(name_or_path))
-    ScenarioRun(scenario, out, home=str(home), seed=seed).run()
+    ScenarioRun(scenario, out, home=str(home), seed=seed, backend=backend).run()
     outcome = write_reports(out)
     for key in ("lost_events", "predicted_lost_events", "duplicates", "rto_s", "rpo_s"):
         properties.append((key, outcome.figures[key]))
@@ -160,7 +164,8 @@ class ScenarioItem(pytest.Item):
         seed = self.config.getoption("--chaos-seed")
         out = self.config._tmp_path_factory.mktemp(f"scenario-{self.name}")  # type: ignore[attr-defined]
         home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
-        outcome = _run(self.path, out, home, seed, self.user_properties)
+        backend = self.config.getoption("--testbed-backend")
+        outcome = _run(self.path, out, home, seed, self.user_properties, backend)
         if not outcome.passed:
             raise ScenarioFailed(outcome, out, seed)
 

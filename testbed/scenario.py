@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import chaos, procs
-from testbed.backends.local import LocalBackend
+from testbed.backends.choose import open_backend
 from testbed.clock import Clock
 from testbed.consistency import compare, divergence
 from testbed.deployment import Deployment, bring_up
@@ -48,7 +48,11 @@ class ScenarioRun:
         seed: int | None = None,
         replay: Path | None = None,
         progress: Progress | None = None,
+        backend: str = "local",
+        toxiproxy_image: str | None = None,
     ) -> None:
+        self.backend_name = backend
+        self.toxiproxy_image = toxiproxy_image
         self.scenario = scenario
         self.out = out
         self.home = home
@@ -106,7 +110,10 @@ class ScenarioRun:
         )
         steps = self.plan(history)
         try:
-            with LocalBackend(home=self.home) as backend:
+            backend = open_backend(
+                self.backend_name, home=self.home, toxiproxy_image=self.toxiproxy_image
+            )
+            with backend:
                 deployment = bring_up(s.topology, backend)
                 history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
                 with Pipeline(
@@ -117,8 +124,8 @@ class ScenarioRun:
                     self.operator = Operator(deployment, pipeline, history.record)
                     self._play(steps, deployment, pipeline, history)
                     self._finish(deployment, pipeline, history)
-                pids = self._pids(backend, pipeline)
-            left = [p for p in pids if procs.alive(p)]
+                pids = [p.pid for p in pipeline.processes.values() if p.pid]
+            left = [p for p in pids if procs.alive(p)] + backend.leftovers()
             history.record("teardown", leftover_pids=left)
         except TestbedError as exc:
             history.record("aborted", error=str(exc))
@@ -332,11 +339,6 @@ class ScenarioRun:
         if not pairs and not splits:
             return None
         return {"pairs": pairs, "divergence": splits}
-
-    @staticmethod
-    def _pids(backend: LocalBackend, pipeline: Pipeline) -> list[int]:
-        pids = [s.pid for s in backend.run.manifest.servers.values() if s.pid]
-        return pids + [p.pid for p in pipeline.processes.values() if p.pid]
 
 
 class _Sampler(threading.Thread):

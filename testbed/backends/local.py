@@ -419,6 +419,22 @@ class LocalBackend:
                 raise
         return self.proxy.client
 
+    # Where WAN routes listen and what they dial: loopback addresses here, the same from
+    # every client (the docker backend differs: container ports and in-network names).
+
+    def route_listen(self) -> str:
+        return f"{LOOPBACK}:0"
+
+    def upstream(self, server: str) -> str:
+        return self.servers[server].address
+
+    def published(self, listen: str) -> str:
+        return listen
+
+    def leftovers(self) -> list[int]:
+        """Servers of this run still running after `close()` (a defect if any)."""
+        return [s.pid for s in self.run.manifest.servers.values() if s.pid and procs.alive(s.pid)]
+
     def preflight(self, topology: Topology) -> None:
         """Every fixed port of the topology must be free before the first server starts."""
         for spec in topology.servers:

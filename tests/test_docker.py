@@ -1,0 +1,161 @@
+"""The docker backend on a real engine: the topology in containers, one network per site,
+replication through the proxy container, container faults, cleanup, and scenarios with the
+same outcome as on the local backend.
+
+Skipped, with the reason, where no Docker engine answers or the images are not built
+(`testbed images build`); `.ci/run` starts an engine and builds them offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def _engine_or_skip():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine answers ({str(exc).splitlines()[0][:80]})")
+    from testbed.backends import images
+    from testbed.errors import TestbedError
+
+    try:
+        images.current_tags()
+    except TestbedError as exc:
+        pytest.skip(str(exc))
+    return client
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return _engine_or_skip()
+
+
+@pytest.fixture
+def docker_backend(engine, tmp_path: Path):
+    from testbed.backends.docker import DockerBackend
+
+    with DockerBackend(home=tmp_path / "home") as backend:
+        yield backend
+    assert not backend.leftovers()
+
+
+def _labelled(engine, run_id: str) -> dict[str, list[str]]:
+    label = {"label": f"bc-testbed.run={run_id}"}
+    return {
+        "containers": [c.name for c in engine.containers.list(all=True, filters=label)],
+        "networks": [n.name for n in engine.networks.list(filters=label)],
+        "volumes": [v.name for v in engine.volumes.list(filters=label)],
+    }
+
+
+def test_the_topology_runs_in_containers_with_replication_through_the_proxy(
+    engine, docker_backend
+) -> None:
+    from testbed.deployment import bring_up
+    from testbed.topology import INFOMART_DATABASE, default_topology
+
+    deployment = bring_up(default_topology(), docker_backend)
+    primary, standby = deployment.server("infomart1"), deployment.server("infomart2")
+    assert standby.is_in_recovery()
+    conninfo = standby.scalar("SELECT conninfo FROM pg_stat_wal_receiver")
+    assert "host=wan-proxy" in conninfo  # the standby streams through the proxy container
+    primary.execute("CREATE TABLE t AS SELECT 1 AS x", dbname=INFOMART_DATABASE)
+    primary.wait_for_catchup(standby, timeout=30)
+    assert standby.scalar("SELECT x FROM t", dbname=INFOMART_DATABASE) == 1
+    # Each site is its own network; only the proxy container is on both.
+    networks = {
+        name: set(c.attrs["NetworkSettings"]["Networks"])
+        for name, c in ((n, docker_backend.nodes[n].container) for n in ("idb1", "idb2"))
+    }
+    assert networks["idb1"].isdisjoint(networks["idb2"])
+    assert deployment.wan is not None
+    deployment.wan.partition("site1", "site2", mode="reset")
+    primary.execute("INSERT INTO t VALUES (2)", dbname=INFOMART_DATABASE)
+    time.sleep(1.0)
+    assert standby.scalar("SELECT count(*) FROM t", dbname=INFOMART_DATABASE) == 1
+    deployment.wan.heal()
+    primary.wait_for_catchup(standby, timeout=60)
+    assert standby.scalar("SELECT count(*) FROM t", dbname=INFOMART_DATABASE) == 2
+
+
+def test_a_killed_container_restarts_with_its_data_and_its_port(docker_backend) -> None:
+    server = docker_backend.new_server("idb1", "site1", "idb")
+    docker_backend.network("site1")
+    server.init().start()
+    server.execute("CREATE TABLE kept AS SELECT 42 AS answer")
+    address = server.address
+    server.kill()
+    assert server.state() == "stopped"
+    server.start()
+    assert server.address == address
+    assert server.scalar("SELECT answer FROM kept") == 42
+    server.pause()
+    assert server.state() == "paused"
+    server.resume()
+    assert server.scalar("SELECT 1") == 1
+
+
+def test_down_all_removes_what_a_killed_runner_left(engine, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "testbed", "up", "--backend", "docker", "--home", str(home)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline and run_id is None:
+        status = subprocess.run(
+            [sys.executable, "-m", "testbed", "status", "--json", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        runs = json.loads(status.stdout or "[]")
+        if runs and len([s for s in runs[0]["servers"] if s["name"] == "infomart2"]):
+            run_id = runs[0]["run"]
+        time.sleep(0.5)
+    assert run_id, "the docker topology did not come up"
+    runner.kill()  # SIGKILL: no cleanup at all
+    runner.wait()
+    assert _labelled(engine, run_id)["containers"]
+    down = subprocess.run(
+        [sys.executable, "-m", "testbed", "down", "--all", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert down.returncode == 0, down.stderr
+    assert _labelled(engine, run_id) == {"containers": [], "networks": [], "volumes": []}
+
+
+@pytest.mark.parametrize("scenario", ["normal-operation", "wan-outage-long", "disaster-recovery"])
+def test_catalog_scenarios_pass_on_docker(run_scenario, engine, scenario: str) -> None:
+    outcome = run_scenario(scenario, backend="docker")
+    assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
+
+
+def test_a_port_published_by_a_server_answers_only_on_loopback(docker_backend) -> None:
+    server = docker_backend.new_server("idb9", "site1", "idb")
+    docker_backend.network("site1")
+    server.init().start()
+    ports = docker_backend.nodes["idb9"].container.attrs["HostConfig"]["PortBindings"]
+    assert all(b["HostIp"] == "127.0.0.1" for bindings in ports.values() for b in bindings)
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
