@@ -305,15 +305,25 @@ class Connection:
         self.down = Direction(self, "downstream", self.server, self.client)
         self.closed = False
         self._dial: asyncio.Task[None] | None = None
+        self._early: list[bytes] | None = []  # client bytes read before the upstream answered
+        self._early_eof = False
 
     def other(self, side: Side) -> Side:
         return self.server if side is self.client else self.client
 
     def side_made(self, side: Side) -> None:
         if side is self.client:
-            side.hold("dialling")  # nothing is read until the upstream answers
+            # Nothing is read until the upstream answers. Held on the next turn of the loop:
+            # a transport paused inside connection_made() never resumes on some Python
+            # 3.11 releases (Debian bookworm's 3.11.2), which the proxy image runs.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._hold_until_dialled)
             self.proxy.connections.add(self)
-            self._dial = asyncio.get_running_loop().create_task(self._connect_upstream())
+            self._dial = loop.create_task(self._connect_upstream())
+
+    def _hold_until_dialled(self) -> None:
+        if self._dial is not None and not self._dial.done():
+            self.client.hold("dialling")
 
     async def _connect_upstream(self) -> None:
         host, port = self.proxy.upstream_address()
@@ -331,14 +341,25 @@ class Connection:
         if self.closed:
             self._close_side(self.server)
             return
+        early, self._early = self._early or [], None
+        for data in early:
+            self.up.feed(data)
+        if self._early_eof:
+            self.up.feed_eof()
         self.client.release("dialling")
         self.up.activate()
         self.down.activate()
 
     def received(self, side: Side, data: bytes) -> None:
+        if side is self.client and self._early is not None:
+            self._early.append(data)  # before the hold took effect: kept for the upstream
+            return
         (self.up if side is self.client else self.down).feed(data)
 
     def eof(self, side: Side) -> None:
+        if side is self.client and self._early is not None:
+            self._early_eof = True
+            return
         (self.up if side is self.client else self.down).feed_eof()
 
     def lost(self, side: Side) -> None:
