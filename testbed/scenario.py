@@ -116,6 +116,10 @@ class ScenarioRun:
             with backend:
                 deployment = bring_up(s.topology, backend)
                 history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
+                # Scenario time starts once the servers are up, however long they took (a
+                # container backend takes longer): the lead is for the pipeline to boot.
+                clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
+                history.clock = clock
                 with Pipeline(
                     deployment, PipelineSettings(**self._settings_dict()), clock
                 ) as pipeline:
