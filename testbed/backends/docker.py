@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import psycopg
 
 from testbed.backends import images, runs
-from testbed.backends.local import LOOPBACK, free_port, port_is_free
+from testbed.backends.local import LOOPBACK, free_port, free_ports, port_is_free
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.postgres import SUPERUSER, Server, split_address
@@ -33,7 +34,7 @@ LABEL = "bc-testbed.run"
 PG_PORT = 5432
 PROXY_ALIAS = "wan-proxy"
 PROXY_API_PORT = 8474
-ROUTE_PORTS = tuple(range(20000, 20048))  # the proxy's listen ports, published at start
+ROUTE_PORTS = tuple(range(20000, 20032))  # the proxy's listen ports, published at start
 READY_TIMEOUT_S = 120.0
 
 
@@ -139,28 +140,40 @@ class DockerNode:
         self.backend.record(self)
 
     def _create(self) -> None:
+        for attempt in range(3):  # a port chosen free may be taken before docker binds it
+            if not port_is_free(self.host, self.port):
+                if self.fixed_port:
+                    raise PortInUse(f"{self.name}: port {self.port} on {self.host} is in use")
+                self.port = free_port()
+            try:
+                self.container = self._container().start().get_wrapped_container()
+                self._made_with = self.primary
+                return
+            except Exception as exc:
+                self._remove_container()
+                with contextlib.suppress(Exception):
+                    name = _name(self.backend.id, self.name)
+                    self.backend.client.containers.get(name).remove(force=True)
+                if "already allocated" not in str(exc) or self.fixed_port or attempt == 2:
+                    raise ServerFailed(f"{self.name}: the container did not start: {exc}") from None
+                self.port = free_port()
+
+    def _container(self) -> Any:
         from testcontainers.core.container import DockerContainer
 
-        if not port_is_free(self.host, self.port):
-            if self.fixed_port:
-                raise PortInUse(f"{self.name}: port {self.port} on {self.host} is in use")
-            self.port = free_port()
         env = {"NAME": self.name}
         if self.primary:
             env["PRIMARY"] = self.primary
-        network = self.backend.network(self.site)
         container = (
             DockerContainer(
                 self.backend.tags["postgres"], env=env, name=_name(self.backend.id, self.name)
             )
-            .with_network(network)
+            .with_network(self.backend.network(self.site))
             .with_network_aliases(self.name)
             .with_volume_mapping(self.volume, "/var/lib/testbed", "rw")  # a named volume
             .with_kwargs(labels={LABEL: self.backend.id})
         )
-        _publish(container, PG_PORT, self.port)
-        self.container = container.start().get_wrapped_container()
-        self._made_with = self.primary
+        return _publish(container, PG_PORT, self.port)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -261,6 +274,7 @@ class DockerBackend:
         self.proxy_client: ToxiproxyClient | None = None
         self.route_ports: dict[int, int] = {}  # proxy listen port -> host port
         self._free_routes = list(ROUTE_PORTS)
+        self._lock = threading.Lock()
         self.attached = False
 
     @property
@@ -271,6 +285,10 @@ class DockerBackend:
 
     def network(self, site: str) -> Any:
         """The site's own network (made on first use); the proxy joins every one."""
+        with self._lock:
+            return self._network(site)
+
+    def _network(self, site: str) -> Any:
         if site not in self.networks:
             from testcontainers.core.network import Network
 
@@ -320,24 +338,32 @@ class DockerBackend:
             return self.proxy_client
         from testcontainers.core.container import DockerContainer
 
-        api_port = free_port()
         image = self.toxiproxy_image or self.tags["proxy"]
         sites = list(self.networks)
         if not sites:
             raise TestbedError("the WAN proxy needs a site network: call preflight first")
-        container = (
-            DockerContainer(image, name=_name(self.id, PROXY_ALIAS))
-            .with_network(self.networks[sites[0]])
-            .with_network_aliases(PROXY_ALIAS)
-            .with_kwargs(labels={LABEL: self.id})
-        )
-        _publish(container, PROXY_API_PORT, api_port)
-        if self.toxiproxy_image:
-            container = container.with_command("-host=0.0.0.0")
-        for port in ROUTE_PORTS:
-            self.route_ports[port] = free_port()
-            _publish(container, port, self.route_ports[port])
-        self.proxy_container = container.start().get_wrapped_container()
+        for attempt in range(3):  # another program may take a chosen port meanwhile
+            api_port, *route_ports = free_ports(1 + len(ROUTE_PORTS))
+            self.route_ports = dict(zip(ROUTE_PORTS, route_ports, strict=True))
+            container = (
+                DockerContainer(image, name=_name(self.id, PROXY_ALIAS))
+                .with_network(self.networks[sites[0]])
+                .with_network_aliases(PROXY_ALIAS)
+                .with_kwargs(labels={LABEL: self.id})
+            )
+            _publish(container, PROXY_API_PORT, api_port)
+            if self.toxiproxy_image:
+                container = container.with_command("-host=0.0.0.0")
+            for port, host_port in self.route_ports.items():
+                _publish(container, port, host_port)
+            try:
+                self.proxy_container = container.start().get_wrapped_container()
+                break
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    self.client.containers.get(_name(self.id, PROXY_ALIAS)).remove(force=True)
+                if "already allocated" not in str(exc) or attempt == 2:
+                    raise TestbedError(f"the WAN proxy container did not start: {exc}") from None
         for site in sites[1:]:
             self.networks[site].connect(self.proxy_container.id, network_aliases=[PROXY_ALIAS])
         client = ToxiproxyClient(f"http://{LOOPBACK}:{api_port}")

@@ -41,6 +41,16 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` distinct free ports: held open together while chosen, since asking one at a
+    time may hand out the same just-released port twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could listen on `port` (TIME_WAIT leftovers do not count as taken)."""
     with socket.socket() as sock:
