@@ -4,7 +4,10 @@ Prints one JSON object. The baseline, measured in the same run, is one bare serv
 (template copy + start), so the ratio says what the topology adds beyond that: databases,
 the base backup and the streaming standby.
 
-    python bench/startup.py [--runs 5]
+    python bench/startup.py [--runs 5] [--backend docker]
+
+With `--backend docker` the bare server is one container (its start time), and the local
+backend's topology is measured in the same run, interleaved, as the baseline.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import json
 import statistics
 import tempfile
 import time
+from typing import Any
 
+from testbed.backends.choose import open_backend
 from testbed.backends.local import LocalBackend
 from testbed.backends.osuser import server_user
 from testbed.backends.pgbin import find_binaries
@@ -24,8 +29,14 @@ from testbed.deployment import bring_up
 from testbed.topology import default_topology
 
 
-def time_topology(home: str, storage: str | None) -> tuple[float, float]:
-    with LocalBackend(home=home, storage=storage) as backend:
+def _backend(name: str, home: str, storage: str | None) -> Any:
+    if name == "local":
+        return LocalBackend(home=home, storage=storage)
+    return open_backend(name, home=home)
+
+
+def time_topology(home: str, storage: str | None, name: str = "local") -> tuple[float, float]:
+    with _backend(name, home, storage) as backend:
         start = time.perf_counter()
         bring_up(default_topology(), backend)
         up = time.perf_counter() - start
@@ -33,8 +44,10 @@ def time_topology(home: str, storage: str | None) -> tuple[float, float]:
     return up, time.perf_counter() - start
 
 
-def time_single_server(home: str, storage: str | None) -> float:
-    with LocalBackend(home=home, storage=storage) as backend:
+def time_single_server(home: str, storage: str | None, name: str = "local") -> float:
+    with _backend(name, home, storage) as backend:
+        if name == "docker":
+            backend.network("site1")
         start = time.perf_counter()
         backend.new_server("baseline").init().start()
         return time.perf_counter() - start
@@ -44,7 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--storage", choices=STORAGES, default=None, help="default: auto")
+    parser.add_argument("--backend", choices=("local", "docker"), default="local")
     args = parser.parse_args()
+    if args.backend == "docker":
+        docker_figures(args.runs)
+        return
     ensure_template(find_binaries(), server_user())  # warm: the template is cached
     ups, downs, singles = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-startup-", dir="/var/tmp") as home:
@@ -68,6 +85,32 @@ def main() -> None:
                 "topology_down_s_median": round(statistics.median(downs), 3),
                 "baseline_single_server_up_s_median": round(single_median, 3),
                 "ratio_topology_to_single_server": round(up_median / single_median, 2),
+            }
+        )
+    )
+
+
+def docker_figures(runs: int) -> None:
+    """Container start and docker topology start, against the local backend's topology."""
+    ensure_template(find_binaries(), server_user())
+    docker_ups, local_ups, singles = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-startup-", dir="/var/tmp") as home:
+        for _ in range(runs):
+            singles.append(time_single_server(home, None, "docker"))
+            docker_ups.append(time_topology(home, None, "docker")[0])
+            local_ups.append(time_topology(home, None, "local")[0])
+    docker_median = statistics.median(docker_ups)
+    local_median = statistics.median(local_ups)
+    print(
+        json.dumps(
+            {
+                "topology": "active-standby",
+                "runs": runs,
+                "container_up_s_median": round(statistics.median(singles), 3),
+                "docker_topology_up_s_median": round(docker_median, 3),
+                "docker_topology_up_s": [round(x, 3) for x in docker_ups],
+                "local_topology_up_s_median": round(local_median, 3),
+                "ratio_docker_to_local": round(docker_median / local_median, 2),
             }
         )
     )

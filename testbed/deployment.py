@@ -161,6 +161,9 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
     """Start every server of `topology` on `backend`, the WAN between its sites, and the
     standbys, which stream from their primary through the WAN."""
     say = progress or (lambda _message: None)
+    attach_topology = getattr(backend, "attach_topology", None)
+    if attach_topology is not None:  # a long-lived environment: its servers exist already
+        return attach_topology(topology)
     backend.preflight(topology)  # refuse before starting anything, not halfway through
     primaries, standbys = topology.start_order()
 

@@ -94,8 +94,13 @@ class ScenarioRun:
     # --- running -------------------------------------------------------------------------
 
     def run(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
         s = self.scenario
+        if self.backend_name == "compose" and any(st.verb in DR_VERBS for st in s.steps):
+            raise TestbedError(
+                f"{s.name} uses operator procedures, which change the environment's roles for"
+                " good: run it on the local or docker backend"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
         clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
         history = History(self.out / "history.jsonl", clock)
         history.record(

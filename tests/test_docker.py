@@ -159,3 +159,34 @@ def test_a_port_published_by_a_server_answers_only_on_loopback(docker_backend) -
     assert all(b["HostIp"] == "127.0.0.1" for bindings in ports.values() for b in bindings)
     with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def _compose_command() -> list[str] | None:
+    for command in (["docker", "compose"], ["docker-compose"]):
+        try:
+            if subprocess.run([*command, "version"], capture_output=True).returncode == 0:
+                return command
+        except OSError:
+            continue
+    return None
+
+
+def test_a_scenario_runs_against_the_compose_environment(engine, run_scenario) -> None:
+    from testbed.backends.local import port_is_free
+
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    if not all(port_is_free("127.0.0.1", p) for p in (8474, 15432, 15433, 15434, 15435)):
+        pytest.skip("the Compose environment's fixed ports are in use on this machine")
+    compose_file = Path(__file__).resolve().parents[1] / "compose" / "two-site.yml"
+    base = [*command, "-p", "bc-testbed", "-f", str(compose_file)]
+    up = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        outcome = run_scenario("wan-outage-short", backend="compose")
+        assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
+        again = run_scenario("normal-operation", backend="compose")  # from a clean slate
+        assert again.passed, [c.message for c in again.checks if not c.passed]
+    finally:
+        subprocess.run([*base, "down", "-v"], capture_output=True, timeout=300)

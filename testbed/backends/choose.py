@@ -1,5 +1,6 @@
-"""Which backend runs the servers: `local` (processes on this machine, the default) or
-`docker` (containers, one network per site). Both give the same topology and outcomes."""
+"""Which backend runs the servers: `local` (processes on this machine, the default),
+`docker` (containers, one network per site; same topology, same outcomes), or `compose`
+(the long-lived environment of compose/two-site.yml, already running)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from testbed.errors import TestbedError
 
-BACKENDS = ("local", "docker")
+BACKENDS = ("local", "docker", "compose")
 
 
 def open_backend(
@@ -29,4 +30,8 @@ def open_backend(
         from testbed.backends.docker import DockerBackend
 
         return DockerBackend(home=home, keep=keep, owner=owner, toxiproxy_image=toxiproxy_image)
+    if name == "compose":
+        from testbed.backends.compose import ComposeBackend
+
+        return ComposeBackend(home=home, owner=owner)
     raise TestbedError(f"unknown backend '{name}' (backends: {', '.join(BACKENDS)})")

@@ -1,0 +1,191 @@
+"""The compose backend: scenarios and `testbed` commands against the long-lived two-site
+environment of `compose/two-site.yml` (`docker compose -f compose/two-site.yml up -d`).
+
+Nothing is created: the servers are the environment's containers, found by their Compose
+service name, at the fixed loopback ports the Compose file publishes; the WAN is its proxy
+(API on 127.0.0.1:8474) with the routes of `compose/wan.json`. A run starts from a clean
+slate (every ICON database and the Info Mart database dropped and made again on the
+primaries, the standby following by replication, no toxic on the WAN) and leaves the
+environment as it found it: stopped or paused containers are started again.
+
+Operator procedures change roles for good (a promoted standby stays a primary), so
+scenarios that use them need a disposable backend (local or docker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from testbed.backends import runs
+from testbed.backends.docker import DockerNode
+from testbed.backends.images import _client
+from testbed.backends.local import LOOPBACK
+from testbed.compose import PROXY_API, server_ports, wan_routes
+from testbed.errors import ServerFailed, TestbedError
+from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.postgres import Server
+from testbed.topology import INFOMART_DATABASE, Topology
+
+PROJECT = "bc-testbed"
+
+
+class ComposeNode(DockerNode):
+    """A server of the Compose environment: its container exists and keeps its role."""
+
+    def __init__(self, backend: Any, name: str, site: str, role: str, port: int, container: Any):
+        super().__init__(backend, name, site, role, port)
+        self.container = container
+        self._made_with = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.state() == "paused":
+            self.container.unpause()
+        elif self.state() == "stopped":
+            self.container.start()
+        self._wait_ready(timeout)
+
+    def wipe(self) -> None:
+        raise TestbedError("the Compose environment's data is not wiped by the testbed")
+
+    def init(self) -> None:
+        return None
+
+
+class ComposeBackend:
+    name = "compose"
+
+    def __init__(self, home: str | Path | None = None, owner: str = "library", **_: Any) -> None:
+        self.client = _client()
+        containers = self.client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}
+        )
+        self.containers = {c.labels.get("com.docker.compose.service"): c for c in containers}
+        if "wan-proxy" not in self.containers:
+            raise TestbedError(
+                "no Compose environment runs: start it with "
+                "`docker compose -f compose/two-site.yml up -d` (after `testbed images build`)"
+            )
+        home_path = runs.home_dir(home)
+        home_path.mkdir(parents=True, exist_ok=True)
+        self.run = runs.RunDir.create(home_path, self.name, owner)
+        self.data_root = self.run.path
+        self.nodes: dict[str, ComposeNode] = {}
+        self.servers: dict[str, Server] = {}
+        self.attached = True
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def attach_topology(self, topology: Topology) -> Any:
+        """The environment as a Deployment of `topology`, reset to a clean slate."""
+        from testbed.deployment import Deployment
+        from testbed.netfault.wan import RouteProxy, Wan
+
+        ports = server_ports(topology)
+        for spec in topology.servers:
+            container = self.containers.get(spec.name)
+            if container is None:
+                raise TestbedError(
+                    f"the Compose environment has no service '{spec.name}'; regenerate it with"
+                    " `testbed compose` for this topology"
+                )
+            node = ComposeNode(self, spec.name, spec.site, spec.role, ports[spec.name], container)
+            node.primary = f"{spec.standby_of}" if spec.standby_of else None
+            self.nodes[spec.name] = node
+            self.servers[spec.name] = Server(node)  # type: ignore[arg-type]
+            node.start()
+        client = self.start_proxy()
+        client.reset()  # every proxy enabled, no toxic
+        routes = wan_routes(topology)
+        addresses = {}
+        wired = []
+        site_of = {s.name: s.site for s in topology.servers}
+        site_of |= {c.name: c.site for c in (*topology.icons, *topology.gims)}
+        for route, entry in zip(topology.cross_site_routes(), routes, strict=True):
+            addresses[(route.client, route.server)] = f"{LOOPBACK}:{entry['host_port']}"
+            wired.append(RouteProxy(route.name, site_of[route.client], site_of[route.server]))
+        deployment = Deployment(topology, self, Wan(client, wired), addresses)
+        self._clean_slate(topology)
+        return deployment
+
+    def _clean_slate(self, topology: Topology) -> None:
+        for spec in topology.servers:
+            if spec.standby_of:
+                continue
+            server = self.servers[spec.name]
+            for database in spec.databases:
+                server.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (database,),
+                )
+                server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                server.create_database(database)
+        for spec in topology.servers:
+            if spec.standby_of:
+                primary = self.servers[spec.standby_of]
+                primary.wait_for_catchup(self.servers[spec.name], timeout=60)
+                if INFOMART_DATABASE in spec.databases and not self.servers[spec.name].scalar(
+                    "SELECT count(*) FROM pg_database WHERE datname = %s", (INFOMART_DATABASE,)
+                ):
+                    raise ServerFailed(f"{spec.name} did not follow the reset of its primary")
+
+    def start_proxy(self) -> ToxiproxyClient:
+        client = ToxiproxyClient(f"http://{LOOPBACK}:{PROXY_API}")
+        try:
+            client.wait_until_ready(10.0)
+        except ProxyUnavailable:
+            raise TestbedError(f"the Compose WAN proxy does not answer on {client.url}") from None
+        return client
+
+    def new_server(self, name: str, *args: Any, **kwargs: Any) -> Server:
+        raise TestbedError(
+            f"cannot add server '{name}': the Compose environment's servers are fixed"
+            " (use the local or docker backend)"
+        )
+
+    def preflight(self, topology: Topology) -> None:
+        return None
+
+    def route_listen(self) -> str:
+        raise TestbedError("the Compose environment's WAN routes are fixed (compose/wan.json)")
+
+    def upstream(self, server: str) -> str:
+        return f"{server}:5432"
+
+    def published(self, listen: str) -> str:
+        return listen
+
+    def inside(self, address: str) -> str:
+        return address
+
+    def record(self, node: Any) -> None:
+        return None
+
+    def ensure_volume(self, name: str) -> None:
+        return None
+
+    def network(self, site: str) -> Any:
+        raise TestbedError("the Compose environment's networks are fixed")
+
+    def leftovers(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        """Leave the environment as it was found: every container running, no toxic."""
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                if node.state() != "running":
+                    node.start()
+        with contextlib.suppress(Exception):
+            self.start_proxy().reset()
+        self.run.remove()
+
+    def __enter__(self) -> ComposeBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
