@@ -84,8 +84,9 @@ def compose_document(topology: Topology) -> dict[str, Any]:
             service["depends_on"] = ["wan-proxy", spec.standby_of]
             service["restart"] = "on-failure"  # its clone waits for the primary to be ready
         services[spec.name] = service
+    # No top-level `name`: Compose v1 (still Debian's docker-compose) refuses it. The
+    # testbed finds the environment by its `bc-testbed.compose` label, whatever the project.
     return {
-        "name": "bc-testbed",
         "services": services,
         "networks": {
             site: {"labels": {"bc-testbed.compose": topology.name}} for site in topology.sites

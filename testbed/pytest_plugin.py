@@ -102,14 +102,18 @@ def testbed_pipeline(testbed_deployment: Deployment, testbed_clock: Clock) -> It
 def run_scenario(
     request: pytest.FixtureRequest, tmp_path: Path, testbed_home: Path
 ) -> Callable[..., Outcome]:
-    """Run a scenario (catalog name or file) and return its checked outcome."""
+    """Run a scenario (catalog name or file) and return its checked outcome. Each call of
+    one test writes its reports to a folder of its own, so two runs can be compared."""
+    calls = 0
 
     def run(
         name_or_path: str | Path, seed: int | None = None, backend: str | None = None
     ) -> Outcome:
+        nonlocal calls
+        calls += 1
         return _run(
             name_or_path,
-            tmp_path / "report",
+            tmp_path / ("report" if calls == 1 else f"report-{calls}"),
             testbed_home,
             seed if seed is not None else request.config.getoption("--chaos-seed"),
             request.node.user_properties,

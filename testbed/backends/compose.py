@@ -28,7 +28,7 @@ from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.postgres import Server
 from testbed.topology import INFOMART_DATABASE, Topology
 
-PROJECT = "bc-testbed"
+LABEL = "bc-testbed.compose"  # on every service of compose/two-site.yml
 
 
 class ComposeNode(DockerNode):
@@ -58,9 +58,13 @@ class ComposeBackend:
 
     def __init__(self, home: str | Path | None = None, owner: str = "library", **_: Any) -> None:
         self.client = _client()
-        containers = self.client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}
-        )
+        containers = self.client.containers.list(all=True, filters={"label": LABEL})
+        projects = sorted({c.labels.get("com.docker.compose.project", "") for c in containers})
+        if len(projects) > 1:
+            raise TestbedError(
+                f"several Compose environments run ({', '.join(projects)}): keep one"
+                " (`docker compose -p NAME -f compose/two-site.yml down -v` for the others)"
+            )
         self.containers = {c.labels.get("com.docker.compose.service"): c for c in containers}
         if "wan-proxy" not in self.containers:
             raise TestbedError(
