@@ -100,14 +100,16 @@ def evaluate(out: Path) -> Outcome:
     lost = _lost(ledger, facts)
     factor = float(run["factor"])
     rpo = max((max(ts) - min(ts) for ts in lost.values() if ts), default=0.0)
+    verdicts = collections.Counter(
+        (e["site"], prediction.verdict(e["site"], e["ts"], e["id"])) for e in ledger
+    )
     figures = {
         "lost_events": {s: len(lost.get(s, [])) for s in topology.sites},
-        "predicted_lost_events": {
-            s: sum(
-                1
-                for e in ledger
-                if e["site"] == s and prediction.verdict(s, e["ts"], e["id"]) == "lost"
-            )
+        # Certain to be lost; the range adds the events within the tolerance of a window's
+        # edges, which may go either way.
+        "predicted_lost_events": {s: verdicts[(s, "lost")] for s in topology.sites},
+        "predicted_lost_range": {
+            s: [verdicts[(s, "lost")], verdicts[(s, "lost")] + verdicts[(s, "either")]]
             for s in topology.sites
         },
         "disaster_census": [

@@ -37,8 +37,15 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
         )
     console.print(table)
     f = outcome.figures
+    ranges = f.get("predicted_lost_range") or {
+        site: [n, n] for site, n in f["predicted_lost_events"].items()
+    }
+    predicted = ", ".join(
+        f"{site}: {low}" if low == high else f"{site}: {low}-{high}"
+        for site, (low, high) in ranges.items()
+    )
     console.print(
-        f"lost {f['lost_events']} (predicted {f['predicted_lost_events']}), duplicates"
+        f"lost {f['lost_events']} (predicted {predicted}), duplicates"
         f" {f['duplicates']}, rto {_h(f['rto_s'])}, rpo {_h(f['rpo_s'])}; report: {out}",
         highlight=False,
     )
