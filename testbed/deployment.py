@@ -72,8 +72,7 @@ class Deployment:
     def ensure_route(self, client: str, server: str, purpose: str = "replication") -> str:
         """Where `client` dials `server`, adding a WAN proxy when the route crosses sites
         and has none yet (a replacement site, a reversed replication after switchover)."""
-        site_of = {s.name: s.site for s in self.topology.servers}
-        site_of |= {c.name: c.site for c in (*self.topology.icons, *self.topology.gims)}
+        site_of = self.topology.site_of()
         if site_of[client] == site_of[server] or (client, server) in (self.route_addresses or {}):
             return self.address_for(client, server)
         if self.wan is None:
@@ -131,8 +130,7 @@ def attach(topology: Topology, backend: Backend, state: dict | None = None) -> D
     if routes:
         client = backend.start_proxy()
         proxies = client.proxies()
-        site_of = {s.name: s.site for s in topology.servers}
-        site_of |= {c.name: c.site for c in (*topology.icons, *topology.gims)}
+        site_of = topology.site_of()
         addresses, wired = {}, []
         for name, proxy in proxies.items():
             client_name, _, server_name = name.partition("-to-")

@@ -115,6 +115,11 @@ class Topology:
                 return spec
         raise KeyError(name)
 
+    def site_of(self) -> dict[str, str]:
+        """The site of every named part: servers, ICONs and GIMs (names are global)."""
+        parts = (*self.servers, *self.icons, *self.gims)
+        return {part.name: part.site for part in parts}
+
     def servers_at(self, site: str) -> tuple[ServerSpec, ...]:
         return tuple(s for s in self.servers if s.site == site)
 

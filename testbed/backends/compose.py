@@ -25,7 +25,7 @@ from testbed.backends.local import LOOPBACK
 from testbed.compose import PROXY_API, server_ports, wan_routes
 from testbed.errors import ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
-from testbed.postgres import Server
+from testbed.postgres import Server, split_address
 from testbed.topology import INFOMART_DATABASE, Topology
 
 LABEL = "bc-testbed.compose"  # on every service of compose/two-site.yml
@@ -78,6 +78,7 @@ class ComposeBackend:
         self.nodes: dict[str, ComposeNode] = {}
         self.servers: dict[str, Server] = {}
         self.attached = True
+        self._host_ports: dict[int, int] = {}  # proxy listen port -> published host port
 
     @property
     def id(self) -> str:
@@ -85,8 +86,7 @@ class ComposeBackend:
 
     def attach_topology(self, topology: Topology) -> Any:
         """The environment as a Deployment of `topology`, reset to a clean slate."""
-        from testbed.deployment import Deployment
-        from testbed.netfault.wan import RouteProxy, Wan
+        from testbed.deployment import attach
 
         ports = server_ports(topology)
         for spec in topology.servers:
@@ -101,17 +101,11 @@ class ComposeBackend:
             self.nodes[spec.name] = node
             self.servers[spec.name] = Server(node)  # type: ignore[arg-type]
             node.start()
-        client = self.start_proxy()
-        client.reset()  # every proxy enabled, no toxic
-        routes = wan_routes(topology)
-        addresses = {}
-        wired = []
-        site_of = {s.name: s.site for s in topology.servers}
-        site_of |= {c.name: c.site for c in (*topology.icons, *topology.gims)}
-        for route, entry in zip(topology.cross_site_routes(), routes, strict=True):
-            addresses[(route.client, route.server)] = f"{LOOPBACK}:{entry['host_port']}"
-            wired.append(RouteProxy(route.name, site_of[route.client], site_of[route.server]))
-        deployment = Deployment(topology, self, Wan(client, wired), addresses)
+        self._host_ports = {
+            split_address(r["listen"])[1]: r["host_port"] for r in wan_routes(topology)
+        }
+        self.start_proxy().reset()  # every proxy enabled, no toxic
+        deployment = attach(topology, self)  # the routes as the proxy holds them
         self._clean_slate(topology)
         return deployment
 
@@ -161,7 +155,9 @@ class ComposeBackend:
         return f"{server}:5432"
 
     def published(self, listen: str) -> str:
-        return listen
+        """The host's address of a proxy listen address (compose/two-site.yml's ports)."""
+        _, port = split_address(listen)
+        return f"{LOOPBACK}:{self._host_ports[port]}"
 
     def inside(self, address: str) -> str:
         return address
