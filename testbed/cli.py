@@ -29,6 +29,13 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, log_path=False)
 
 
+toxiproxy_image_option = click.option(
+    "--toxiproxy-image",
+    default=None,
+    help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
+)
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn `TestbedError` into one line and its exit code; Ctrl-C into exit 130."""
 
@@ -78,11 +85,7 @@ def main() -> None:
     show_default=True,
     help="Built-in topology name (active-standby, active-active) or a topology file.",
 )
-@click.option(
-    "--toxiproxy-image",
-    default=None,
-    help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
-)
+@toxiproxy_image_option
 @click.option("--json", "as_json", is_flag=True, help="Print the servers as JSON.")
 @click.option("--detach", is_flag=True, help="Return and leave the servers running.")
 @click.option("--once", is_flag=True, help="Start, check each server answers, stop.")
@@ -300,15 +303,13 @@ def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
 
 def _remove_containers(run_id: str | None) -> list[str]:
     """The Docker objects of a run (of every run: None), when an engine answers."""
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception:
-        return []
     from testbed.backends.docker import remove_run
+    from testbed.backends.images import engine_client
 
+    try:
+        client = engine_client()
+    except TestbedError:
+        return []
     return remove_run(client, run_id)
 
 
@@ -384,11 +385,7 @@ def list_scenarios() -> None:
 @click.argument("scenarios", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Run the whole catalog.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True)
-@click.option(
-    "--toxiproxy-image",
-    default=None,
-    help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
-)
+@toxiproxy_image_option
 @click.option("--seed", type=int, default=None, help="Seed for chaos steps (overrides the file).")
 @click.option(
     "--out",

@@ -122,13 +122,13 @@ class Operator:
 
     # --- fail-site ------------------------------------------------------------------------
 
-    def fail_site(self, site: str, force: bool = False) -> dict[str, Any]:
-        """Every component of `site` dies at once; its calls move to a surviving site."""
+    def fail_site(self, site: str) -> dict[str, Any]:
+        """Every component of `site` dies at once; its calls move to a surviving site.
+        Nothing to force: failing a failed site, or the last one, has no meaning."""
         self._check_site(site)
         failed = self.deployment.failed_sites
-        self._guard(
-            "fail-site", site, f"{site} has failed already" if site in failed else None, force=False
-        )
+        if site in failed:
+            self._guard("fail-site", site, f"{site} has failed already", force=False)
         survivors = [s for s in self.topology.sites if s != site and s not in failed]
         if not survivors:
             raise Refused(f"fail-site {site} refused: it is the last site standing")
@@ -410,7 +410,7 @@ class Operator:
         self.record("dr", **facts)
         return facts
 
-    def _grow_pipeline(self, old: Any, site: str) -> dict[str, Any]:
+    def _grow_pipeline(self, old: Topology, site: str) -> dict[str, Any]:
         pipeline = self.pipeline
         assert pipeline is not None
         new = self.topology

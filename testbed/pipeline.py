@@ -370,9 +370,6 @@ class Pipeline:
             "states": {n: p.state() for n, p in self.processes.items()},
         }
 
-    def ledger_path(self, site: str) -> Path:
-        return self.workdir / source_name(site) / "ledger.jsonl"
-
     def ledger(self, site: str | None = None) -> list[Event]:
         """Every event any data source of the run emitted (of one site if given)."""
         events = [

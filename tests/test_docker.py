@@ -22,17 +22,12 @@ pytestmark = pytest.mark.docker
 
 
 def _engine_or_skip():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine answers ({str(exc).splitlines()[0][:80]})")
+    """The engine's client, or a skip that says what is missing (engine or images)."""
     from testbed.backends import images
     from testbed.errors import TestbedError
 
     try:
+        client = images.engine_client()
         images.current_tags()
     except TestbedError as exc:
         pytest.skip(str(exc))

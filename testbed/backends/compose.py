@@ -20,7 +20,7 @@ from typing import Any
 
 from testbed.backends import runs
 from testbed.backends.docker import DockerNode
-from testbed.backends.images import _client
+from testbed.backends.images import engine_client
 from testbed.backends.local import LOOPBACK
 from testbed.compose import PROXY_API, server_ports, wan_routes
 from testbed.errors import ServerFailed, TestbedError
@@ -57,7 +57,7 @@ class ComposeBackend:
     name = "compose"
 
     def __init__(self, home: str | Path | None = None, owner: str = "library", **_: Any) -> None:
-        self.client = _client()
+        self.client = engine_client()
         containers = self.client.containers.list(all=True, filters={"label": LABEL})
         projects = sorted({c.labels.get("com.docker.compose.project", "") for c in containers})
         if len(projects) > 1:

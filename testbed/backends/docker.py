@@ -259,7 +259,7 @@ class DockerBackend:
         storage: str | None = None,  # accepted for symmetry: data lives in Docker volumes
     ) -> None:
         _configure_testcontainers()
-        self.client = images._client()
+        self.client = images.engine_client()
         self.tags = images.current_tags()
         self.toxiproxy_image = toxiproxy_image
         self.keep = keep

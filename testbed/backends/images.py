@@ -54,7 +54,7 @@ def specs() -> dict[str, ImageSpec]:
     }
 
 
-def _client() -> Any:
+def engine_client() -> Any:
     import docker
 
     try:
@@ -114,7 +114,7 @@ def build_base(client: Any, say: Any) -> float:
 def build(mode: str = "auto", say: Any = None) -> dict[str, Any]:
     """Every image, built if its tag is missing. Returns the tags and timings."""
     say = say or (lambda _m: None)
-    client = _client()
+    client = engine_client()
     mode = choose_mode(client, mode)
     say(f"building images {mode} ({'official bases' if mode == 'online' else OFFLINE_BASE})")
     base_s = build_base(client, say) if mode == "offline" else 0.0
@@ -155,7 +155,7 @@ def build(mode: str = "auto", say: Any = None) -> dict[str, Any]:
 
 def current_tags() -> dict[str, str]:
     """The tags the backend runs: the newest built from the current sources."""
-    client = _client()
+    client = engine_client()
     found = {}
     for name, spec in specs().items():
         for base in (OFFLINE_BASE, ONLINE_BASES[name]):
