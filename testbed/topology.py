@@ -204,8 +204,7 @@ def with_replacement_site(topo: Topology, new_site: str, replaces: str) -> Topol
     for item in (*topo.icons, *topo.gims):
         if item.site == replaces:
             rename[item.name] = renamed_for_site(item.name, replaces, new_site)
-    taken = {s.name for s in topo.servers} | {i.name for i in topo.icons} | set(topo.sites)
-    taken |= {g.name for g in topo.gims}
+    taken = set(topo.site_of()) | set(topo.sites)
     clash = sorted(set(rename.values()) & taken)
     if clash:
         raise InvalidFile(f"cannot add site '{new_site}': names {', '.join(clash)} are taken")
