@@ -21,7 +21,7 @@ import time
 from testbed.backends.local import LocalBackend
 from testbed.clock import Clock
 from testbed.deployment import bring_up
-from testbed.pipeline import Pipeline, PipelineSettings
+from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.topology import default_topology
 
 

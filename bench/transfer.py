@@ -15,7 +15,8 @@ Prints one JSON object:
   transform), which the planner uses, and a plain insert into `fact_interaction` alone,
   the least any load can write.
 
-    python bench/transfer.py [--runs 3] [--rate-kb-s 20000] [--write testbed/measured_rates.json]
+    python bench/transfer.py [--runs 3] [--rate-kb-s 20000] \
+        [--write testbed/operations/measured_rates.json]
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import time
 from pathlib import Path
 
 from testbed.backends.local import LocalBackend
+from testbed.pipeline.schema import INFOMART_DDL
 from testbed.postgres import Server
-from testbed.schema import INFOMART_DDL
 
 SITE, SOURCE = "site1", "icon1a"
 

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from testbed.backends.choose import BACKENDS, open_backend
-from testbed.checks import Outcome
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
-from testbed.dr import Operator
 from testbed.netfault.wan import Wan
-from testbed.pipeline import Pipeline, PipelineSettings
+from testbed.operations.dr import Operator
+from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.topology import Topology, default_topology
+from testbed.verdict.checks import Outcome
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -131,9 +131,9 @@ def _run(
     properties: list[tuple[str, object]],
     backend: str = "local",
 ) -> Outcome:
-    from testbed.report import write_reports
-    from testbed.scenario import ScenarioRun
-    from testbed.scenario_file import load_scenario
+    from testbed.scenarios.engine import ScenarioRun
+    from testbed.scenarios.spec import load_scenario
+    from testbed.verdict.report import write_reports
 
     scenario = load_scenario(str(name_or_path))
     ScenarioRun(scenario, out, home=str(home), seed=seed, backend=backend).run()

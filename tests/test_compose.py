@@ -8,7 +8,7 @@ import yaml
 
 
 def test_the_compose_file_matches_the_topology() -> None:
-    from testbed.compose import render
+    from testbed.backends.composefile import render
     from testbed.topology import default_topology
 
     compose_text, wan_text = render(default_topology())
@@ -18,7 +18,7 @@ def test_the_compose_file_matches_the_topology() -> None:
 
 
 def test_only_the_proxy_joins_both_site_networks() -> None:
-    from testbed.compose import compose_document
+    from testbed.backends.composefile import compose_document
     from testbed.topology import default_topology
 
     services = compose_document(default_topology())["services"]

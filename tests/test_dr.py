@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.consistency import compare, divergence, table_differences
 from testbed.deployment import Deployment
-from testbed.dr import Operator
 from testbed.errors import Refused, TestbedError
 from testbed.netfault.wan import Wan
+from testbed.operations.consistency import compare, divergence, table_differences
+from testbed.operations.dr import Operator
 from testbed.topology import INFOMART_DATABASE
 
 FACTS = (
@@ -20,7 +20,7 @@ FACTS = (
 
 
 def _load_schema(deployment: Deployment) -> None:
-    from testbed.schema import INFOMART_DDL
+    from testbed.pipeline.schema import INFOMART_DDL
 
     primary = deployment.server("infomart1")
     primary.execute(INFOMART_DDL, dbname=INFOMART_DATABASE)
@@ -123,7 +123,7 @@ def test_table_differences_lists_the_rows_only_in_each(
 ) -> None:
     _load_schema(testbed_deployment)
     a, b = testbed_deployment.server("infomart1"), testbed_deployment.server("idb1")
-    from testbed.schema import INFOMART_DDL
+    from testbed.pipeline.schema import INFOMART_DDL
 
     b.create_database(INFOMART_DATABASE)
     b.execute(INFOMART_DDL, dbname=INFOMART_DATABASE)

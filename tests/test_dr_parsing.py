@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import InvalidFile
-from testbed.prediction import predict
-from testbed.scenario_file import load_scenario
+from testbed.scenarios.spec import load_scenario
 from testbed.topology import (
     load_topology,
     renamed_for_site,
@@ -17,6 +16,7 @@ from testbed.topology import (
     topology_to_dict,
     with_replacement_site,
 )
+from testbed.verdict.prediction import predict
 
 DR = """\
 name: dr

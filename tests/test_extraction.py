@@ -17,10 +17,10 @@ import pytest
 
 from testbed.backends.local import LocalBackend
 from testbed.clock import Clock
-from testbed.gim import Extracted, Extractor, Source
-from testbed.icon import Icon
+from testbed.pipeline.gim import Extracted, Extractor, Source
+from testbed.pipeline.icon import Icon
+from testbed.pipeline.schema import IDB_DDL
 from testbed.postgres import Server
-from testbed.schema import IDB_DDL
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_an_icon_refuses_to_start_without_its_queue(tmp_path: Path) -> None:
         )
     )
     result = subprocess.run(
-        [sys.executable, "-m", "testbed.icon", str(config)],
+        [sys.executable, "-m", "testbed.pipeline.icon", str(config)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from testbed.deployment import Deployment
-from testbed.pipeline import Pipeline, PipelineSettings
+from testbed.pipeline.control import Pipeline, PipelineSettings
 
 HOUR = 3600.0
 THRESHOLD = 2 * HOUR

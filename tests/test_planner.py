@@ -8,9 +8,9 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from testbed.cli_plan import plan
+from testbed.cli.plan import plan
 from testbed.errors import TestbedError
-from testbed.planner import (
+from testbed.operations.planner import (
     MeasuredRates,
     catch_up_seconds,
     format_size,

@@ -13,7 +13,7 @@ import pytest
 
 from testbed.errors import InvalidFile
 from testbed.history import of_kind, read_history
-from testbed.scenario_file import load_scenario
+from testbed.scenarios.spec import load_scenario
 
 SHORT = """\
 name: short-outage

@@ -13,8 +13,9 @@ import secrets
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from testbed.netfault.chain import PROXY_NOT_FOUND, ApiError, bad_request
 from testbed.netfault.http import Request, Response
-from testbed.netfault.proxy import PROXY_NOT_FOUND, ApiError, Proxy, bad_request
+from testbed.netfault.proxy import Proxy
 from testbed.netfault.state import ProxyCollection
 
 VERSION = "2.12.0"

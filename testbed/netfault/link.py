@@ -19,12 +19,10 @@ import random
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from testbed.netfault.chain import ToxicChain
 from testbed.netfault.toxics import Chunk, Toxic
-
-if TYPE_CHECKING:
-    from testbed.netfault.proxy import Proxy
 
 log = logging.getLogger("testbed.netfault")
 
@@ -32,6 +30,18 @@ QUEUE_HIGH = 1 << 20  # bytes queued on a direction before its source is paused
 QUEUE_LOW = 256 << 10
 CLOSE_GRACE_S = 5.0  # a closing socket whose peer will not read is aborted after this
 _EOF = object()
+
+
+class Endpoint(Protocol):
+    """What a connection needs of the proxy that accepted it (a `Proxy`, which imports
+    this module: the dependency points one way)."""
+
+    name: str
+    chain: ToxicChain
+    counters: dict[str, dict[str, int]]
+    connections: set[Connection]
+
+    def upstream_address(self) -> tuple[str, int]: ...
 
 
 class Side(asyncio.Protocol):
@@ -297,7 +307,7 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
 class Connection:
     """A client accepted by a proxy and the connection dialled for it to the upstream."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Endpoint) -> None:
         self.proxy = proxy
         self.client = Side(self, "client")
         self.server = Side(self, "upstream")

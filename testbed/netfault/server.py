@@ -18,7 +18,7 @@ from pathlib import Path
 
 from testbed.netfault import http
 from testbed.netfault.api import VERSION, Api
-from testbed.netfault.proxy import ApiError
+from testbed.netfault.chain import ApiError
 from testbed.netfault.state import ProxyCollection
 
 log = logging.getLogger("testbed.netfault")

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import ItemsView
 from typing import Any
 
-from testbed.netfault.proxy import PROXY_EXISTS, ApiError, Proxy, ToxicChain, bad_request
+from testbed.netfault.chain import PROXY_EXISTS, ApiError, ToxicChain, bad_request
+from testbed.netfault.proxy import Proxy
 
 DEFAULT_LISTEN = "127.0.0.1:0"  # loopback, never every interface, unless asked
 

@@ -16,7 +16,7 @@ its IDB database in order, in batches, exactly once.
   source, no calls).
 - Source sessions (start and end) are recorded in the IDB, like ICON's session tables.
 
-Run as `python -m testbed.icon CONFIG.json`, with the run's clock in the environment.
+Run as `python -m testbed.pipeline.icon CONFIG.json`, with the run's clock in the environment.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 import psycopg
 
 from testbed.clock import Clock
-from testbed.component import (
+from testbed.errors import TestbedError
+from testbed.pipeline.component import (
     STATEMENT_TIMEOUT_S,
     connect,
     exit_on_sigterm,
@@ -41,10 +42,9 @@ from testbed.component import (
     setup_logging,
     write_status,
 )
-from testbed.errors import TestbedError
+from testbed.pipeline.pqueue import Item, PersistentQueue
+from testbed.pipeline.schema import IDB_DDL
 from testbed.postgres import deadline
-from testbed.pqueue import Item, PersistentQueue
-from testbed.schema import IDB_DDL
 
 BATCH_MAX = 500
 FLUSH_AFTER_S = 5.0  # scenario seconds

@@ -13,8 +13,8 @@ from typing import Any
 
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
-from testbed.prediction import Prediction, predict
 from testbed.topology import load_topology, topology_from_dict
+from testbed.verdict.prediction import Prediction, predict
 
 
 @dataclass

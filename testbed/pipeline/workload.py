@@ -10,7 +10,7 @@ ledger, and only the ledger, is what the checkers call the truth.
 A data source that is not running emits nothing: calls that were not taken never happened,
 so a restarted source goes on from the schedule's next event after the current time.
 
-Run as `python -m testbed.workload CONFIG.json`, with the run's clock in the environment.
+Run as `python -m testbed.pipeline.workload CONFIG.json`, with the run's clock in the environment.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock
-from testbed.component import load_config, setup_logging, write_status
+from testbed.pipeline.component import load_config, setup_logging, write_status
 
 TICK_S = 0.01  # wall seconds between batches
 ACK_TIMEOUT_S = 10.0  # a slow ICON is still taking the batch; only a dead one misses it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from testbed.scenario_file import Step
+from testbed.scenarios.spec import Step
 from testbed.topology import Topology
 
 

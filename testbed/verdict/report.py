@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from testbed.checks import Outcome, evaluate
 from testbed.history import of_kind, read_history
+from testbed.verdict.checks import Outcome, evaluate
 
 HOUR = 3600.0
 

@@ -1,31 +1,12 @@
-"""`testbed plan`: how long operations on a real deployment take, from measured rates.
-
-`testbed.cli` adds this group to the `testbed` command, so this module must not import
-`testbed.cli` while it loads (whichever of the two is imported first, the other would find
-a half-made module). The shared error handling and consoles are looked up when a command
-runs instead: the behaviour is the same, one line and exit code 2 for input a user can fix.
-"""
+"""`testbed plan`: how long operations on a real deployment take, from measured rates."""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from typing import Any
 
 import click
 
-
-def deferred_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`testbed.cli.user_errors`, applied when the command runs."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from testbed.cli import user_errors
-
-        return user_errors(command)(*args, **kwargs)
-
-    return wrapper
+from testbed.cli.output import out, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,15 +23,14 @@ def plan() -> None:
     help="Events GIM keeps loading meanwhile: 2000/h (or /s, /min, /d).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@deferred_user_errors
+@user_errors
 def transfer(size: str, link: str, workload: str | None, as_json: bool) -> None:
     """How long a base backup of the Info Mart takes across the WAN, and the catch-up after.
 
     For rebuilding a standby after a long outage: the copy at the link's measured
     efficiency, then, with --workload, the WAL GIM writes meanwhile.
     """
-    from testbed.cli import out
-    from testbed.planner import (
+    from testbed.operations.planner import (
         load_rates,
         parse_link,
         parse_size,

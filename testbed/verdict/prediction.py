@@ -26,7 +26,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from testbed.pipeline import source_name
+from testbed.pipeline.control import source_name
 from testbed.topology import Topology, topology_from_dict
 
 Window = tuple[float, float]

@@ -15,15 +15,9 @@ from typing import Any
 
 import click
 
-from testbed.cli_plan import deferred_user_errors
+from testbed.cli.output import err, home_option, out, user_errors
 
 run_option = click.option("--run", "run_id", default=None, help="Run id (default: the newest).")
-home_option = click.option(
-    "--home",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder holding runs/ (default: $TESTBED_HOME or ./.testbed).",
-)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
@@ -34,9 +28,8 @@ def dr() -> None:
 
 def _operate(run_id: str | None, home: str | None, as_json: bool, act: Any) -> None:
     from testbed.backends.local import LocalBackend
-    from testbed.cli import err, out
     from testbed.deployment import attach, dr_state
-    from testbed.dr import Operator
+    from testbed.operations.dr import Operator
     from testbed.topology import load_topology
 
     backend = LocalBackend.attach(home, run_id)
@@ -63,7 +56,7 @@ def _operate(run_id: str | None, home: str | None, as_json: bool, act: Any) -> N
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def fail_site(site: str, run_id: str | None, home: str | None, as_json: bool) -> None:
     """Kill every server of SITE at once, as a disaster would."""
     _operate(run_id, home, as_json, lambda op: op.fail_site(site))
@@ -75,7 +68,7 @@ def fail_site(site: str, run_id: str | None, home: str | None, as_json: bool) ->
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def promote(site: str, force: bool, run_id: str | None, home: str | None, as_json: bool) -> None:
     """Promote the standby Info Mart at SITE; refused while its primary still runs."""
     _operate(run_id, home, as_json, lambda op: op.promote(site, force=force))
@@ -87,7 +80,7 @@ def promote(site: str, force: bool, run_id: str | None, home: str | None, as_jso
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def activate_gim(
     site: str, force: bool, run_id: str | None, home: str | None, as_json: bool
 ) -> None:
@@ -101,7 +94,7 @@ def activate_gim(
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def add_site(
     site: str, replaces: str | None, run_id: str | None, home: str | None, as_json: bool
 ) -> None:
@@ -116,7 +109,7 @@ def add_site(
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def transfer(
     source: str, target: str, gim: str, run_id: str | None, home: str | None, as_json: bool
 ) -> None:
@@ -129,7 +122,7 @@ def transfer(
 @run_option
 @home_option
 @json_option
-@deferred_user_errors
+@user_errors
 def switchover(target: str, run_id: str | None, home: str | None, as_json: bool) -> None:
     """Planned role change without loss: the standby at --to becomes the primary."""
     _operate(run_id, home, as_json, lambda op: op.switchover(target))

@@ -15,7 +15,7 @@ from testbed import datafile
 from testbed.clock import DEFAULT_FACTOR, parse_duration, parse_factor
 from testbed.errors import InvalidFile, TestbedError
 from testbed.netfault.toxics import REGISTRY
-from testbed.pipeline import source_name
+from testbed.pipeline.control import source_name
 from testbed.topology import Topology, load_topology, with_replacement_site
 
 TOP_KEYS = ("name", "description", "topology", "clock", "settings", "workload", "steps", "expect")
@@ -74,7 +74,7 @@ class Scenario:
 def scenario_dirs() -> list[Path]:
     """Where named scenarios are found: ./scenarios, then the catalog shipped with us."""
     here = Path("scenarios")
-    shipped = Path(__file__).resolve().parent.parent / "scenarios"
+    shipped = Path(__file__).resolve().parents[2] / "scenarios"
     return [d for d in (here, shipped) if d.is_dir()]
 
 

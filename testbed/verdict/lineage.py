@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from testbed.deployment import Deployment
-from testbed.pipeline import Pipeline
+from testbed.pipeline.control import Pipeline
+from testbed.pipeline.workload import Event
 from testbed.topology import INFOMART_DATABASE
-from testbed.workload import Event
 
 
 def lineage(

@@ -16,18 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed import chaos, procs
+from testbed import procs
 from testbed.backends.choose import open_backend
 from testbed.clock import Clock
-from testbed.consistency import compare, divergence
 from testbed.deployment import Deployment, bring_up
-from testbed.dr import Operator
 from testbed.errors import TestbedError
 from testbed.history import History, of_kind, read_history
-from testbed.lineage import lineage
-from testbed.pipeline import Pipeline, PipelineSettings
-from testbed.scenario_file import DR_VERBS, Scenario, Step
+from testbed.operations.consistency import compare, divergence
+from testbed.operations.dr import Operator
+from testbed.pipeline.control import Pipeline, PipelineSettings
+from testbed.scenarios import chaos
+from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
+from testbed.verdict.lineage import lineage
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
 LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first

@@ -29,7 +29,7 @@ import psycopg
 
 from testbed.deployment import Deployment
 from testbed.errors import Refused, TestbedError
-from testbed.pipeline import Pipeline, source_name
+from testbed.pipeline.control import Pipeline, source_name
 from testbed.postgres import SUPERUSER, Server, format_lsn, split_address
 from testbed.topology import (
     INFOMART_DATABASE,

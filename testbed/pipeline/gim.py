@@ -26,7 +26,7 @@ continues from the replicated state.
   survivors) is still extracted from the copies on surviving IDBs, but it no longer gates
   the transform boundary and is never declared stuck: it will never send data again.
 
-Run as `python -m testbed.gim CONFIG.json`, with the run's clock in the environment.
+Run as `python -m testbed.pipeline.gim CONFIG.json`, with the run's clock in the environment.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import psycopg
 
 from testbed.clock import Clock, format_duration
-from testbed.component import (
+from testbed.pipeline.component import (
     STATEMENT_TIMEOUT_S,
     connect,
     exit_on_sigterm,
@@ -48,8 +48,8 @@ from testbed.component import (
     setup_logging,
     write_status,
 )
+from testbed.pipeline.schema import INFOMART_DDL
 from testbed.postgres import deadline
-from testbed.schema import INFOMART_DDL
 
 CYCLE_S = 0.02  # wall seconds between cycles at most
 BACKOFF_CAP_S = 0.2

@@ -25,11 +25,11 @@ from testbed import procs
 from testbed.backends.local import free_port
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
-from testbed.component import read_status
 from testbed.deployment import Deployment
 from testbed.errors import TestbedError
+from testbed.pipeline.component import read_status
+from testbed.pipeline.workload import Event, Ledger
 from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec
-from testbed.workload import Event, Ledger
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Pipeline:
         self.icon_ports[icon.name] = port
         return self._process(
             icon.name,
-            "testbed.icon",
+            "testbed.pipeline.icon",
             {
                 "site": icon.site,
                 "member": icon.member,
@@ -235,7 +235,7 @@ class Pipeline:
         }
 
     def _gim(self, gim: GimSpec) -> ManagedProcess:
-        return self._process(gim.name, "testbed.gim", self.gim_config(gim))
+        return self._process(gim.name, "testbed.pipeline.gim", self.gim_config(gim))
 
     def _source(
         self,
@@ -248,7 +248,7 @@ class Pipeline:
         name = name or source_name(site)
         return self._process(
             name,
-            "testbed.workload",
+            "testbed.pipeline.workload",
             {
                 "site": site,
                 "rate_per_hour": rate_per_hour or self.settings.rate_per_hour,

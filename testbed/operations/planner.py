@@ -139,7 +139,7 @@ class MeasuredRates:
         except (KeyError, TypeError, ValueError) as exc:
             raise TestbedError(
                 f"measured rates lack or garble {exc}; re-measure with "
-                f"python bench/transfer.py --write testbed/{RATES_FILE}"
+                f"python bench/transfer.py --write testbed/operations/{RATES_FILE}"
             ) from None
 
 
@@ -149,12 +149,16 @@ def load_rates(path: str | Path | None = None) -> MeasuredRates:
         if path is not None:
             text = Path(path).read_text(encoding="utf-8")
         else:
-            text = resources.files("testbed").joinpath(RATES_FILE).read_text(encoding="utf-8")
+            text = (
+                resources.files("testbed.operations")
+                .joinpath(RATES_FILE)
+                .read_text(encoding="utf-8")
+            )
         data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise TestbedError(
             f"cannot read measured rates ({exc}); measure them with "
-            f"python bench/transfer.py --write testbed/{RATES_FILE}"
+            f"python bench/transfer.py --write testbed/operations/{RATES_FILE}"
         ) from None
     return MeasuredRates.from_json(data)
 

@@ -1,0 +1,217 @@
+"""`testbed up`, `status` and `down`: a topology's servers brought up, shown and stopped,
+including what a crashed runner left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import click
+
+from testbed import procs
+from testbed.backends.choose import BACKENDS
+from testbed.backends.storage import STORAGES
+from testbed.cli.output import (
+    err,
+    home_option,
+    print_servers,
+    print_wan,
+    stop_on_signals,
+    toxiproxy_image_option,
+    user_errors,
+)
+from testbed.errors import TestbedError
+
+
+@click.command()
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True)
+@click.option(
+    "--topology",
+    default="active-standby",
+    show_default=True,
+    help="Built-in topology name (active-standby, active-active) or a topology file.",
+)
+@toxiproxy_image_option
+@click.option("--json", "as_json", is_flag=True, help="Print the servers as JSON.")
+@click.option("--detach", is_flag=True, help="Return and leave the servers running.")
+@click.option("--once", is_flag=True, help="Start, check each server answers, stop.")
+@click.option(
+    "--storage",
+    type=click.Choice(STORAGES),
+    default=None,
+    help="Server data in RAM (tmpfs) or on disk; default: $TESTBED_STORAGE or auto (RAM if room).",
+)
+@home_option
+@user_errors
+def up(
+    backend: str,
+    topology: str,
+    as_json: bool,
+    detach: bool,
+    once: bool,
+    storage: str | None,
+    home: str | None,
+    toxiproxy_image: str | None,
+) -> None:
+    """Start a topology and show its servers; Ctrl-C (or `testbed down`) stops it."""
+    from testbed.backends.choose import open_backend
+    from testbed.deployment import bring_up
+    from testbed.topology import load_topology
+
+    if detach and once:
+        raise TestbedError("--detach and --once contradict each other; choose one")
+    topo = load_topology(topology)
+    stop_on_signals()
+    backend_run = open_backend(
+        backend,
+        home=home,
+        keep=detach,
+        owner="cli-detached" if detach else "cli-up",
+        storage=storage,
+        toxiproxy_image=toxiproxy_image,
+    )
+    left_running = False
+    try:
+        with err.status(f"starting {topo.name} ({len(topo.servers)} servers)..."):
+            deployment = bring_up(topo, backend_run, progress=lambda m: err.log(m, highlight=False))
+        backend_run.run.update(topology=topo.name, detached=detach)
+        rows = deployment.rows()
+        if as_json:
+            click.echo(json.dumps([_json_row(topo, row) for row in rows], indent=2))
+        else:
+            print_servers(f"run {backend_run.id}: {topo.name}", rows)
+            print_wan(deployment.wan_rows())
+        if once:
+            for server in deployment.servers.values():
+                server.scalar("SELECT 1")
+            err.print(f"all {len(rows)} servers answered; stopping")
+        elif detach:
+            left_running = True
+            err.print(f"left running; stop with: testbed down {backend_run.id}")
+        else:
+            err.print("running; press Ctrl-C to stop")
+            while True:
+                signal.pause()
+    finally:
+        if not left_running:
+            backend_run.close()
+
+
+def _json_row(topo: Any, row: dict[str, Any]) -> dict[str, Any]:
+    host, _, port = str(row["address"]).rpartition(":")
+    spec = topo.server(row["name"])
+    return {
+        "site": row["site"],
+        "role": spec.role,
+        "name": row["name"],
+        "host": host,
+        "port": int(port),
+        "pid": row["pid"],
+    }
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@home_option
+@user_errors
+def status(as_json: bool, home: str | None) -> None:
+    """Show every run under the home folder and the state of its servers."""
+    from testbed.backends import runs
+
+    report: list[dict[str, Any]] = []
+    for run in runs.list_runs(runs.home_dir(home)):
+        servers = []
+        for record in run.manifest.servers.values():
+            if record.pid and procs.is_ours(record.pid, record.datadir):
+                state = "paused" if procs.paused(record.pid) else "running"
+            else:
+                state = "stopped"
+            servers.append(
+                {
+                    "site": record.site,
+                    "role": record.role,
+                    "name": record.name,
+                    "host": record.host,
+                    "port": record.port,
+                    "pid": record.pid if state != "stopped" else None,
+                    "state": state,
+                }
+            )
+        processes = [
+            {
+                "name": p.name,
+                "pid": p.pid,
+                "url": p.address,
+                "running": procs.is_ours(p.pid, p.marker),
+            }
+            for p in run.manifest.processes.values()
+        ]
+        report.append(
+            {
+                "run": run.id,
+                "topology": run.manifest.topology,
+                "backend": run.manifest.backend,
+                "detached": run.manifest.detached,
+                "runner_alive": run.owner_alive(),
+                "servers": servers,
+                "processes": processes,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report:
+        err.print("no runs")
+        return
+    for entry in report:
+        runner = (
+            "detached"
+            if entry["detached"]
+            else ("runner alive" if entry["runner_alive"] else "runner gone")
+        )
+        rows = [{**s, "address": f"{s['host']}:{s['port']}"} for s in entry["servers"]]
+        print_servers(f"run {entry['run']}: {entry['topology'] or '-'} ({runner})", rows, True)
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Stop every run, not only the newest.")
+@click.option("--keep", is_flag=True, help="Keep the run folders (data and logs).")
+@home_option
+@user_errors
+def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
+    """Stop the servers of a run (the newest by default), even one whose runner crashed."""
+    from testbed.backends import runs
+
+    found = runs.list_runs(runs.home_dir(home))
+    if run_id:
+        targets = [r for r in found if r.id == run_id]
+        if not targets:
+            raise TestbedError(f"no run '{run_id}' under {runs.home_dir(home)}; see testbed status")
+    else:
+        targets = found if every else found[-1:]
+    if not targets:
+        err.print("no runs to stop")
+        return
+    for run in targets:
+        stopped = runs.stop_run(run, keep=keep)
+        if run.manifest.backend == "docker":
+            stopped += _remove_containers(run.id)
+        err.print(f"run {run.id}: stopped {len(stopped)} server(s)" + (", kept" if keep else ""))
+    if every:
+        swept = _remove_containers(None)  # also what crashed runs without a folder left
+        if swept:
+            err.print(f"removed {len(swept)} leftover container(s): {', '.join(swept)}")
+
+
+def _remove_containers(run_id: str | None) -> list[str]:
+    """The Docker objects of a run (of every run: None), when an engine answers."""
+    from testbed.backends.docker import remove_run
+    from testbed.backends.images import engine_client
+
+    try:
+        client = engine_client()
+    except TestbedError:
+        return []
+    return remove_run(client, run_id)
