@@ -8,6 +8,7 @@ backend runs the servers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ INITIAL_BACKUP = "initial"
 
 class Backend(Protocol):
     name: str
-    id: str
     servers: dict[str, Server]
+
+    @property
+    def id(self) -> str: ...
 
     def new_server(
         self, name: str, site: str = ..., role: str = ..., port: int | None = ...
@@ -172,7 +175,9 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
         say(f"{spec.name} ({spec.describe_role()}) ready on {server.address}")
 
     routes = topology.cross_site_routes()
-    jobs = [lambda spec=spec: start_primary(spec) for spec in primaries]
+    jobs: list[Callable[[], object]] = [
+        functools.partial(start_primary, spec) for spec in primaries
+    ]
     if routes:
         jobs.append(backend.start_proxy)  # a process of its own: starts while servers do
     _in_parallel(jobs)
@@ -182,6 +187,7 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
         say(f"WAN: {len(routes)} cross-site routes through proxies")
 
     def start_standby(spec: ServerSpec) -> None:
+        assert spec.standby_of is not None  # only standbys come here
         primary = backend.servers[spec.standby_of]
         via = deployment.address_for(spec.name, primary.name)
         backup = f"{INITIAL_BACKUP}-for-{spec.name}"
@@ -190,7 +196,7 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
         standby.init_from_backup(primary, backup, streaming=True, via=via).start()
         say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address} via {via}")
 
-    _in_parallel([lambda spec=spec: start_standby(spec) for spec in standbys])
+    _in_parallel([functools.partial(start_standby, spec) for spec in standbys])
     return deployment
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -70,7 +71,7 @@ def signal_pid(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
     """Poll `predicate` until true or `timeout` seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout
     while True:

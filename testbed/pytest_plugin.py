@@ -173,7 +173,7 @@ class ScenarioItem(pytest.Item):
         if not outcome.passed:
             raise ScenarioFailed(outcome, out, seed)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ScenarioFailed):
             failed = excinfo.value
             lines = [

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from testbed import datafile
 from testbed.errors import InvalidFile
@@ -117,7 +117,11 @@ class Topology:
 
     def site_of(self) -> dict[str, str]:
         """The site of every named part: servers, ICONs and GIMs (names are global)."""
-        parts = (*self.servers, *self.icons, *self.gims)
+        parts: tuple[ServerSpec | IconSpec | GimSpec, ...] = (
+            *self.servers,
+            *self.icons,
+            *self.gims,
+        )
         return {part.name: part.site for part in parts}
 
     def servers_at(self, site: str) -> tuple[ServerSpec, ...]:
@@ -148,9 +152,9 @@ class Topology:
         for gim in self.gims:
             for idb in (s for s in self.servers if s.role == "idb" and s.site != gim.site):
                 routes.append(Route(gim.name, gim.site, idb.name, idb.site, "extract"))
-        for standby in (s for s in self.servers if s.standby_of):
+        for standby in self.servers:
             primary = standby.standby_of
-            if site_of[primary] != standby.site:
+            if primary is not None and site_of[primary] != standby.site:
                 routes.append(
                     Route(standby.name, standby.site, primary, site_of[primary], "replication")
                 )
@@ -176,7 +180,7 @@ def topology_from_dict(data: dict) -> Topology:
         ),
         icons=tuple(IconSpec(**i) for i in data["icons"]),
         gims=tuple(GimSpec(**g) for g in data["gims"]),
-        wan=tuple(tuple(link) for link in data["wan"]),  # type: ignore[misc]
+        wan=tuple(tuple(link) for link in data["wan"]),
     )
 
 
@@ -201,7 +205,8 @@ def with_replacement_site(topo: Topology, new_site: str, replaces: str) -> Topol
     rename = {}
     for name in [s.name for s in topo.servers_at(replaces)]:
         rename[name] = renamed_for_site(name, replaces, new_site)
-    for item in (*topo.icons, *topo.gims):
+    parts: tuple[IconSpec | GimSpec, ...] = (*topo.icons, *topo.gims)
+    for item in parts:
         if item.site == replaces:
             rename[item.name] = renamed_for_site(item.name, replaces, new_site)
     taken = set(topo.site_of()) | set(topo.sites)
@@ -367,19 +372,25 @@ class _Parser:
                 not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535
             ):
                 raise self.fail((*path, "port"), f"{port!r} is not a port number in 1024..65535")
-            specs.append(ServerSpec(name, site, role, (), port, fields.get("standby_of")))
+            specs.append(
+                ServerSpec(name, site, cast(Role, role), (), port, fields.get("standby_of"))
+            )
         by_name = {s.name: s for s in specs}
         for spec in specs:
             if spec.standby_of is None:
                 continue
-            path = ("servers", spec.name, "standby_of")
+            field_path = ("servers", spec.name, "standby_of")
             primary = by_name.get(spec.standby_of)
             if primary is None:
-                raise self.fail(path, f"unknown server '{spec.standby_of}'")
+                raise self.fail(field_path, f"unknown server '{spec.standby_of}'")
             if primary.name == spec.name or primary.standby_of is not None:
-                raise self.fail(path, "must name a primary server (not itself, not a standby)")
+                raise self.fail(
+                    field_path, "must name a primary server (not itself, not a standby)"
+                )
             if primary.role != spec.role:
-                raise self.fail(path, f"'{primary.name}' is an {primary.role}, not an {spec.role}")
+                raise self.fail(
+                    field_path, f"'{primary.name}' is an {primary.role}, not an {spec.role}"
+                )
         ports = [s.port for s in specs if s.port is not None]
         for spec in specs:
             if spec.port is not None and ports.count(spec.port) > 1:
@@ -408,7 +419,7 @@ class _Parser:
                 raise self.fail((*path, "idb"), "member a writes to the IDB at its own site")
             if member == "b" and here and len(sites) > 1:
                 raise self.fail((*path, "idb"), "member b writes to an IDB at another site")
-            specs.append(IconSpec(name, site, member, idb))
+            specs.append(IconSpec(name, site, cast(Literal["a", "b"], member), idb))
         for site in sites:
             members = sorted(i.member for i in specs if i.site == site)
             if members and members != ["a", "b"]:

@@ -302,22 +302,26 @@ class LocalNode:
         """SIGKILL the postmaster and its backends at once, as a host crash would."""
         if self.pid is None:
             raise ServerFailed(f"{self.name} is not running")
-        procs.signal_group(self.pid, signal.SIGKILL)
-        procs.wait_until(lambda: not procs.group_alive(self.pid), 10.0)
+        pid = self.pid
+        procs.signal_group(pid, signal.SIGKILL)
+        procs.wait_until(lambda: not procs.group_alive(pid), 10.0)
         self._reap()
 
     def pause(self) -> None:
         """Freeze every process of the server (SIGSTOP): it holds connections, answers nothing."""
         if self.state() != "running":
             raise ServerFailed(f"{self.name} is {self.state()}, cannot pause")
-        procs.signal_group(self.pid, signal.SIGSTOP)
-        procs.wait_until(lambda: procs.paused(self.pid), 5.0)
+        pid = self.pid
+        assert pid is not None  # running
+        procs.signal_group(pid, signal.SIGSTOP)
+        procs.wait_until(lambda: procs.paused(pid), 5.0)
 
     def resume(self) -> None:
         if self.pid is None:
             raise ServerFailed(f"{self.name} is not running")
-        procs.signal_group(self.pid, signal.SIGCONT)
-        procs.wait_until(lambda: not procs.paused(self.pid), 5.0)
+        pid = self.pid
+        procs.signal_group(pid, signal.SIGCONT)
+        procs.wait_until(lambda: not procs.paused(pid), 5.0)
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
         """Stop (if running) and start again on the same port with the same data."""

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _debian_candidates() -> list[Path]:
     return sorted(DEBIAN_ROOT.glob("*/bin"), key=version_key, reverse=True)
 
 
-def find_binaries(env: dict[str, str] | None = None) -> PgBinaries:
+def find_binaries(env: Mapping[str, str] | None = None) -> PgBinaries:
     """The first complete set of server binaries, or one error line saying what was tried."""
     env = os.environ if env is None else env
     tried: list[str] = []

@@ -171,6 +171,7 @@ def stop_run(run: RunDir, keep: bool = False) -> list[str]:
         procs.wait_until(lambda: not procs.alive(owner), 30.0, 0.05)
     stopped = []
     for server in run.live_servers():
+        assert server.pid is not None  # live servers have a pid
         procs.stop_group(server.pid, server.pid)
         stopped.append(server.name)
     for process in run.live_processes():

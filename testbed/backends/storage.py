@@ -32,7 +32,7 @@ def storage_choice(explicit: str | None = None) -> Storage:
     choice = explicit or os.environ.get("TESTBED_STORAGE") or "auto"
     if choice not in STORAGES:
         raise TestbedError(f"storage '{choice}' is not one of: {', '.join(STORAGES)}")
-    return choice  # type: ignore[return-value]
+    return choice
 
 
 def ram_available() -> bool:

@@ -160,7 +160,7 @@ def resolve(host: str) -> str:
     except socket.gaierror as exc:
         raise ApiError(f"listen tcp {host}: {exc.strerror}", 500) from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return infos[0][4][0]
+    return str(infos[0][4][0])
 
 
 def format_address(ip: str, port: int) -> str:

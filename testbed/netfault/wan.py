@@ -108,7 +108,9 @@ class Wan:
         if not model.enabled:
             proxy.disable()
 
-    def _record(self, action: str, sites: tuple[str, ...], proxies: list[str], **detail: Any):
+    def _record(
+        self, action: str, sites: tuple[str, ...], proxies: list[str], **detail: Any
+    ) -> None:
         now = self.scenario_now() if self.scenario_now else None
         self.history.append(
             Fault(time.time(), now, action, sites, tuple(sorted(set(proxies))), detail)

@@ -485,8 +485,8 @@ class Operator:
         src.wait_for_catchup(dst, target_lsn=target, timeout=120)
         catch_up_s = time.monotonic() - caught_from
         specs = {g.name: g for g in self.topology.gims}
-        for g in paused:
-            self._start_gim(specs[g])
+        for name in paused:
+            self._start_gim(specs[name])
         facts = {
             "procedure": "transfer",
             "from": source_site,

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,11 @@ def connect(address: str, dbname: str, application_name: str) -> psycopg.Connect
         keepalives_count=2,
         options=f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}",
     )
+
+
+def scalar(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the one row an aggregate or a keyed query returns."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise psycopg.DataError(f"no row from: {query}")
+    return row[0]

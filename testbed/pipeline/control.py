@@ -112,6 +112,7 @@ class ManagedProcess:
     def pause(self) -> None:
         if self.state() != "running":
             raise TestbedError(f"{self.name} is {self.state()}, cannot pause")
+        assert self._proc is not None  # running
         procs.signal_group(self._proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
@@ -352,7 +353,11 @@ class Pipeline:
         serving = [gims.get(n, {}) for n in self.active_gims]
         active = serving[0] if serving else {}
         boundaries = [g.get("transform_boundary") for g in serving]
-        boundary = None if not boundaries or None in boundaries else min(boundaries)
+        boundary = (
+            None
+            if not boundaries or None in boundaries
+            else min(b for b in boundaries if b is not None)
+        )
         return {
             "scenario_time": self.clock.now(),
             "queue_depth": {n: s.get("queue_depth") for n, s in icons.items()},

@@ -45,6 +45,7 @@ from testbed.pipeline.component import (
     connect,
     exit_on_sigterm,
     load_config,
+    scalar,
     setup_logging,
     write_status,
 )
@@ -112,21 +113,18 @@ class Extractor(threading.Thread):
         conn = self.conn
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
             try:
-                xmin = int(
-                    conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[
-                        0
-                    ]
-                )
+                xmin = int(scalar(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
                 bounds = (str(hwm), str(xmin))
                 events = conn.execute(
                     "SELECT event_id, site, ts, payload FROM events"
                     " WHERE txid >= %s::xid8 AND txid < %s::xid8",
                     bounds,
                 ).fetchall()
-                heartbeat = conn.execute(
+                heartbeat = scalar(
+                    conn,
                     "SELECT max(ts) FROM heartbeats WHERE txid >= %s::xid8 AND txid < %s::xid8",
                     bounds,
-                ).fetchone()[0]
+                )
             except psycopg.errors.UndefinedTable:  # ICON has not created its tables yet
                 conn.rollback()
                 return Extracted(self.source.name, hwm, [], None)
@@ -250,9 +248,9 @@ class Gim:
                     "SELECT site, complete_to, stuck, discard_before FROM gim_site FOR UPDATE"
                 )
             }
-            boundary = conn.execute(
-                "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
-            ).fetchone()[0]
+            boundary = scalar(
+                conn, "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
+            )
             for result in results:
                 fresh = bool(result.events) or result.heartbeat is not None
                 conn.execute(

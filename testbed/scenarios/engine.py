@@ -22,6 +22,7 @@ from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
 from testbed.errors import TestbedError
 from testbed.history import History, of_kind, read_history
+from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence
 from testbed.operations.dr import Operator
 from testbed.pipeline.control import Pipeline, PipelineSettings
@@ -172,8 +173,21 @@ class ScenarioRun:
         wan = deployment.wan
         recorded = len(wan.history) if wan is not None else 0
         verb, value, options = step.verb, step.value, step.options
-        if verb in ("partition", "heal", "latency", "bandwidth", "toxic") and wan is None:
-            raise TestbedError("this topology has no WAN")
+        if verb in ("partition", "heal", "latency", "bandwidth", "toxic"):
+            if wan is None:
+                raise TestbedError("this topology has no WAN")
+            self._wan_step(wan, verb, value, options)
+        elif verb in ("kill", "stop", "start", "pause", "resume"):
+            self._process_fault(verb, options.get("target", value), deployment, pipeline)
+        elif verb == "settle":
+            self._settle(step, pipeline, history)
+        elif verb in DR_VERBS:
+            self._procedure(verb, value, options)
+        for fault in wan.history[recorded:] if wan is not None else []:
+            history.record("fault", **dataclasses.asdict(fault))
+
+    @staticmethod
+    def _wan_step(wan: Wan, verb: str, value: Any, options: dict[str, Any]) -> None:
         if verb == "partition":
             wan.partition(
                 value[0],
@@ -205,14 +219,6 @@ class ScenarioRun:
                 toxicity=float(options.get("toxicity", 1.0)),
                 **{k: int(v) for k, v in (options.get("attributes") or {}).items()},
             )
-        elif verb in ("kill", "stop", "start", "pause", "resume"):
-            self._process_fault(verb, options.get("target", value), deployment, pipeline)
-        elif verb == "settle":
-            self._settle(step, pipeline, history)
-        elif verb in DR_VERBS:
-            self._procedure(verb, value, options)
-        for fault in wan.history[recorded:] if wan is not None else []:
-            history.record("fault", **dataclasses.asdict(fault))
 
     def _procedure(self, verb: str, value: Any, options: dict[str, Any]) -> None:
         force = bool(options.get("force", False))
@@ -283,7 +289,7 @@ class ScenarioRun:
         wan = deployment.wan
         residue = wan.residue() if wan is not None else []
         history.record("residue", wan=residue)
-        if residue:
+        if residue and wan is not None:
             wan.heal()  # cleanup, so the final settle can measure what was lost, not stuck
             history.record("cleanup-heal")
         for process in pipeline.processes.values():  # a scenario may end with one down
@@ -319,7 +325,7 @@ class ScenarioRun:
             for name in pipeline.active_gims[1:]
             if gims[name].infomart != infomart
         }
-        contents = {
+        contents: dict[str, Any] = {
             "lineage": lineage(deployment, pipeline, infomart, suspects),
             "infomart": infomart,
             "facts": facts,

@@ -307,7 +307,7 @@ class _Parser:
         expect = dict(self.mapping(raw, ("expect",), EXPECT_KEYS))
         if "loss" in expect:
             loss = self.mapping(expect["loss"], ("expect", "loss"), names.sites)
-            parsed = {}
+            parsed: dict[str, dict[str, float]] = {}
             for site, value in loss.items():
                 path = ("expect", "loss", site)
                 if isinstance(value, int) and not isinstance(value, bool):

@@ -108,7 +108,7 @@ class _Timeline:
 
     def _procedure(self, entry: dict[str, Any], t: float, open_down: dict[str, float]) -> None:
         procedure, site = entry["procedure"], entry.get("site")
-        if procedure == "fail-site":
+        if procedure == "fail-site" and site is not None:
             self.failed[site] = t
             for name in self._names(site):
                 open_down.setdefault(name, t)

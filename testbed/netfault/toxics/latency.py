@@ -27,7 +27,7 @@ class Latency(Toxic):
         while toxic is not None and (remaining := release - pipe.now()) > 0:
             if not await pipe.sleep(remaining):
                 current = pipe.current(self.name)  # removed: the chunk goes on now
-                if current is not None and current is not toxic:
+                if isinstance(current, Latency) and current is not toxic:
                     release = chunk.received + current.delay_s()  # updated: re-plan
                 toxic = current
         # The next latency toxic counts from here: two toxics of 60 and 40 ms make 100.
