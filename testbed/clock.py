@@ -70,7 +70,10 @@ def parse_factor(text: str | float) -> float:
         scenario, sep, wall = str(text).partition("=")
         if not sep:
             raise TestbedError(f"clock '{text}' is not of the form '1h = 1s'")
-        factor = parse_duration(scenario) / max(parse_duration(wall), 1e-9)
+        wall_s = parse_duration(wall)
+        if wall_s <= 0:
+            raise TestbedError(f"clock '{text}': the wall side must be longer than zero")
+        factor = parse_duration(scenario) / wall_s
     if factor <= 0:
         raise TestbedError(f"clock '{text}' must make scenario time move forward")
     return factor

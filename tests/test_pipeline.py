@@ -67,7 +67,7 @@ def test_every_ledger_event_becomes_exactly_one_fact(pipeline: Callable[..., Pip
     p.settle()
     assert_each_event_once(p)
     sources = collections.Counter(row[3] for row in p.facts())
-    assert set(sources) <= {"icon1a", "icon1b", "icon2a", "icon2b"}
+    assert set(sources) <= {"icon1a@idb1", "icon1b@idb2", "icon2a@idb2", "icon2b@idb1"}
 
 
 def test_an_unreachable_idb_fills_the_queues_which_drain_after(
@@ -131,7 +131,7 @@ def test_one_icon_of_a_pair_down_for_a_while_loses_nothing(
     p.settle()
     assert_each_event_once(p)
     sources = {row[3] for row in p.facts() if row[1] == "site2"}
-    assert sources == {"icon2a", "icon2b"}  # the partner covered the gap
+    assert sources == {"icon2a@idb2", "icon2b@idb1"}  # the partner covered the gap
 
 
 def _max_fact_ts(p: Pipeline, site: str | None = None) -> float:

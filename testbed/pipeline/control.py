@@ -216,7 +216,9 @@ class Pipeline:
         topo = self.deployment.topology
         sources = [
             {
-                "name": icon.name,
+                # One source per ICON database: a re-pointed ICON's database on its new IDB
+                # is a new source, with marks of that server's transaction ids.
+                "name": f"{icon.name}@{icon.idb}",
                 "site": icon.site,
                 "member": icon.member,
                 "address": self.deployment.address_for(gim.name, icon.idb),
@@ -255,6 +257,7 @@ class Pipeline:
                 "rate_per_hour": rate_per_hour or self.settings.rate_per_hour,
                 "seed": self.settings.seed,
                 "id_prefix": id_prefix,
+                "heartbeat_interval": self.settings.heartbeat_interval,
                 "icons": [{"name": i.name, "port": self.icon_ports[i.name]} for i in icons],
                 "ledger": str(self.workdir / name / "ledger.jsonl"),
                 "deliveries": str(self.workdir / name / "deliveries.jsonl"),

@@ -50,10 +50,12 @@ from testbed.pipeline.component import (
     write_status,
 )
 from testbed.pipeline.schema import INFOMART_DDL
+from testbed.pipeline.timing import GIM_CYCLE_S
 from testbed.postgres import deadline
 
-CYCLE_S = 0.02  # wall seconds between cycles at most
-BACKOFF_CAP_S = 0.2
+CYCLE_S = GIM_CYCLE_S  # wall seconds between cycles at most
+BACKOFF_CAP_S = 0.2  # reconnecting to the Info Mart (GIM out of service: a delay only)
+GAP_WALL_S = 0.1  # a cycle this long after the last good one resumes service after a gap
 
 
 @dataclass
@@ -80,7 +82,8 @@ class Source:
     requests: queue.Queue[int] = field(default_factory=queue.Queue)
     busy: bool = False
     reachable: bool = False
-    answered: bool = False  # at least one extraction (or failure) since this GIM started
+    asked_at: float = float("-inf")  # scenario time of the request outstanding or answered
+    answered_at: float | None = None  # `asked_at` of the newest answer
 
 
 class Extractor(threading.Thread):
@@ -103,7 +106,7 @@ class Extractor(threading.Thread):
                     self.conn.close()
                 self.conn = None
                 self.results.put(Failed(self.source.name, str(exc).strip()[:200]))
-                time.sleep(BACKOFF_CAP_S / 4)
+                time.sleep(CYCLE_S)
 
     def extract(self, hwm: int) -> Extracted:
         if self.conn is None:
@@ -149,6 +152,10 @@ class Gim:
         self.conn: psycopg.Connection | None = None
         self.figures: dict[str, Any] = {}
         self.started = clock.now()  # a site never heard from lags from here
+        # Sites are judged only on what GIM learnt while in service: after a gap (started,
+        # frozen, Info Mart down), every source must answer again first.
+        self.serving_since = float("inf")
+        self.last_good_cycle: float | None = None  # monotonic
         for source in self.sources.values():
             Extractor(source, self.results, self.name).start()
 
@@ -199,14 +206,18 @@ class Gim:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_S)
                     continue
+            if self.last_good_cycle is None or started - self.last_good_cycle > GAP_WALL_S:
+                self.serving_since = self.clock.now()
             for source in self.sources.values():
                 if not source.busy:
                     source.busy = True
+                    source.asked_at = self.clock.now()
                     source.requests.put(self.hwm[source.name])
             results = self._collect()
             try:
                 with deadline(self.conn, STATEMENT_TIMEOUT_S + 0.5):
                     self._apply(results, self.clock.now())
+                self.last_good_cycle = time.monotonic()
             except (psycopg.Error, OSError) as exc:
                 self.log.warning("cycle failed, will redo it: %s", str(exc).strip()[:200])
                 self.conn.close()
@@ -226,7 +237,7 @@ class Gim:
         for result in got:
             source = self.sources[result.source]
             source.busy = False
-            source.answered = True
+            source.answered_at = source.asked_at
             if isinstance(result, Failed):
                 if source.reachable:
                     self.log.warning("source %s unreachable: %s", source.name, result.error)
@@ -243,9 +254,15 @@ class Gim:
         assert conn is not None
         with conn.transaction():
             sites = {
-                row[0]: {"complete_to": row[1], "stuck": row[2], "discard_before": row[3]}
+                row[0]: {
+                    "complete_to": row[1],
+                    "stuck": row[2],
+                    "discard_before": row[3],
+                    "returned_at": row[4],
+                }
                 for row in conn.execute(
-                    "SELECT site, complete_to, stuck, discard_before FROM gim_site FOR UPDATE"
+                    "SELECT site, complete_to, stuck, discard_before, returned_at FROM gim_site"
+                    " FOR UPDATE"
                 )
             }
             boundary = scalar(
@@ -263,10 +280,13 @@ class Gim:
                 beat = result.heartbeat
                 if beat is not None and (site["complete_to"] is None or beat > site["complete_to"]):
                     site["complete_to"] = beat
-            # A GIM that was down for long must first hear every source once: otherwise the
-            # first cycle would find every site "stuck" only because it has not asked yet.
-            primed = all(s.answered for s in self.sources.values())
-            returned = self._site_transitions(conn, sites, now) if primed else False
+            # A GIM back in service (started, resumed, its Info Mart back) first hears every
+            # source anew: otherwise it would find every site "stuck" on what it knew before.
+            primed = all(self._fresh(s) for s in self.sources.values())
+            advanced = {
+                self.sources[r.source].site for r in results if r.events or r.heartbeat is not None
+            }
+            returned = self._site_transitions(conn, sites, now, advanced) if primed else False
             if any(r.events for r in results):
                 self._merge(conn, results, now)
             if returned:
@@ -280,12 +300,16 @@ class Gim:
                 target = min(candidates)
                 if boundary is None or target > boundary:
                     boundary = target
+                    # A stuck site's late rows wait in staging until its return is judged:
+                    # only then is it known which of them the threshold rule discards.
+                    held = [name for name, s in sites.items() if s["stuck"]]
                     conn.execute(
-                        "WITH moved AS (DELETE FROM staging WHERE ts <= %s RETURNING *)"
+                        "WITH moved AS (DELETE FROM staging WHERE ts <= %s"
+                        " AND NOT (site = ANY(%s)) RETURNING *)"
                         " INSERT INTO fact_interaction (event_id, site, ts, payload, source,"
                         " loaded_ts) SELECT event_id, site, ts, payload, source, %s FROM moved"
                         " ORDER BY ts, event_id",
-                        (boundary, now),
+                        (boundary, held, now),
                     )
             conn.execute(
                 "UPDATE gim_state SET transform_boundary = %s, cycles = cycles + 1,"
@@ -297,10 +321,24 @@ class Gim:
             self.hwm[result.source] = result.new_hwm
         self.figures = {"transform_boundary": boundary, "sites": sites}
 
-    def _site_transitions(self, conn: psycopg.Connection, sites: dict, now: float) -> bool:
+    def _fresh(self, source: Source) -> bool:
+        """Heard from since service resumed: rows, or a failure (a source behind a
+        black-holed WAN fails once its connection or statement deadline passes, see
+        `timing.PRIMING_WALL_S`; a slow one is still answering, and must not be taken for
+        a lagging one)."""
+        return source.answered_at is not None and source.answered_at >= self.serving_since
+
+    def _site_transitions(
+        self, conn: psycopg.Connection, sites: dict, now: float, advanced: set[str]
+    ) -> bool:
+        """Stuck: no progress for longer than the threshold. Back: the moment its
+        extraction advances again (the reconnection time of the rule), whatever the age
+        of what arrives; what is older than that time minus the threshold is discarded."""
         returned = False
         for name, site in sites.items():
             since = site["complete_to"] if site["complete_to"] is not None else self.started
+            if site["returned_at"] is not None:
+                since = max(since, site["returned_at"])
             lag = now - since
             judged = name not in self.retired and name in self.sites
             if judged and not site["stuck"] and lag > self.threshold:
@@ -315,8 +353,9 @@ class Gim:
                     "UPDATE gim_site SET stuck = true, stuck_since = %s WHERE site = %s",
                     (now, name),
                 )
-            elif judged and site["stuck"] and lag <= self.threshold:
+            elif judged and site["stuck"] and (name in advanced or lag <= self.threshold):
                 site["stuck"] = False
+                site["returned_at"] = now
                 cut = now - self.threshold
                 if site["discard_before"] is None or cut > site["discard_before"]:
                     site["discard_before"] = cut

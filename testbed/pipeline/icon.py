@@ -44,11 +44,12 @@ from testbed.pipeline.component import (
 )
 from testbed.pipeline.pqueue import Item, PersistentQueue
 from testbed.pipeline.schema import IDB_DDL
+from testbed.pipeline.timing import retry_cap
 from testbed.postgres import deadline
 
 BATCH_MAX = 500
 FLUSH_AFTER_S = 5.0  # scenario seconds
-BACKOFF_START_S, BACKOFF_CAP_S = 0.02, 0.2  # wall seconds: retry soon after a heal
+BACKOFF_START_S = 0.005  # wall seconds; doubling up to `timing.retry_cap`: retry soon after a heal
 STATUS_EVERY_S = 0.05
 
 
@@ -60,6 +61,7 @@ class Icon:
         self.log = setup_logging(self.name, config["site"], clock)
         self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
         self.heartbeat_interval = float(config["heartbeat_interval"])
+        self.backoff_cap = retry_cap(clock, self.heartbeat_interval)
         self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
         # Per open source session, its watermark; a heartbeat carries the smallest, since
         # each source vouches only for its own events (calls moved from a lost site arrive
@@ -112,7 +114,7 @@ class Icon:
 
     def run_writer(self) -> None:
         conn: psycopg.Connection | None = None
-        backoff = BACKOFF_START_S
+        backoff = min(BACKOFF_START_S, self.backoff_cap)
         while True:
             self._maybe_heartbeat()
             items = self.queue.peek(BATCH_MAX)
@@ -126,7 +128,7 @@ class Icon:
                     conn = self._connect()
                 with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
                     self._write(conn, items)
-                backoff = BACKOFF_START_S
+                backoff = min(BACKOFF_START_S, self.backoff_cap)
             except (psycopg.Error, OSError) as exc:
                 if self.idb_connected or conn is not None:
                     self.log.warning("IDB unreachable, queueing (%s)", str(exc).strip()[:200])
@@ -135,7 +137,7 @@ class Icon:
                     conn.close()
                 conn = None
                 time.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP_S)
+                backoff = min(backoff * 2, self.backoff_cap)
 
     def _connect(self) -> psycopg.Connection:
         conn = connect(self.config["idb"], self.config["database"], self.name)

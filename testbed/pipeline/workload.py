@@ -15,22 +15,24 @@ Run as `python -m testbed.pipeline.workload CONFIG.json`, with the run's clock i
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock
 from testbed.pipeline.component import load_config, setup_logging, write_status
+from testbed.pipeline.timing import ack_timeout
 
 TICK_S = 0.01  # wall seconds between batches
-ACK_TIMEOUT_S = 10.0  # a slow ICON is still taking the batch; only a dead one misses it
 
 
 @dataclass(frozen=True)
@@ -80,20 +82,79 @@ class Ledger:
         return events
 
 
-class IconLink:
-    """The source's connection to one ICON; a failed delivery is a miss, not a retry."""
+class IconLink(threading.Thread):
+    """The source's connection to one ICON, on a thread of its own, so that a frozen or slow
+    ICON holds up its own deliveries only, never its partner's.
 
-    def __init__(self, name: str, port: int) -> None:
+    Batches go out in order, one awaiting its acknowledgement at a time. One that does not
+    come within `ack_timeout` (a heartbeat interval scaled to the clock, see
+    `timing.ack_timeout`) marks the ICON unreachable: the connection is dropped, and every
+    batch that waits until the ICON answers again is a miss (the real data source caches
+    only briefly); the partner covers it. Outcomes go to the deliveries log, one line per
+    batch and ICON."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        ack_timeout: float,
+        record: Callable[[list[Event], str, bool], None],
+    ) -> None:
+        super().__init__(daemon=True, name=f"link-{name}")
         self.name = name
         self.port = port
+        self.ack_timeout = ack_timeout
+        self.record = record
         self.sock: socket.socket | None = None
         self.reader: Any = None
+        self.pending: collections.deque[tuple[float, list[Event], bytes]] = collections.deque()
+        self.ready = threading.Condition()
+        self.closing = False
+
+    def offer(self, batch: list[Event], payload: bytes) -> None:
+        with self.ready:
+            self.pending.append((time.monotonic(), batch, payload))
+            self.ready.notify()
+
+    def finish(self) -> None:
+        """Deliver what is pending, then end (the source is stopping)."""
+        with self.ready:
+            self.closing = True
+            self.ready.notify()
+
+    def run(self) -> None:
+        healthy = True  # an ICON that failed gets data again only after it answers a probe
+        while True:
+            with self.ready:
+                while not self.pending and not self.closing:
+                    self.ready.wait()
+                if not self.pending:
+                    break
+                waiting = list(self.pending) if not healthy else [self.pending[0]]
+                for _ in waiting:
+                    self.pending.popleft()
+            if healthy:
+                _, batch, payload = waiting[0]
+                delivered = self.send(payload) and self.acked(len(batch))
+                healthy = delivered
+                if batch:
+                    self.record(batch, self.name, delivered)
+                continue
+            # Unreachable or frozen: what waited is missed. A probe (the newest batch's
+            # watermark, no events) tells whether it answers again; a frozen ICON finds no
+            # events in its socket when it wakes, as a down ICON would have taken none.
+            for _, batch, _ in waiting:
+                if batch:
+                    self.record(batch, self.name, False)
+            header = waiting[-1][2].split(b"\n", 1)[0].rsplit(b" ", 1)[0]
+            healthy = self.send(header + b" 0\n") and self.acked(0)
+        self.close()
 
     def send(self, payload: bytes) -> bool:
         try:
             if self.sock is None:
                 self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
-                self.sock.settimeout(ACK_TIMEOUT_S)
+                self.sock.settimeout(self.ack_timeout)
                 self.reader = self.sock.makefile("rb")
             self.sock.sendall(payload)
             return True
@@ -118,12 +179,33 @@ class IconLink:
         self.reader = None
 
 
+class DeliveryLog:
+    """Which ICON acknowledged which batch: one JSON line per batch and ICON."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the source
+        self._lock = threading.Lock()
+        self.last: dict[str, bool] = {}
+
+    def record(self, batch: list[Event], icon: str, delivered: bool) -> None:
+        line = {"first": batch[0].id, "last": batch[-1].id, "count": len(batch)}
+        with self._lock:
+            self.last[icon] = delivered
+            self._file.write(json.dumps({**line, "delivered": {icon: delivered}}) + "\n")
+            self._file.flush()
+
+
 def run_source(config: dict[str, Any], clock: Clock) -> None:
     site = config["site"]
     log = setup_logging(config["name"], site, clock)
     ledger = Ledger(Path(config["ledger"]))
-    deliveries = open(config["deliveries"], "a", encoding="utf-8")  # noqa: SIM115
-    links = [IconLink(icon["name"], icon["port"]) for icon in config["icons"]]
+    deliveries = DeliveryLog(Path(config["deliveries"]))
+    wait = ack_timeout(clock, float(config.get("heartbeat_interval", 60.0)))
+    links = [
+        IconLink(icon["name"], icon["port"], wait, deliveries.record) for icon in config["icons"]
+    ]
+    for link in links:
+        link.start()
     events = schedule(
         site, float(config["rate_per_hour"]), int(config["seed"]), config.get("id_prefix")
     )
@@ -148,30 +230,21 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
             f"B {now!r} {len(batch)}\n".encode()
             + "".join(json.dumps(asdict(e)) + "\n" for e in batch).encode()
         )
-        sent = [link for link in links if link.send(payload)]
-        delivered = {link.name: link in sent and link.acked(len(batch)) for link in links}
-        if batch:
-            deliveries.write(
-                json.dumps(
-                    {
-                        "first": batch[0].id,
-                        "last": batch[-1].id,
-                        "count": len(batch),
-                        "delivered": delivered,
-                    }
-                )
-                + "\n"
-            )
-            deliveries.flush()
+        for link in links:
+            link.offer(batch, payload)
         write_status(
             config["status"],
             {
                 "emitted": emitted,
                 "scenario_time": now,
-                "delivered_to": [n for n, ok in delivered.items() if ok],
+                "delivered_to": [n for n, ok in deliveries.last.items() if ok],
             },
         )
         stopping.wait(TICK_S)
+    for link in links:
+        link.finish()
+    for link in links:
+        link.join(timeout=10.0)
     log.info("stopped after emitting %d events", emitted)
 
 

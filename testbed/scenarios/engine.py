@@ -30,13 +30,13 @@ from testbed.scenarios import chaos
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
 from testbed.verdict.lineage import lineage
+from testbed.verdict.tolerance import tolerance_for
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
 LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first
 SAMPLE_WALL_S = 0.05
 FINAL_SETTLE_WALL_S = 90.0
 REPLAY_AGE_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
-DETECTION_WALL_S = 0.25  # GIM cycle + ICON retry + connection set-up, in wall seconds
 
 Progress = Callable[[float, str], None]
 
@@ -104,6 +104,9 @@ class ScenarioRun:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
+        tolerance = tolerance_for(
+            s.factor, float(self._settings_dict().get("heartbeat_interval", 60.0))
+        )
         history = History(self.out / "history.jsonl", clock)
         history.record(
             "run",
@@ -113,7 +116,9 @@ class ScenarioRun:
             settings=self._settings_dict(),
             topology=s.topology_ref,
             expect=s.expect,
-            detection_s=DETECTION_WALL_S * s.factor,
+            detection_s=tolerance.detection,
+            tolerance_s=tolerance.seconds,
+            tolerance_formula=tolerance.formula(),
         )
         steps = self.plan(history)
         try:
@@ -292,9 +297,17 @@ class ScenarioRun:
         if residue and wan is not None:
             wan.heal()  # cleanup, so the final settle can measure what was lost, not stuck
             history.record("cleanup-heal")
-        for process in pipeline.processes.values():  # a scenario may end with one down
+        resumed = []
+        for process in pipeline.processes.values():  # a scenario may end with one frozen
             if process.state() == "paused":
                 process.resume()
+                resumed.append(process.name)
+        for name, server in deployment.servers.items():
+            if server.state() == "paused":
+                server.resume()
+                resumed.append(name)
+        if resumed:
+            history.record("cleanup-resume", names=resumed)
         try:
             figures = pipeline.settle(FINAL_SETTLE_WALL_S)
             history.record("final-settle", figures=figures)

@@ -17,6 +17,12 @@ from testbed.errors import InvalidFile, TestbedError
 from testbed.netfault.toxics import REGISTRY
 from testbed.pipeline.control import source_name
 from testbed.topology import Topology, load_topology, with_replacement_site
+from testbed.verdict.tolerance import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_THRESHOLD_S,
+    refusal,
+    tolerance_for,
+)
 
 TOP_KEYS = ("name", "description", "topology", "clock", "settings", "workload", "steps", "expect")
 SETTINGS = ("extract_data_stuck_threshold", "delayed_data_threshold", "heartbeat_interval")
@@ -149,6 +155,7 @@ class _Parser:
         steps = [self.step(raw, ("steps", i), names) for i, raw in enumerate(steps_raw)]
         steps.sort(key=lambda s: s.at)  # stable: same `at` keeps file order
         expect = self.expect(top.get("expect"), names)
+        self.judgeable(factor, settings, expect)
         return Scenario(
             name=str(top["name"]),
             description=str(top.get("description", "")),
@@ -162,6 +169,18 @@ class _Parser:
             expect=expect,
             source=self.doc.source,
         )
+
+    def judgeable(self, factor: float, settings: dict[str, float], expect: dict) -> None:
+        """Refuse a clock so fast that the verdict's tolerance swallows the windows."""
+        tolerance = tolerance_for(factor, settings.get("heartbeat_interval", DEFAULT_HEARTBEAT_S))
+        threshold = settings.get("extract_data_stuck_threshold", DEFAULT_THRESHOLD_S)
+        windows = {"extract_data_stuck_threshold": threshold}
+        for site, stated in (expect.get("loss") or {}).items():
+            if "window" in stated:
+                windows[f"loss window stated for {site}"] = stated["window"]
+        why = refusal(tolerance, windows)
+        if why:
+            raise self.fail(("clock",), why)
 
     def rate(self, value: Any) -> float:
         path = ("workload", "rate")

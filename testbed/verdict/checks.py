@@ -6,6 +6,7 @@ be re-made from the folder alone, and every verdict can be traced to recorded da
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
+from testbed.pipeline.timing import PRIMING_WALL_S
 from testbed.topology import load_topology, topology_from_dict
-from testbed.verdict.prediction import Prediction, predict
+from testbed.verdict.prediction import Prediction, predict_all
 
 
 @dataclass
@@ -51,8 +53,15 @@ def evaluate(out: Path) -> Outcome:
         topology = topology_from_dict(change["topology"])
     settings = run["settings"]
     threshold = float(settings.get("extract_data_stuck_threshold", 28860.0))
-    tolerance = float(settings.get("heartbeat_interval", 60.0)) + float(run["detection_s"])
-    prediction = predict(topology, history, threshold, tolerance)
+    heartbeat = float(settings.get("heartbeat_interval", 60.0))
+    # Runs before the tolerance was recorded kept its parts: the report re-made is the same.
+    tolerance = float(run.get("tolerance_s", heartbeat + float(run["detection_s"])))
+    priming = PRIMING_WALL_S * float(run["factor"])
+    predictions = predict_all(topology, history, threshold, tolerance, priming)
+    prediction = next(
+        (p for p in predictions.values() if p.infomart == final.get("infomart")),
+        next(iter(predictions.values())),
+    )
     facts = collections.Counter(row[0] for row in final["facts"])
     expect = run["expect"]
 
@@ -67,8 +76,18 @@ def evaluate(out: Path) -> Outcome:
     if prediction.censuses:
         checks.append(_census_loss(ledger, facts, prediction))
     checks.append(_single_active(history, topology.mode, final.get("replica")))
-    if final.get("other_infomarts"):
-        checks.append(_converged(facts, final["other_infomarts"], final["infomart"]))
+    others = final.get("other_infomarts") or {}
+    same_rules = []
+    for name, events in others.items():
+        theirs = next((p for p in predictions.values() if p.infomart == name), None)
+        if theirs is None or theirs.windows == prediction.windows:
+            same_rules.append(name)
+            continue
+        # Each GIM judges stuck sites on its own: this Info Mart against its own prediction.
+        check = _loss(ledger, collections.Counter(events), theirs, topology.sites, {}, {})
+        checks.append(dataclasses.replace(check, name=f"loss:{name}"))
+    if same_rules:
+        checks.append(_converged(facts, {n: others[n] for n in same_rules}, final["infomart"]))
     stuck_seen = sorted({s for e in of_kind(history, "sample") for s in e.get("stuck_sites") or []})
     if "stuck" in expect:
         want = sorted(expect["stuck"])
@@ -120,6 +139,8 @@ def evaluate(out: Path) -> Outcome:
         "replication_lag_max_bytes": _lag_max(history),
         "predicted_windows": {s: [[a, b] for a, b in w] for s, w in prediction.windows.items()},
         "tolerance_s": tolerance,
+        "tolerance_formula": run.get("tolerance_formula"),
+        "tolerance_share_of_threshold": tolerance / threshold if threshold else None,
         "duplicates": sum(1 for n in facts.values() if n > 1),
         "events": len(ledger),
         "facts": sum(facts.values()),

@@ -109,8 +109,8 @@ def _deliveries(pipeline: Pipeline) -> dict[str, list[str]]:
             first, last = batch["first"], batch["last"]
             acked = [name for name, ok in batch["delivered"].items() if ok]
             prefix, lo, hi = first.rsplit("-", 1)[0], _index(first), _index(last)
-            for index in range(lo, hi + 1):
-                found[f"{prefix}-{index:09d}"] = acked
+            for index in range(lo, hi + 1):  # one line per batch and ICON, or per batch
+                found.setdefault(f"{prefix}-{index:09d}", []).extend(acked)
     return found
 
 

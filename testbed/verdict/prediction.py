@@ -1,35 +1,47 @@
-"""What the documented rules say a run must lose, computed from the fault history alone.
+"""The reference model: what the documented rules say a run must lose, computed from the
+recorded history alone.
 
-This model shares no code with GIM on purpose: it reads which faults happened when, and
-derives the loss from the rules in the design, so a bug in GIM shows as a mismatch instead
-of being predicted by the same bug.
+This model shares no code with GIM on purpose: it reads when each fault, restart and
+procedure took effect, and derives the loss from the rules in the design, so a bug in GIM
+shows as a mismatch instead of being predicted by the same bug.
 
-- A site's data flows to GIM while some member of its ICON pair is up, its IDB is up and
-  reachable from it, and that IDB is reachable from the active GIM.
-- A site with no flow for longer than the stuck threshold, from S until the flow returns at
-  H, loses its events in [S, H - threshold); a shorter gap loses nothing.
+- A site's data *flows* to a GIM while some member of its ICON pair is up (a frozen member
+  is a down member), the member's IDB is up and reachable from it, and that IDB is
+  reachable from the GIM's site. Any partition between two sites, both ways or one way,
+  in either mode, cuts every connection between them (a TCP connection needs both ways).
+- A GIM is *in service* while it is the one loading its Info Mart's lineage, its process
+  runs (not killed, stopped or frozen) and its Info Mart server runs. While no GIM is in
+  service, data waits: a delay, never a loss.
+- A site with no flow from S until H is declared stuck only if a GIM in service sees it lag
+  past the threshold: in service at some time in (S + threshold, H). It returns at R, the
+  first time from H on that a GIM is in service: its events in [S, R - threshold) are lost.
+  Otherwise nothing of that gap is lost.
 - Events emitted while both ICONs of the pair are down reach no queue: lost.
 - A site lost in a disaster (`fail-site`) loses exactly the events the census taken at the
   moment of failure found in no surviving store (IDB or replicated Info Mart); the rules
   above are not applied to it from the failure on, since it emits nothing after it.
-- Which GIM extracts changes with the operator's procedures (activate-gim, switchover);
-  while none is in service, data waits: a delay, not a loss. The topology changes too (a
-  replacement site): each instant is judged with the topology of that instant.
+- Which GIM loads an Info Mart's lineage changes with the operator's procedures
+  (activate-gim, switchover); the topology changes too (a replacement site): each instant
+  is judged with the topology and the GIM of that instant. In active-active each GIM
+  judges stuck sites on its own: each Info Mart has its own prediction.
 
-Every window edge is uncertain by one heartbeat interval plus the failure-detection delay
-(the tolerance); events that close to an edge may go either way.
+Every edge is uncertain by the tolerance (`tolerance.py`); events that close to an edge may
+go either way, and a gap whose being stuck depends on less than the tolerance is ambiguous
+as a whole.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from testbed.pipeline.control import source_name
-from testbed.topology import Topology, topology_from_dict
+from testbed.topology import GimSpec, Topology, topology_from_dict
 
 Window = tuple[float, float]
+INF = float("inf")
 
 
 @dataclass
@@ -40,6 +52,7 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     censuses: list[dict[str, Any]] = field(default_factory=list)  # taken at each fail-site
     census_lost: set[str] = field(default_factory=set)
+    infomart: str | None = None  # the Info Mart this prediction is for
 
     def verdict(self, site: str, ts: float, event_id: str | None = None) -> str:
         """'lost', 'kept' or 'either' for an event of `site` at scenario time `ts`."""
@@ -58,15 +71,20 @@ class Prediction:
 
 
 class _Timeline:
-    """Which links, processes and servers are down, as intervals of scenario time."""
+    """Which links, processes and servers are down, as intervals of scenario time, and
+    which GIM loads each Info Mart lineage when."""
 
     def __init__(self, topology: Topology, history: list[dict[str, Any]]) -> None:
         self.topology = topology
-        self.versions: list[tuple[float, Topology]] = [(float("-inf"), topology)]
-        first = next((g for g in topology.gims if g.active), None)
-        self.gim_sites: list[tuple[float, str | None]] = [
-            (float("-inf"), first.site if first else None)
-        ]
+        self.versions: list[tuple[float, Topology]] = [(-INF, topology)]
+        self.mode = topology.mode
+        # Per lineage (active-standby: one; active-active: one per GIM), the GIM loading it.
+        self.chains: dict[str, list[tuple[float, str | None]]] = {}
+        active = [g for g in topology.gims if g.active]
+        if self.mode == "active-active":
+            self.chains = {g.name: [(-INF, g.name)] for g in active}
+        else:
+            self.chains = {"reporting": [(-INF, active[0].name if active else None)]}
         self.failed: dict[str, float] = {}
         self.cuts: list[tuple[frozenset[str], float, float]] = []
         self.down: dict[str, list[Window]] = {}
@@ -75,16 +93,21 @@ class _Timeline:
         open_down: dict[str, float] = {}
         for entry in history:
             t = entry["t"]
-            if entry["kind"] == "topology-changed":
+            kind = entry["kind"]
+            if kind == "topology-changed":
                 self.topology = topology_from_dict(entry["topology"])
                 self.versions.append((t, self.topology))
-            if entry["kind"] == "dr":
+            elif kind == "dr":
                 self._procedure(entry, t, open_down)
-            if entry["kind"] == "cleanup-heal":
+            elif kind == "cleanup-heal":
                 for link, start in open_cuts.items():
                     self.cuts.append((link, start, t))
                 open_cuts.clear()
-            if entry["kind"] != "step":
+            elif kind == "cleanup-resume":
+                for name in entry.get("names", []):
+                    if name in open_down:
+                        self.down.setdefault(name, []).append((open_down.pop(name), t))
+            if kind != "step":
                 continue
             step = entry["step"]
             verb, value, options = step["verb"], step["value"], step["options"]
@@ -108,20 +131,31 @@ class _Timeline:
 
     def _procedure(self, entry: dict[str, Any], t: float, open_down: dict[str, float]) -> None:
         procedure, site = entry["procedure"], entry.get("site")
-        if procedure == "fail-site" and site is not None:
+        if site is None:
+            return
+        gim_there = next((g.name for g in self.topology.gims if g.site == site), None)
+        if procedure == "fail-site":
             self.failed[site] = t
             for name in self._names(site):
                 open_down.setdefault(name, t)
-            if self.gim_sites[-1][1] == site:
-                self.gim_sites.append((t, None))
-        elif procedure in ("activate-gim", "switchover"):
-            self.gim_sites.append((t, site))
+            for chain in self.chains.values():
+                current = chain[-1][1]
+                if current is not None and self._gim(current).site == site:
+                    chain.append((t, None))
+        elif procedure in ("activate-gim", "switchover") and gim_there is not None:
+            if self.mode == "active-active":
+                self.chains.setdefault(gim_there, []).append((t, gim_there))
+            else:
+                self.chains["reporting"].append((t, gim_there))
+
+    def _gim(self, name: str) -> GimSpec:
+        return next(g for _, topo in reversed(self.versions) for g in topo.gims if g.name == name)
 
     def topology_at(self, t: float) -> Topology:
         return next(topo for start, topo in reversed(self.versions) if start <= t)
 
-    def gim_site_at(self, t: float) -> str | None:
-        return next(site for start, site in reversed(self.gim_sites) if start <= t)
+    def gim_at(self, chain: str, t: float) -> str | None:
+        return next(gim for start, gim in reversed(self.chains[chain]) if start <= t)
 
     def _names(self, target: str) -> list[str]:
         topo = self.topology
@@ -138,6 +172,15 @@ class _Timeline:
     def linked(self, a: str, b: str, t: float) -> bool:
         return a == b or not any(link == {a, b} and s <= t < e for link, s, e in self.cuts)
 
+    def in_service(self, chain: str, t: float) -> bool:
+        """A GIM loads this lineage at `t`: it is the chain's GIM, running, and so is its
+        Info Mart server."""
+        name = self.gim_at(chain, t)
+        if name is None or self.is_down(name, t):
+            return False
+        gim = next((g for g in self.topology_at(t).gims if g.name == name), None)
+        return gim is not None and not self.is_down(gim.infomart, t)
+
     def change_points(self) -> list[float]:
         points = {0.0, self.end}
         for _, s, e in self.cuts:
@@ -145,17 +188,74 @@ class _Timeline:
         for windows in self.down.values():
             for s, e in windows:
                 points |= {s, e}
-        points |= {t for t, _ in self.versions[1:]} | {t for t, _ in self.gim_sites[1:]}
-        return sorted(points)
+        points |= {t for t, _ in self.versions[1:]}
+        for chain in self.chains.values():
+            points |= {t for t, _ in chain[1:]}
+        return sorted(p for p in points if p > -INF)
 
 
 def predict(
-    topology: Topology, history: list[dict[str, Any]], threshold: float, tolerance: float
+    topology: Topology,
+    history: list[dict[str, Any]],
+    threshold: float,
+    tolerance: float,
+    priming: float = 0.0,
 ) -> Prediction:
+    """The prediction for the reporting Info Mart (the lineage of the first GIM in service)."""
+    predictions = predict_all(topology, history, threshold, tolerance, priming)
+    return predictions[next(iter(predictions))]
+
+
+def predict_all(
+    topology: Topology,
+    history: list[dict[str, Any]],
+    threshold: float,
+    tolerance: float,
+    priming: float = 0.0,
+) -> dict[str, Prediction]:
+    """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
+    (keyed by the GIM's name; the first is the reporting Info Mart's)."""
     timeline = _Timeline(topology, history)
+    censuses = [e["census"] for e in history if e["kind"] == "dr" and e.get("census")]
+    census_lost = {event_id for c in censuses for event_id in c["lost"]}
+    predictions = {}
+    for chain in timeline.chains:
+        prediction = _predict_chain(
+            timeline, chain, threshold, tolerance, priming, censuses, census_lost
+        )
+        last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
+        prediction.infomart = timeline._gim(last).infomart if last else None
+        predictions[chain] = prediction
+    return predictions
+
+
+def _predict_chain(
+    timeline: _Timeline,
+    chain: str,
+    threshold: float,
+    tol: float,
+    priming: float,
+    censuses: list[dict[str, Any]],
+    census_lost: set[str],
+) -> Prediction:
     points = timeline.change_points()
     windows: dict[str, list[Window]] = {}
+    ambiguous: dict[str, list[Window]] = {}
     notes: list[str] = []
+    last_gim_site: dict[float, str | None] = {}
+
+    def gim_site(t: float) -> str | None:
+        """The site of the chain's GIM at `t`, or of the last one it had (data waiting for
+        a GIM to come back waits at the same place)."""
+        if t not in last_gim_site:
+            names = [g for start, g in timeline.chains[chain] if start <= t and g is not None]
+            name = names[-1] if names else None
+            last_gim_site[t] = timeline._gim(name).site if name else None
+        return last_gim_site[t]
+
+    def serving(t: float) -> bool:
+        return timeline.in_service(chain, t)
+
     for site in timeline.topology.sites:
 
         def members(t: float, site: str = site) -> tuple:
@@ -165,14 +265,14 @@ def predict(
         def flows(t: float, site: str = site) -> bool:
             topo = timeline.topology_at(t)
             site_of = {s.name: s.site for s in topo.servers}
-            gim_site = timeline.gim_site_at(t)
+            where = gim_site(t)
             for m in members(t, site):
                 idb_site = site_of[m.idb]
                 if (
                     not timeline.is_down(m.name, t)
                     and not timeline.is_down(m.idb, t)
                     and timeline.linked(m.site, idb_site, t)
-                    and (gim_site is None or timeline.linked(gim_site, idb_site, t))
+                    and (where is None or timeline.linked(where, idb_site, t))
                 ):
                     return True
             return False
@@ -181,19 +281,44 @@ def predict(
             found = members(t, site)
             return bool(found) and all(timeline.is_down(m.name, t) for m in found)
 
-        failed_at = timeline.failed.get(site, float("inf"))
+        failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
+        unsure: list[Window] = []
         for start, end in _intervals(points, lambda t, f=flows: not f(t)):
             if start >= failed_at:
                 continue  # explained by the census of the failure
-            end_cut = min(end, failed_at) if end > failed_at else end
-            if end_cut - start > threshold:
-                lost.append((start, end_cut - threshold))
+            end_cut = min(end, failed_at)
+            if end_cut - start <= threshold - tol:
+                continue
+            segments = _segments(points, serving)
+            sure = _stuck_at(segments, start, threshold + tol, end_cut - tol, tol, priming)
+            maybe = _stuck_at(segments, start, threshold - tol, end_cut + tol, 0.0, 0.0)
+            if maybe is None:
+                if end_cut - start > threshold:
+                    notes.append(
+                        f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s,"
+                        " but no GIM in service saw it lag past the threshold: a delay"
+                    )
+                continue
+            back = next((max(a, end_cut) for a, b in segments if b > end_cut), None)
+            returned = back if back is not None else timeline.end
+            cut = returned - threshold
+            if cut <= start:
+                continue
+            if sure is None:
+                unsure.append((start, cut))
                 notes.append(
-                    f"{site}: no data flow for {end_cut - start:.0f}s from"
-                    f" t={start:.0f}s (threshold {threshold:.0f}s): events in"
-                    f" [{start:.0f}s, {end_cut - threshold:.0f}s) lost"
+                    f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s;"
+                    f" whether a GIM in service saw it stuck is within the tolerance:"
+                    f" events in [{start:.0f}s, {cut:.0f}s) may go either way"
                 )
+                continue
+            lost.append((start, cut))
+            notes.append(
+                f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s"
+                f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events in"
+                f" [{start:.0f}s, {cut:.0f}s) lost"
+            )
         for start, end in _intervals(points, both_down):
             if start >= failed_at:
                 continue
@@ -203,16 +328,11 @@ def predict(
                 " events emitted then reach no queue"
             )
         windows[site] = _merge(lost)
-    ambiguous = {
-        site: [
+        ambiguous[site] = unsure + [
             (a - 1.0, b)
             for a, b in timeline.down.get(source_name(site), [])
-            if a < timeline.failed.get(site, float("inf"))
+            if a < timeline.failed.get(site, INF)
         ]
-        for site in timeline.topology.sites
-    }
-    censuses = [e["census"] for e in history if e["kind"] == "dr" and e.get("census")]
-    census_lost = {event_id for c in censuses for event_id in c["lost"]}
     for census in censuses:
         notes.append(
             f"{census['site']} failed: of its {census['events']} events,"
@@ -220,7 +340,34 @@ def predict(
             f" {census['only_in_surviving_infomart']} only in the surviving Info Mart;"
             f" {len(census['lost'])} were nowhere else: lost"
         )
-    return Prediction(windows, tolerance, ambiguous, notes, censuses, census_lost)
+    return Prediction(windows, tol, ambiguous, notes, censuses, census_lost)
+
+
+def _segments(points: list[float], serving: Callable[[float], bool]) -> list[Window]:
+    """The maximal intervals in which a GIM is in service; the last one runs on for ever
+    when it lasts to the end (reporting is judged after the run's last step too)."""
+    found = _intervals([*points, INF], serving)
+    return found
+
+
+def _stuck_at(
+    segments: list[Window],
+    start: float,
+    after: float,
+    until: float,
+    min_length: float,
+    priming: float,
+) -> float | None:
+    """When a GIM in service sees a site that stopped flowing at `start` lag past the
+    threshold: the first time in (start + after, until) it has been in service for more
+    than `min_length`. A GIM that came into service after `start` first hears every source
+    anew, which takes up to `priming`."""
+    for a, b in segments:
+        ready = a if a <= start else a + priming
+        lo, hi = max(ready, start + after), min(b, until)
+        if hi - lo > min_length:
+            return lo
+    return None
 
 
 def _intervals(points: list[float], condition: Any) -> list[Window]:

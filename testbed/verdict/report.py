@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
 from testbed.verdict.checks import Outcome, evaluate
 
@@ -48,6 +49,16 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
         f"lost {f['lost_events']} (predicted {predicted}), duplicates"
         f" {f['duplicates']}, rto {_h(f['rto_s'])}, rpo {_h(f['rpo_s'])}; report: {out}",
         highlight=False,
+    )
+    console.print(_tolerance_line(f), highlight=False)
+
+
+def _tolerance_line(f: dict[str, Any]) -> str:
+    share = f.get("tolerance_share_of_threshold")
+    return (
+        f"edge tolerance {format_duration(f['tolerance_s'])}"
+        + (f" ({share:.1%} of the threshold)" if share is not None else "")
+        + (f": {f['tolerance_formula']}" if f.get("tolerance_formula") else "")
     )
 
 
@@ -177,6 +188,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow: auto; }}
 </style></head><body>
 <h1>{html.escape(outcome.scenario)}: {verdict}</h1>
 <table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
+<p>{html.escape(_tolerance_line(outcome.figures))}</p>
 <h2>Timeline</h2>
 <img alt="timeline" src="data:image/png;base64,{png}" style="max-width:100%">
 <h2>Figures</h2><pre>{figures}</pre>

@@ -1,0 +1,48 @@
+"""How long a component may wait, in wall seconds, at a given clock.
+
+The compression trap: at 1h = 1s a 10 s timeout is 10 scenario hours. Every wait that
+decides when a fault is noticed (an acknowledgement, a retry back-off) is therefore written
+in scenario time, the heartbeat interval being its unit, and turned into wall time here:
+never shorter than a floor that real processes and servers need, never longer than what
+serves at slow clocks. The verdict's tolerance is derived from the same figures
+(`testbed.verdict.tolerance`), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from testbed.clock import Clock
+from testbed.pipeline.component import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S
+
+# Floors: a busy 2-core machine still answers within these (wall seconds).
+ACK_FLOOR_S = 0.08  # a data source's wait for an ICON's acknowledgement
+RETRY_FLOOR_S = 0.005  # an ICON's back-off between attempts on an unreachable IDB
+# Caps: what the components used before the clock was taken into account.
+ACK_CAP_S = 10.0
+RETRY_CAP_S = 0.2
+GIM_CYCLE_S = 0.02  # wall seconds between GIM's cycles at most
+# The longest any of these delays an effect: the acknowledgement floor plus a GIM cycle.
+DETECTION_WALL_S = ACK_FLOOR_S + GIM_CYCLE_S
+# A GIM back in service judges sites once every source has answered anew: a source behind
+# a black-holed WAN answers (fails) only when its connection or statement deadline passes.
+PRIMING_WALL_S = CONNECT_TIMEOUT_S + STATEMENT_TIMEOUT_S + 0.5
+
+
+def scaled(clock: Clock, scenario_s: float, floor: float, cap: float) -> float:
+    """`scenario_s` scenario seconds in wall seconds, within [floor, cap]."""
+    return min(cap, max(floor, clock.wall_seconds(scenario_s)))
+
+
+def ack_timeout(clock: Clock, heartbeat_interval: float) -> float:
+    """A source gives up on an ICON's acknowledgement after one heartbeat interval."""
+    return scaled(clock, heartbeat_interval, ACK_FLOOR_S, ACK_CAP_S)
+
+
+def retry_cap(clock: Clock, heartbeat_interval: float) -> float:
+    """An ICON retries an unreachable IDB at least four times a heartbeat interval."""
+    return scaled(clock, heartbeat_interval / 4, RETRY_FLOOR_S, RETRY_CAP_S)
+
+
+def detection_delay(factor: float, heartbeat_interval: float) -> float:
+    """The longest, in scenario seconds, between a fault taking effect and the pipeline
+    acting on it: one heartbeat interval, or the wall floors at this clock if longer."""
+    return max(heartbeat_interval, DETECTION_WALL_S * factor)

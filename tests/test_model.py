@@ -1,0 +1,151 @@
+"""The reference model on recorded histories: what the documented rules say is lost.
+
+Pure functions of a history, so each rule is checked here without servers; the scenario
+tests and `testbed fuzz` check that the stubs obey the same rules on real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from testbed.topology import load_topology
+from testbed.verdict.prediction import predict, predict_all
+
+H = 3600.0
+THRESHOLD = 8 * H
+TOL = 7 * 60.0
+
+
+def step(t: float, verb: str, value: Any = None, **options: Any) -> dict[str, Any]:
+    return {"t": t, "kind": "step", "step": {"verb": verb, "value": value, "options": options}}
+
+
+def end(t: float) -> dict[str, Any]:
+    return {"t": t, "kind": "final-settle"}
+
+
+def outage(start: float, stop: float) -> list[dict[str, Any]]:
+    return [step(start, "partition", ["site1", "site2"]), step(stop, "heal", ["site1", "site2"])]
+
+
+def windows(history: list[dict[str, Any]], topology: str = "active-standby") -> dict:
+    prediction = predict(load_topology(topology), history, THRESHOLD, TOL)
+    return {site: w for site, w in prediction.windows.items() if w}
+
+
+def test_an_outage_longer_than_the_threshold_loses_outage_minus_threshold() -> None:
+    history = [*outage(1 * H, 12 * H), end(15 * H)]
+    assert windows(history) == {"site2": [(1 * H, 4 * H)]}
+
+
+def test_gim_down_longer_than_the_threshold_with_every_idb_reachable_loses_nothing() -> None:
+    history = [step(1 * H, "kill", target="gim1"), step(12 * H, "start", target="gim1"), end(15 * H)]
+    assert windows(history) == {}
+
+
+@pytest.mark.parametrize("target", ["gim1", "infomart1"])
+def test_an_outage_no_gim_in_service_saw_past_the_threshold_is_a_delay(target: str) -> None:
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "stop", target=target),
+        step(13 * H, "start", target=target),
+        end(16 * H),
+    ]
+    assert windows(history) == {}
+
+
+def test_a_gim_back_after_the_heal_judges_the_return_then() -> None:
+    """Stuck while GIM ran (at 9h), GIM gone at 10h, back at 14h: the site returns at 14h."""
+    history = [
+        *outage(1 * H, 12 * H),
+        step(10 * H, "kill", target="gim1"),
+        step(14 * H, "start", target="gim1"),
+        end(17 * H),
+    ]
+    assert windows(history) == {"site2": [(1 * H, 6 * H)]}
+
+
+def test_a_gim_restarted_mid_outage_sees_the_lag_from_the_outage_start() -> None:
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "pause", target="gim1"),
+        step(10 * H, "resume", target="gim1"),
+        end(15 * H),
+    ]
+    assert windows(history) == {"site2": [(1 * H, 4 * H)]}
+
+
+def test_a_frozen_member_is_a_down_member() -> None:
+    history = [
+        step(1 * H, "kill", target="icon2a"),
+        step(2 * H, "pause", target="icon2b"),
+        step(3 * H, "resume", target="icon2b"),
+        step(4 * H, "start", target="icon2a"),
+        end(6 * H),
+    ]
+    assert windows(history) == {"site2": [(2 * H, 3 * H)]}
+
+
+def test_a_one_way_partition_cuts_the_link_like_a_two_way_one() -> None:
+    history = [
+        step(1 * H, "partition", ["site1", "site2"], direction="site2->site1", mode="blackhole"),
+        step(12 * H, "heal", ["site1", "site2"]),
+        end(15 * H),
+    ]
+    assert windows(history) == {"site2": [(1 * H, 4 * H)]}
+
+
+def test_a_gap_stuck_only_within_the_tolerance_is_ambiguous_as_a_whole() -> None:
+    """GIM comes back two minutes before the heal: the stub may not have judged by then."""
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "stop", target="gim1"),
+        step(12 * H - 120, "start", target="gim1"),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert prediction.windows["site2"] == []
+    assert prediction.verdict("site2", 2 * H) == "either"
+    assert prediction.verdict("site2", 5 * H) == "kept"
+
+
+def test_active_active_predicts_each_info_mart_on_its_own() -> None:
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "pause", target="gim2"),
+        step(13 * H, "resume", target="gim2"),
+        end(16 * H),
+    ]
+    predictions = predict_all(load_topology("active-active"), history, THRESHOLD, TOL)
+    gim1, gim2 = predictions["gim1"], predictions["gim2"]
+    assert (gim1.infomart, gim2.infomart) == ("infomart1", "infomart2")
+    assert gim1.windows["site2"] == [(1 * H, 4 * H)]  # gim1 saw site 2 stuck
+    assert gim2.windows["site1"] == []  # gim2 was frozen all along: a delay only
+
+
+def test_paused_parts_resumed_at_cleanup_end_their_downtime_there() -> None:
+    history = [
+        step(1 * H, "kill", target="icon2a"),
+        step(2 * H, "pause", target="icon2b"),
+        {"t": 3 * H, "kind": "cleanup-resume", "names": ["icon2b"]},
+        end(6 * H),
+    ]
+    assert windows(history) == {"site2": [(2 * H, 3 * H)]}
+
+
+def test_a_gim_back_in_service_shortly_before_the_heal_may_not_have_heard_every_source() -> None:
+    """Back at 11h: a source behind a black hole answers only after its deadlines (priming,
+    2h at this clock), past the heal: whether it was judged stuck is open."""
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "kill", target="gim1"),
+        step(11 * H, "start", target="gim1"),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, 2 * H)
+    assert prediction.windows["site2"] == []
+    assert prediction.verdict("site2", 2 * H) == "either"
+    settled = predict(load_topology("active-standby"), history, THRESHOLD, TOL, 0.5 * H)
+    assert settled.windows["site2"] == [(1 * H, 4 * H)]
