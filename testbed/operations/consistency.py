@@ -15,10 +15,12 @@ folder alone.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import psycopg
 
+from testbed.deployment import Deployment
 from testbed.errors import TestbedError
 from testbed.postgres import Server, format_lsn, parse_lsn
 from testbed.topology import INFOMART_DATABASE
@@ -86,10 +88,29 @@ def compare(primary: Server, standby: Server, timeout: float = 30.0) -> dict[str
         **result,
         "caught_up": True,
         "sums": sums,
+        "standby_events": standby_event_digest(standby),
         "differing_tables": differing,
         "differences": {t: table_differences(primary, standby, t) for t in differing},
         "consistent": not differing,
     }
+
+
+EVENTS_DIGEST_SQL = (
+    "SELECT count(*),"
+    """ coalesce(md5(string_agg(event_id, ',' ORDER BY event_id COLLATE "C")), md5(''))"""
+    " FROM (SELECT DISTINCT event_id FROM fact_interaction) AS e"
+)
+
+
+def standby_event_digest(server: Server) -> dict[str, Any]:
+    """The distinct event ids of an Info Mart's facts: how many, and an md5 of them sorted
+    and comma-joined (`event_digest` computes the same from a set in Python)."""
+    count, digest = server.execute(EVENTS_DIGEST_SQL, dbname=INFOMART_DATABASE)[0]
+    return {"count": count, "md5": digest}
+
+
+def event_digest(events: set[str]) -> str:
+    return hashlib.md5(",".join(sorted(events)).encode()).hexdigest()
 
 
 def _timeline(server: Server) -> int:
@@ -141,5 +162,47 @@ def divergence(old: Server, promoted: Server) -> dict[str, Any]:
             promoted.name: len(events[promoted.name] - events[old.name]),
         },
         "first_rows_only_in": {old.name: only_old[:SHOWN], promoted.name: only_promoted[:SHOWN]},
-        "diverged": cannot_resume or bool(only_old) or bool(only_promoted),
+        # Diverged means the Info Marts really differ (rows or keys); that replication
+        # cannot resume is reported beside it, not counted as a divergence on its own.
+        "diverged": bool(only_old) or bool(only_promoted),
     }
+
+
+def marks(deployment: Deployment, infomart: str) -> dict[str, Any]:
+    """Per source of the reporting Info Mart: its high-water mark, what the IDB had
+    committed (its snapshot xmin), and the rows below the mark that GIM took nowhere
+    (not a fact, not staged, not discarded): a skipped row."""
+    server = deployment.server(infomart)
+    marks = dict(server.execute("SELECT source, hwm FROM gim_source", dbname=INFOMART_DATABASE))
+    taken = {
+        row[0]
+        for table in ("fact_interaction", "staging", "gim_discard")
+        for row in server.execute(f"SELECT event_id FROM {table}", dbname=INFOMART_DATABASE)
+    }
+    databases = {f"{i.name}@{i.idb}": (i.idb, i.database) for i in deployment.topology.icons}
+    found: dict[str, Any] = {}
+    for source, hwm in sorted(marks.items()):
+        if source not in databases:
+            continue
+        idb, database = databases[source]
+        if idb not in deployment.servers or deployment.server(idb).state() != "running":
+            continue  # a lost IDB: nothing to compare with
+        idb_server = deployment.server(idb)
+        xmin = int(idb_server.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+        try:
+            below = idb_server.execute(
+                "SELECT event_id FROM events WHERE txid < %s::xid8",
+                (str(hwm),),
+                dbname=database,
+            )
+        except psycopg.Error:  # the ICON never created its tables there
+            below = []
+        skipped = sorted(r[0] for r in below if r[0] not in taken)
+        found[source] = {
+            "hwm": hwm,
+            "idb_xmin": xmin,
+            "below_mark": len(below),
+            "skipped": skipped[:SHOWN],
+            "skipped_count": len(skipped),
+        }
+    return found

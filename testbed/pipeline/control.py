@@ -270,7 +270,7 @@ class Pipeline:
         process = self._icon(icon)
         self.icons[icon.name] = process
         process.start()
-        self._wait_ready(process)
+        self.wait_ready(process)
         return process
 
     def add_gim(self, gim: GimSpec) -> ManagedProcess:
@@ -290,7 +290,7 @@ class Pipeline:
         process = self._source(site, icons, name, rate_per_hour, id_prefix)
         self.sources[process.name] = process
         process.start()
-        self._wait_ready(process)
+        self.wait_ready(process)
         return process
 
     # --- control -------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class Pipeline:
         for icon in self.icons.values():
             icon.start()
         for icon in self.icons.values():
-            self._wait_ready(icon)
+            self.wait_ready(icon)
         for spec in self.deployment.topology.gims:
             if spec.active:
                 self.gims[spec.name].start()
@@ -319,10 +319,10 @@ class Pipeline:
             source.start()
         for process in self.processes.values():
             if process.state() != "stopped":
-                self._wait_ready(process)
+                self.wait_ready(process)
         return self
 
-    def _wait_ready(self, process: ManagedProcess, timeout: float = 15.0) -> None:
+    def wait_ready(self, process: ManagedProcess, timeout: float = 15.0) -> None:
         """A component is ready once it reports (an ICON listens before its first report)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

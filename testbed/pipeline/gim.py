@@ -64,6 +64,7 @@ class Extracted:
     new_hwm: int
     events: list[tuple[str, str, float, str]]
     heartbeat: float | None
+    read_at: float = 0.0  # scenario time of the snapshot: when the source could be read
 
 
 @dataclass
@@ -89,8 +90,11 @@ class Source:
 class Extractor(threading.Thread):
     """One source's reads: each request (a high-water mark) gets one answer."""
 
-    def __init__(self, source: Source, results: queue.Queue[Any], app: str) -> None:
+    def __init__(
+        self, source: Source, results: queue.Queue[Any], app: str, clock: Clock | None = None
+    ) -> None:
         super().__init__(daemon=True, name=f"extract-{source.name}")
+        self.clock = clock
         self.source = source
         self.results = results
         self.app = app
@@ -117,6 +121,7 @@ class Extractor(threading.Thread):
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
             try:
                 xmin = int(scalar(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+                read_at = self.clock.now() if self.clock is not None else 0.0
                 bounds = (str(hwm), str(xmin))
                 events = conn.execute(
                     "SELECT event_id, site, ts, payload FROM events"
@@ -132,7 +137,7 @@ class Extractor(threading.Thread):
                 conn.rollback()
                 return Extracted(self.source.name, hwm, [], None)
             conn.rollback()  # a read-only snapshot: nothing to commit
-        return Extracted(self.source.name, max(hwm, xmin), events, heartbeat)
+        return Extracted(self.source.name, max(hwm, xmin), events, heartbeat, read_at)
 
 
 class Gim:
@@ -157,7 +162,7 @@ class Gim:
         self.serving_since = float("inf")
         self.last_good_cycle: float | None = None  # monotonic
         for source in self.sources.values():
-            Extractor(source, self.results, self.name).start()
+            Extractor(source, self.results, self.name, clock).start()
 
     # --- the Info Mart -----------------------------------------------------------------
 
@@ -203,6 +208,7 @@ class Gim:
                     backoff = 0.02
                 except (psycopg.Error, OSError) as exc:
                     self.log.warning("Info Mart unreachable: %s", str(exc).strip()[:200])
+                    self._status()  # up, out of service: a delay, not a fault
                     time.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_S)
                     continue
@@ -283,9 +289,11 @@ class Gim:
             # A GIM back in service (started, resumed, its Info Mart back) first hears every
             # source anew: otherwise it would find every site "stuck" on what it knew before.
             primed = all(self._fresh(s) for s in self.sources.values())
-            advanced = {
-                self.sources[r.source].site for r in results if r.events or r.heartbeat is not None
-            }
+            advanced: dict[str, float] = {}  # site -> when it could first be read again
+            for r in results:
+                if r.events or r.heartbeat is not None:
+                    site_name = self.sources[r.source].site
+                    advanced[site_name] = min(advanced.get(site_name, r.read_at), r.read_at)
             returned = self._site_transitions(conn, sites, now, advanced) if primed else False
             if any(r.events for r in results):
                 self._merge(conn, results, now)
@@ -329,7 +337,7 @@ class Gim:
         return source.answered_at is not None and source.answered_at >= self.serving_since
 
     def _site_transitions(
-        self, conn: psycopg.Connection, sites: dict, now: float, advanced: set[str]
+        self, conn: psycopg.Connection, sites: dict, now: float, advanced: dict[str, float]
     ) -> bool:
         """Stuck: no progress for longer than the threshold. Back: the moment its
         extraction advances again (the reconnection time of the rule), whatever the age
@@ -355,8 +363,11 @@ class Gim:
                 )
             elif judged and site["stuck"] and (name in advanced or lag <= self.threshold):
                 site["stuck"] = False
-                site["returned_at"] = now
-                cut = now - self.threshold
+                # The reconnection time: when its source could be read again (the snapshot
+                # of the extraction that brought its first rows back), not when the rows
+                # were applied, which may be later for a long backlog.
+                site["returned_at"] = min(advanced.get(name, now), now)
+                cut = site["returned_at"] - self.threshold
                 if site["discard_before"] is None or cut > site["discard_before"]:
                     site["discard_before"] = cut
                 returned = True
@@ -368,7 +379,7 @@ class Gim:
                 conn.execute(
                     "UPDATE gim_site SET stuck = false, returned_at = %s,"
                     " discard_before = %s WHERE site = %s",
-                    (now, site["discard_before"], name),
+                    (site["returned_at"], site["discard_before"], name),
                 )
             conn.execute(
                 "UPDATE gim_site SET complete_to = %s WHERE site = %s"

@@ -23,7 +23,7 @@ from testbed.deployment import Deployment, bring_up
 from testbed.errors import TestbedError
 from testbed.history import History, of_kind, read_history
 from testbed.netfault.wan import Wan
-from testbed.operations.consistency import compare, divergence
+from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
 from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.scenarios import chaos
@@ -166,6 +166,8 @@ class ScenarioRun:
                 history.record("step", step=step.to_json())
                 try:
                     self._execute(step, deployment, pipeline, history)
+                    # When it took effect: a heal, a start or a resume is done only now.
+                    history.record("step-done", step=step.to_json())
                 except TestbedError as exc:
                     self.failures.append(f"step {step.verb} at {step.at:.0f}s: {exc}")
                     history.record("step-failed", step=step.to_json(), error=str(exc))
@@ -252,9 +254,12 @@ class ScenarioRun:
                 for server in servers:
                     if server.state() == "stopped":
                         server.start()
+                started = []
                 for process in processes:
                     if process.state() == "stopped" and self._should_run(process.name, pipeline):
-                        process.start()
+                        started.append(process.start())
+                for process in started:
+                    pipeline.wait_ready(process)
                 return
             for process in processes:
                 if process.state() != "stopped" or verb == "resume":
@@ -273,6 +278,8 @@ class ScenarioRun:
         if verb == "start" and process.state() != "stopped":
             return
         getattr(process, verb)()
+        if verb == "start":
+            pipeline.wait_ready(process)  # in effect once it reports, not when forked
 
     @staticmethod
     def _should_run(name: str, pipeline: Pipeline) -> bool:
@@ -347,9 +354,41 @@ class ScenarioRun:
             "other_infomarts": others,  # event ids each other Info Mart in service holds
             "replica": self._replica(deployment),
             "failures": self.failures,
+            # Each fact's content, to compare with its ledger event.
+            "fact_contents": server.execute(
+                "SELECT event_id, site, ts, payload FROM fact_interaction",
+                dbname=INFOMART_DATABASE,
+            ),
+            "marks": marks(deployment, infomart),
+            "leftover": self._leftover(deployment, pipeline, infomart),
         }
         (self.out / "final.json").write_text(json.dumps(contents))
         history.record("contents-saved", facts=len(contents["facts"]))
+
+    def _leftover(
+        self, deployment: Deployment, pipeline: Pipeline, infomart: str
+    ) -> dict[str, Any]:
+        """What the final settle left behind: events still queued in a running ICON, rows
+        still staged, sites still stuck."""
+        figures = pipeline.figures()
+        queued = {
+            name: n
+            for name, n in (figures.get("queued_events") or {}).items()
+            if n and name not in pipeline.detached and figures["states"].get(name) == "running"
+        }
+        server = deployment.server(infomart)
+        staged = dict(
+            server.execute(
+                "SELECT site, count(*) FROM staging GROUP BY site", dbname=INFOMART_DATABASE
+            )
+        )
+        stuck = [
+            r[0]
+            for r in server.execute(
+                "SELECT site FROM gim_site WHERE stuck ORDER BY site", dbname=INFOMART_DATABASE
+            )
+        ]
+        return {"queued_events": queued, "staged": staged, "stuck": stuck}
 
     def _replica(self, deployment: Deployment) -> dict[str, Any] | None:
         """Every standby against its primary, and every split (two primaries) analysed."""

@@ -46,7 +46,7 @@ VERB_KEYS: dict[str, tuple[str, ...]] = {
     "transfer": ("from", "to", "gim"),
     "switchover": (),
 }
-EXPECT_KEYS = ("loss", "duplicates", "replica", "stuck", "rto")
+EXPECT_KEYS = ("loss", "duplicates", "replica", "stuck", "stuck_at_end", "rto")
 
 
 @dataclass
@@ -340,12 +340,15 @@ class _Parser:
             raise self.fail(("expect", "duplicates"), "must be a count (normally 0)")
         if "replica" in expect and expect["replica"] not in ("consistent", "diverged"):
             raise self.fail(("expect", "replica"), "must be consistent or diverged")
-        if "stuck" in expect:
-            stuck = expect["stuck"] or []
-            for i, site in enumerate(stuck):
-                if site not in names.sites:
-                    raise self.fail(("expect", "stuck", i), f"unknown site '{site}'")
-            expect["stuck"] = list(stuck)
+        for key in ("stuck", "stuck_at_end"):
+            if key in expect:
+                stuck = expect[key] or []
+                if not isinstance(stuck, list):
+                    raise self.fail(("expect", key), "must be a list of sites")
+                for i, site in enumerate(stuck):
+                    if site not in names.sites:
+                        raise self.fail(("expect", key, i), f"unknown site '{site}'")
+                expect[key] = list(stuck)
         if "rto" in expect:
             match = re.fullmatch(r"\s*<=?\s*(\S+)\s*", str(expect["rto"]))
             if not match:

@@ -14,6 +14,7 @@ from typing import Any
 
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
+from testbed.operations.consistency import event_digest
 from testbed.pipeline.timing import PRIMING_WALL_S
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.prediction import Prediction, predict_all
@@ -71,8 +72,12 @@ def evaluate(out: Path) -> Outcome:
         _loss(ledger, facts, prediction, topology.sites, expect.get("loss", {}), lineage),
         _duplicates(facts, int(expect.get("duplicates", 0))),
         _hwm_monotonic(history),
-        _residue(history),
+        _residue(history, final.get("leftover"), expect.get("stuck_at_end", [])),
     ]
+    if "marks" in final:
+        checks.append(_marks(final["marks"]))
+    if "fact_contents" in final:
+        checks.append(_contents(ledger, final["fact_contents"]))
     if prediction.censuses:
         checks.append(_census_loss(ledger, facts, prediction))
     checks.append(_single_active(history, topology.mode, final.get("replica")))
@@ -110,7 +115,9 @@ def evaluate(out: Path) -> Outcome:
         )
     replica = final.get("replica")
     if replica is not None or "replica" in expect:
-        checks.append(_replica(replica, expect.get("replica", "consistent")))
+        checks.append(
+            _replica(replica, expect.get("replica", "consistent"), set(facts), final["infomart"])
+        )
     procedures = [
         {k: v for k, v in e.items() if k not in ("census", "wall", "kind")}
         for e in of_kind(history, "dr")
@@ -279,17 +286,80 @@ def _hwm_monotonic(history: list[dict]) -> Check:
     )
 
 
-def _residue(history: list[dict]) -> Check:
+def _residue(
+    history: list[dict], leftover: dict[str, Any] | None, stuck_expected: list[str]
+) -> Check:
+    """Nothing left behind: no toxic, process or server; after the final settle, no event
+    queued in a running ICON, no row staged, no site stuck (unless `stuck_at_end` says)."""
     wan = next(of_kind(history, "residue"), {}).get("wan", [])
     teardown = next(of_kind(history, "teardown"), None)
     left = teardown.get("leftover_pids", []) if teardown else ["(run did not finish)"]
     problems = [f"WAN: {', '.join(wan)}"] if wan else []
     if left:
         problems.append(f"processes still running: {left}")
+    if leftover is not None:
+        if leftover["queued_events"]:
+            problems.append(f"events still queued: {leftover['queued_events']}")
+        if leftover["staged"]:
+            problems.append(f"rows still staged, per site: {leftover['staged']}")
+        if sorted(leftover["stuck"]) != sorted(stuck_expected):
+            problems.append(
+                f"sites stuck at the end: {leftover['stuck'] or 'none'},"
+                f" expected {stuck_expected or 'none'}"
+            )
     return Check(
         "residue",
         not problems,
-        "no toxic, process or server left" if not problems else "; ".join(problems),
+        "no toxic, process or server left; nothing queued, staged or stuck"
+        if not problems
+        else "; ".join(problems),
+    )
+
+
+def _marks(marks: dict[str, Any]) -> Check:
+    """Every high-water mark within what its IDB committed, and no committed row below a
+    mark that GIM took nowhere (a fact, staged, or discarded with its reason)."""
+    problems = []
+    for source, mark in marks.items():
+        if mark["hwm"] > mark["idb_xmin"]:
+            problems.append(
+                f"{source}: mark {mark['hwm']} past what the IDB committed ({mark['idb_xmin']})"
+            )
+        if mark["skipped_count"]:
+            problems.append(
+                f"{source}: {mark['skipped_count']} rows below the mark never taken,"
+                f" e.g. {mark['skipped'][:3]}"
+            )
+    rows = sum(m["below_mark"] for m in marks.values())
+    return Check(
+        "marks",
+        not problems,
+        "; ".join(problems)
+        if problems
+        else f"{len(marks)} sources: marks within what each IDB committed, all {rows} rows"
+        " below them taken",
+    )
+
+
+def _contents(ledger: list[dict], contents: list[list[Any]]) -> Check:
+    """Each fact is its ledger event: same site, time and payload."""
+    events = {e["id"]: e for e in ledger}
+    wrong: list[str] = []
+    for event_id, site, ts, payload in contents:
+        event = events.get(event_id)
+        if event is None:
+            wrong.append(f"{event_id}: no such event in any ledger")
+        elif (site, ts, payload) != (event["site"], event["ts"], event["payload"]):
+            wrong.append(
+                f"{event_id}: fact ({site}, {ts}, {payload!r}) but the ledger has"
+                f" ({event['site']}, {event['ts']}, {event['payload']!r})"
+            )
+    return Check(
+        "contents",
+        not wrong,
+        f"{len(wrong)} facts differ from their events, e.g. {wrong[:2]}"
+        if wrong
+        else f"all {len(contents)} facts equal their ledger events (site, time, payload)",
     )
 
 
@@ -312,9 +382,13 @@ def _rto(history: list[dict]) -> float | None:
     return settled["t"] - end if settled else None
 
 
-def _replica(replica: dict[str, Any] | None, expected: str) -> Check:
-    """`consistent`: every standby equals its primary at a pinned LSN. `diverged`: two
-    Info Marts split apart, and the report says how (only then does it pass)."""
+def _replica(
+    replica: dict[str, Any] | None, expected: str, reported: set[str], infomart: str
+) -> Check:
+    """`consistent`: every standby equals its primary at a pinned LSN, table by table, and
+    a standby of the reporting Info Mart holds exactly its events (those the loss check
+    judged). `diverged`: two Info Marts really differ (rows or keys), and the report says
+    how (only then does it pass)."""
     if replica is None:
         return Check("replica", False, "no standby and no split to compare; expected " + expected)
     parts, diverged = [], False
@@ -328,6 +402,16 @@ def _replica(replica: dict[str, Any] | None, expected: str) -> Check:
             parts.append(
                 f"{pair['standby']} differs from {pair['primary']} at LSN {pair['lsn']} in"
                 f" {', '.join(pair['differing_tables'])} (first rows: {first['first']})"
+            )
+        elif (
+            pair["primary"] == infomart
+            and "standby_events" in pair
+            and pair["standby_events"]["md5"] != event_digest(reported)
+        ):
+            diverged = True
+            parts.append(
+                f"{pair['standby']} holds {pair['standby_events']['count']} events, not the"
+                f" {len(reported)} of {infomart}"
             )
         else:
             facts = pair["sums"][pair["primary"]]["fact_interaction"][0]

@@ -91,6 +91,9 @@ class _Timeline:
         self.end = max((e["t"] for e in history), default=0.0)
         open_cuts: dict[frozenset[str], float] = {}
         open_down: dict[str, float] = {}
+        # A fault takes effect when its step begins; a heal, start or resume once its step
+        # is done (a restarted process reports first, every proxy of a link is healed).
+        done = any(e["kind"] == "step-done" for e in history)
         for entry in history:
             t = entry["t"]
             kind = entry["kind"]
@@ -107,10 +110,13 @@ class _Timeline:
                 for name in entry.get("names", []):
                     if name in open_down:
                         self.down.setdefault(name, []).append((open_down.pop(name), t))
-            if kind != "step":
+            if kind not in ("step", "step-done"):
                 continue
             step = entry["step"]
             verb, value, options = step["verb"], step["value"], step["options"]
+            restoring = verb in ("heal", "start", "resume")
+            if done and (kind == "step-done") != restoring:
+                continue
             if verb == "partition":
                 open_cuts.setdefault(frozenset(value), t)
             elif verb == "heal":
