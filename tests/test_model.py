@@ -41,7 +41,11 @@ def test_an_outage_longer_than_the_threshold_loses_outage_minus_threshold() -> N
 
 
 def test_gim_down_longer_than_the_threshold_with_every_idb_reachable_loses_nothing() -> None:
-    history = [step(1 * H, "kill", target="gim1"), step(12 * H, "start", target="gim1"), end(15 * H)]
+    history = [
+        step(1 * H, "kill", target="gim1"),
+        step(12 * H, "start", target="gim1"),
+        end(15 * H),
+    ]
     assert windows(history) == {}
 
 
@@ -149,3 +153,17 @@ def test_a_gim_back_in_service_shortly_before_the_heal_may_not_have_heard_every_
     assert prediction.verdict("site2", 2 * H) == "either"
     settled = predict(load_topology("active-standby"), history, THRESHOLD, TOL, 0.5 * H)
     assert settled.windows["site2"] == [(1 * H, 4 * H)]
+
+
+def test_a_disaster_must_keep_what_a_healthy_partner_wrote_to_a_surviving_idb() -> None:
+    """The census's own bound: icon1b writes site 1's events to idb2 (site 2) except while
+    it was down; those must survive the loss of site 1, a few round trips before the end."""
+    history = [
+        step(2 * H, "kill", target="icon1b"),
+        step(3 * H, "start", target="icon1b"),
+        {"t": 5 * H, "kind": "dr", "procedure": "fail-site", "site": "site1"},
+        end(8 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, rtt=60.0)
+    margin = TOL + 3 * 60.0
+    assert prediction.must_keep == {"site1": [(0.0, 2 * H - margin), (3 * H, 5 * H - margin)]}

@@ -7,6 +7,7 @@ import click
 from testbed.cli.compose import compose
 from testbed.cli.dr import dr
 from testbed.cli.environment import down, status, up
+from testbed.cli.fuzz import fuzz
 from testbed.cli.images import images
 from testbed.cli.plan import plan
 from testbed.cli.proxy import proxy
@@ -19,7 +20,20 @@ def main() -> None:
     """Chaos testbed for two-site business-continuity reporting pipelines."""
 
 
-for command in (up, proxy, status, down, compose, images, list_scenarios, run, report, plan, dr):
+for command in (
+    up,
+    proxy,
+    status,
+    down,
+    compose,
+    images,
+    list_scenarios,
+    run,
+    report,
+    plan,
+    dr,
+    fuzz,
+):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ folder alone.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import psycopg
 
 from testbed.deployment import Deployment
 from testbed.errors import TestbedError
+from testbed.pipeline.schema import EVENTS_DIGEST_SQL
 from testbed.postgres import Server, format_lsn, parse_lsn
 from testbed.topology import INFOMART_DATABASE
 
@@ -95,22 +95,11 @@ def compare(primary: Server, standby: Server, timeout: float = 30.0) -> dict[str
     }
 
 
-EVENTS_DIGEST_SQL = (
-    "SELECT count(*),"
-    """ coalesce(md5(string_agg(event_id, ',' ORDER BY event_id COLLATE "C")), md5(''))"""
-    " FROM (SELECT DISTINCT event_id FROM fact_interaction) AS e"
-)
-
-
 def standby_event_digest(server: Server) -> dict[str, Any]:
     """The distinct event ids of an Info Mart's facts: how many, and an md5 of them sorted
     and comma-joined (`event_digest` computes the same from a set in Python)."""
     count, digest = server.execute(EVENTS_DIGEST_SQL, dbname=INFOMART_DATABASE)[0]
     return {"count": count, "md5": digest}
-
-
-def event_digest(events: set[str]) -> str:
-    return hashlib.md5(",".join(sorted(events)).encode()).hexdigest()
 
 
 def _timeline(server: Server) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
-from testbed.operations.consistency import event_digest
+from testbed.pipeline.schema import event_digest
 from testbed.pipeline.timing import PRIMING_WALL_S
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.prediction import Prediction, predict_all
@@ -57,8 +57,23 @@ def evaluate(out: Path) -> Outcome:
     heartbeat = float(settings.get("heartbeat_interval", 60.0))
     # Runs before the tolerance was recorded kept its parts: the report re-made is the same.
     tolerance = float(run.get("tolerance_s", heartbeat + float(run["detection_s"])))
-    priming = PRIMING_WALL_S * float(run["factor"])
-    predictions = predict_all(topology, history, threshold, tolerance, priming)
+    factor = float(run["factor"])
+    priming = PRIMING_WALL_S * factor
+    # The slowest WAN round trip of the run, in scenario time (latency toxics are in wall ms).
+    latency_ms = max(
+        (
+            float(
+                e["step"]["options"].get(
+                    "ms", e["step"]["value"] if isinstance(e["step"]["value"], int | float) else 0
+                )
+            )
+            for e in of_kind(history, "step")
+            if e["step"]["verb"] == "latency"
+        ),
+        default=0.0,
+    )
+    rtt = 2 * latency_ms / 1000 * factor
+    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt)
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),
@@ -458,6 +473,18 @@ def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Pre
         }
         if missing:
             problems.append(f"{len(missing)} events the census counted lost were loaded")
+        # The census's bound: what a healthy partner wrote to a surviving IDB is there.
+        kept_by_partner = {
+            e["id"]
+            for e in universe
+            if any(a <= e["ts"] < b for a, b in prediction.must_keep.get(site, []))
+        }
+        widened = sorted(kept_by_partner & (lost | predicted))
+        if widened:
+            problems.append(
+                f"{len(widened)} events a healthy partner had written to a surviving IDB"
+                f" were lost or counted lost, e.g. {widened[:3]}"
+            )
         if extra:
             problems.append(
                 f"{len(extra)} events a surviving store held were lost, e.g. {sorted(extra)[:3]}"

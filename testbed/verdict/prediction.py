@@ -53,6 +53,9 @@ class Prediction:
     censuses: list[dict[str, Any]] = field(default_factory=list)  # taken at each fail-site
     census_lost: set[str] = field(default_factory=set)
     infomart: str | None = None  # the Info Mart this prediction is for
+    # Per failed site: spans in which a healthy partner wrote to a surviving IDB; its
+    # events there must survive the disaster, whatever the census says (the census's bound).
+    must_keep: dict[str, list[Window]] = field(default_factory=dict)
 
     def verdict(self, site: str, ts: float, event_id: str | None = None) -> str:
         """'lost', 'kept' or 'either' for an event of `site` at scenario time `ts`."""
@@ -206,9 +209,10 @@ def predict(
     threshold: float,
     tolerance: float,
     priming: float = 0.0,
+    rtt: float = 0.0,
 ) -> Prediction:
     """The prediction for the reporting Info Mart (the lineage of the first GIM in service)."""
-    predictions = predict_all(topology, history, threshold, tolerance, priming)
+    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt)
     return predictions[next(iter(predictions))]
 
 
@@ -218,6 +222,7 @@ def predict_all(
     threshold: float,
     tolerance: float,
     priming: float = 0.0,
+    rtt: float = 0.0,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name; the first is the reporting Info Mart's)."""
@@ -227,7 +232,7 @@ def predict_all(
     predictions = {}
     for chain in timeline.chains:
         prediction = _predict_chain(
-            timeline, chain, threshold, tolerance, priming, censuses, census_lost
+            timeline, chain, threshold, tolerance, priming, rtt, censuses, census_lost
         )
         last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
         prediction.infomart = timeline._gim(last).infomart if last else None
@@ -241,6 +246,7 @@ def _predict_chain(
     threshold: float,
     tol: float,
     priming: float,
+    rtt: float,
     censuses: list[dict[str, Any]],
     census_lost: set[str],
 ) -> Prediction:
@@ -339,6 +345,10 @@ def _predict_chain(
             for a, b in timeline.down.get(source_name(site), [])
             if a < timeline.failed.get(site, INF)
         ]
+    must_keep = {
+        site: _saved_by_partner(timeline, site, failed_at, tol + 3 * rtt)
+        for site, failed_at in timeline.failed.items()
+    }
     for census in censuses:
         notes.append(
             f"{census['site']} failed: of its {census['events']} events,"
@@ -346,7 +356,31 @@ def _predict_chain(
             f" {census['only_in_surviving_infomart']} only in the surviving Info Mart;"
             f" {len(census['lost'])} were nowhere else: lost"
         )
-    return Prediction(windows, tol, ambiguous, notes, censuses, census_lost)
+    return Prediction(windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep)
+
+
+def _saved_by_partner(
+    timeline: _Timeline, site: str, failed_at: float, margin: float
+) -> list[Window]:
+    """When a member of the lost site's pair was writing to an IDB that survives: up,
+    that IDB up and reachable. What it took more than `margin` (the tolerance and a few WAN
+    round trips: a batch in flight) before it stopped is in that IDB."""
+    points = [p for p in timeline.change_points() if p < failed_at] + [failed_at]
+
+    def writing(t: float) -> bool:
+        topo = timeline.topology_at(t)
+        site_of = {s.name: s.site for s in topo.servers}
+        pair = next((p for p in topo.icon_pairs() if p.site == site), None)
+        return pair is not None and any(
+            site_of[m.idb] not in timeline.failed
+            and not timeline.is_down(m.name, t)
+            and not timeline.is_down(m.idb, t)
+            and timeline.linked(m.site, site_of[m.idb], t)
+            for m in (pair.a, pair.b)
+        )
+
+    spans = _intervals(sorted({0.0, *points}), writing)
+    return [(a, b - margin) for a, b in spans if b - margin > a]
 
 
 def _segments(points: list[float], serving: Callable[[float], bool]) -> list[Window]:

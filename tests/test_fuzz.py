@@ -1,0 +1,114 @@
+"""`testbed fuzz`: generated scenarios are valid and reproducible, the shrinker keeps what
+still disagrees, and a small campaign on real servers finds the model and checks agreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed.scenarios.fuzz import Verdict, fuzz, generate, load_check, shrink
+
+
+@pytest.mark.parametrize("topology", ["active-standby", "active-active"])
+def test_every_generated_scenario_is_valid_and_the_seed_draws_the_same(topology: str) -> None:
+    first = list(generate(7, 30, topology))
+    assert first == list(generate(7, 30, topology))
+    assert first != list(generate(8, 30, topology))
+    for doc in first:
+        load_check(doc)  # raises on anything the scenario grammar refuses
+    verbs = {k for doc in first for step in doc["steps"] for k in step if k != "at"}
+    assert {"partition", "heal", "settle"} <= verbs
+    assert verbs & {"kill", "stop", "pause"}
+
+
+def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:
+    """A fake judge that fails whenever gim1 is paused: the minimal scenario keeps that
+    fault and its resume, nothing else."""
+    doc = {
+        "name": "s",
+        "clock": "1h = 1s",
+        "settings": {"extract_data_stuck_threshold": "8h"},
+        "steps": [
+            {"at": "1h", "partition": ["site1", "site2"], "mode": "blackhole"},
+            {"at": "2h", "pause": "gim1"},
+            {"at": "3h", "kill": "icon2a"},
+            {"at": "4h", "start": "icon2a"},
+            {"at": "5h", "resume": "gim1"},
+            {"at": "12h", "heal": ["site1", "site2"]},
+            {"at": "13h", "settle": "4h"},
+        ],
+    }
+
+    def judge(candidate: dict) -> Verdict:
+        paused = any(s.get("pause") == "gim1" for s in candidate["steps"])
+        return Verdict(not paused, [] if not paused else ["loss"], [])
+
+    small, verdict, tried = shrink(doc, judge(doc), judge, budget=20)
+    assert [s for s in small["steps"] if "settle" not in s] == [
+        {"at": "2h", "pause": "gim1"},
+        {"at": "5h", "resume": "gim1"},
+    ]
+    assert verdict.failed == ["loss"] and 0 < tried <= 20
+
+
+def test_a_campaign_writes_each_disagreement_as_a_scenario_file(tmp_path: Path) -> None:
+    def judge(doc: dict, folder: Path) -> Verdict:
+        kills = any("kill" in s for s in doc["steps"])
+        return Verdict(not kills, ["loss"] if kills else [], ["loss: made up"], 420.0)
+
+    result = fuzz(12, 3, "active-standby", tmp_path, shrink_budget=3, judge_fn=judge)
+    assert result.runs == 12 and result.agreed + result.disagreed == 12
+    assert result.disagreed == len(result.reproductions) > 0
+    repro = yaml.safe_load(Path(result.reproductions[0]).read_text())
+    load_check(repro)
+    assert any("kill" in s for s in repro["steps"])
+    assert json.loads((tmp_path / "fuzz.json").read_text())["disagreed"] == result.disagreed
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    for args in (["--runs", "0"], ["--topology", "ring"], ["--shrink-budget", "-1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "testbed", "fuzz", *args, "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.fuzz
+def test_a_small_campaign_on_real_servers_agrees(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "testbed",
+            "fuzz",
+            "--runs",
+            "3",
+            "--seed",
+            "11",
+            "--json",
+            "--out",
+            str(tmp_path / "fuzz"),
+            "--home",
+            str(tmp_path / "home"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
+    summary = json.loads(done.stdout)
+    assert summary["runs"] == 3
+    assert summary["disagreed"] == 0, summary["failures"]
+    assert done.returncode == 0
+    assert 0 < summary["tolerance_s_max"] <= 0.05 * 2 * 3600
