@@ -89,6 +89,7 @@ class _Timeline:
         else:
             self.chains = {"reporting": [(-INF, active[0].name if active else None)]}
         self.failed: dict[str, float] = {}
+        self.failing: dict[str, float] = {}
         self.cuts: list[tuple[frozenset[str], float, float]] = []
         self.down: dict[str, list[Window]] = {}
         self.end = max((e["t"] for e in history), default=0.0)
@@ -116,6 +117,8 @@ class _Timeline:
             if kind not in ("step", "step-done"):
                 continue
             step = entry["step"]
+            if kind == "step" and step["verb"] == "fail-site":
+                self.failing[step["value"]] = t  # a disaster strikes when its step begins
             verb, value, options = step["verb"], step["value"], step["options"]
             restoring = verb in ("heal", "start", "resume")
             if done and (kind == "step-done") != restoring:
@@ -144,6 +147,7 @@ class _Timeline:
             return
         gim_there = next((g.name for g in self.topology.gims if g.site == site), None)
         if procedure == "fail-site":
+            t = self.failing.get(site, t)
             self.failed[site] = t
             for name in self._names(site):
                 open_down.setdefault(name, t)
