@@ -214,7 +214,7 @@ def test_marks_catch_a_mark_moved_too_far_in_a_live_info_mart(
         " VALUES ('site2-999999999', 'site2', 1.0, 'never taken', 'icon2a', 0)",
         dbname="icon2a",
     )
-    moved = int(idb.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")) + 5
+    moved = int(idb.scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")) + 100_000
     infomart.execute(
         "UPDATE gim_source SET hwm = %s WHERE source = 'icon2a@idb2'",
         (moved,),
@@ -223,3 +223,85 @@ def test_marks_catch_a_mark_moved_too_far_in_a_live_info_mart(
     found = marks(testbed_deployment, "infomart1")["icon2a@idb2"]
     assert found["skipped"] == ["site2-999999999"]
     assert found["hwm"] > found["idb_xmin"]
+
+
+def edit_history(change: Callable[[list[dict[str, Any]]], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / "history.jsonl"
+        history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        change(history)
+        path.write_text("".join(json.dumps(e) + "\n" for e in history))
+
+    return apply
+
+
+def test_a_mark_moving_back_fails_hwm_monotonic(passed_run: Path, tmp_path: Path) -> None:
+    def corrupt(history: list[dict[str, Any]]) -> None:
+        samples = [e for e in history if e["kind"] == "sample" and e.get("hwm_by_gim")]
+        marks = samples[-1]["hwm_by_gim"]["gim1"]
+        source = next(iter(marks))
+        marks[source] = 1
+
+    assert failed(broken(passed_run, tmp_path, edit_history(corrupt))) == ["hwm-monotonic"]
+
+
+def test_a_step_that_failed_fails_completed(passed_run: Path, tmp_path: Path) -> None:
+    def corrupt(final: dict[str, Any]) -> None:
+        final["failures"] = ["settle at 10800s: reporting did not catch up within 7200s"]
+
+    assert failed(broken(passed_run, tmp_path, edit_final(corrupt))) == ["completed"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check"),
+    [
+        ("stuck", ["site2"], "stuck"),
+        ("rto", 1.0, "rto"),
+        ("loss", {"site2": {"events": 50}}, "loss"),
+    ],
+)
+def test_an_expectation_the_run_does_not_meet_fails_its_check(
+    passed_run: Path, tmp_path: Path, key: str, value: Any, check: str
+) -> None:
+    def corrupt(history: list[dict[str, Any]]) -> None:
+        history[0]["expect"][key] = value
+
+    assert failed(broken(passed_run, tmp_path, edit_history(corrupt))) == [check]
+
+
+def test_another_info_mart_with_other_events_fails_converged(
+    passed_run: Path, tmp_path: Path
+) -> None:
+    def corrupt(final: dict[str, Any]) -> None:
+        final["other_infomarts"] = {"infomart9": sorted({r[0] for r in final["facts"]})[5:]}
+
+    assert failed(broken(passed_run, tmp_path, edit_final(corrupt))) == ["converged"]
+
+
+def test_a_census_that_counts_loaded_events_lost_fails_disaster_loss(
+    passed_run: Path, tmp_path: Path
+) -> None:
+    """A census claiming site 1 events were nowhere, though they were loaded: and those
+    events were written by a healthy partner, so the census's own bound objects too."""
+
+    def corrupt(history: list[dict[str, Any]]) -> None:
+        ledger = [json.loads(line) for line in (tmp_path / "run" / "ledger.jsonl").open()]
+        early = [e["id"] for e in ledger if e["site"] == "site1"][:5]
+        end = history[-1]["t"]
+        census = {
+            "site": "site1",
+            "events": 5,
+            "last_ts": end,
+            "in_surviving_idbs": 0,
+            "only_in_surviving_infomart": 0,
+            "lost": early,
+        }
+        history.append(
+            {"t": end, "kind": "dr", "procedure": "fail-site", "site": "site1", "census": census}
+        )
+
+    outcome = broken(passed_run, tmp_path, edit_history(corrupt))
+    check = next(c for c in outcome.checks if c.name == "disaster-loss")
+    assert not check.passed
+    assert "census counted lost were loaded" in check.message
+    assert "healthy partner" in check.message
