@@ -61,6 +61,31 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`. PostgreSQL's backends each start a
+    session of their own (so the postmaster can signal their groups), so signalling the
+    postmaster's group does not reach them: they are found by their parent."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """`sig` to the process group of `pid` and to every child of `pid`."""
+    signal_group(pid, sig)
+    for child in children(pid):
+        signal_pid(child, sig)
+
+
 def signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)

@@ -167,3 +167,20 @@ def test_a_disaster_must_keep_what_a_healthy_partner_wrote_to_a_surviving_idb() 
     prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, rtt=60.0)
     margin = TOL + 3 * 60.0
     assert prediction.must_keep == {"site1": [(0.0, 2 * H - margin), (3 * H, 5 * H - margin)]}
+
+
+def test_a_frozen_members_misses_start_once_its_source_stops_waiting_for_it() -> None:
+    """icon2a dead, icon2b frozen at 2h: the source gives up on 2b one acknowledgement wait
+    (here 30m of scenario time) later; what it sent meanwhile may or may not be taken."""
+    history = [
+        step(1 * H, "kill", target="icon2a"),
+        step(2 * H, "pause", target="icon2b"),
+        step(4 * H, "resume", target="icon2b"),
+        step(5 * H, "start", target="icon2a"),
+        end(7 * H),
+    ]
+    topology = load_topology("active-standby")
+    prediction = predict(topology, history, THRESHOLD, TOL, ack_grace=0.5 * H)
+    assert prediction.windows["site2"] == [(2.5 * H, 4 * H)]
+    assert prediction.verdict("site2", 2.2 * H) == "either"
+    assert prediction.verdict("site2", 3 * H) == "lost"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -62,11 +64,19 @@ def test_a_paused_server_hangs_instead_of_refusing(server: Server) -> None:
         assert server.state() == "paused"
         with pytest.raises(psycopg.OperationalError, match="timeout"):
             server.connect(connect_timeout=1)
-        conn.execute("SET statement_timeout = 0")  # buffered by the socket, answered on resume
+        # A connection made before the pause hangs too: its backend is frozen with the
+        # postmaster, though it runs in a session of its own.
+        answers: list[Any] = []
+        query = threading.Thread(target=lambda: answers.append(conn.execute("SELECT 1").fetchone()))
+        query.start()
+        query.join(0.5)
+        assert query.is_alive() and answers == []
     except Exception:
         server.resume()
         raise
     server.resume()
+    query.join(5.0)
+    assert answers == [(1,)]
     assert server.state() == "running"
     assert conn.execute("SELECT 1").fetchone() == (1,)
     conn.close()

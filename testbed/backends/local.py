@@ -295,6 +295,7 @@ class LocalNode:
         """Shut down: `smart` waits for clients, `fast` disconnects them, `immediate` crashes."""
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
         if self.pid is not None and procs.alive(self.pid):
+            procs.signal_tree(self.pid, signal.SIGCONT)  # a frozen backend cannot exit
             procs.stop_group(self.pid, self.pid, sig, timeout)
         self._reap()
 
@@ -303,8 +304,12 @@ class LocalNode:
         if self.pid is None:
             raise ServerFailed(f"{self.name} is not running")
         pid = self.pid
+        backends = procs.children(pid)
         procs.signal_group(pid, signal.SIGKILL)
+        for backend in backends:
+            procs.signal_pid(backend, signal.SIGKILL)
         procs.wait_until(lambda: not procs.group_alive(pid), 10.0)
+        procs.wait_until(lambda: not any(procs.alive(b) for b in backends), 10.0)
         self._reap()
 
     def pause(self) -> None:
@@ -313,13 +318,19 @@ class LocalNode:
             raise ServerFailed(f"{self.name} is {self.state()}, cannot pause")
         pid = self.pid
         assert pid is not None  # running
+        # The postmaster first, so that it forks no new backend meanwhile; then each
+        # backend, which is in a session of its own (see `procs.children`).
         procs.signal_group(pid, signal.SIGSTOP)
         procs.wait_until(lambda: procs.paused(pid), 5.0)
+        for backend in procs.children(pid):
+            procs.signal_pid(backend, signal.SIGSTOP)
 
     def resume(self) -> None:
         if self.pid is None:
             raise ServerFailed(f"{self.name} is not running")
         pid = self.pid
+        for backend in procs.children(pid):
+            procs.signal_pid(backend, signal.SIGCONT)
         procs.signal_group(pid, signal.SIGCONT)
         procs.wait_until(lambda: not procs.paused(pid), 5.0)
 

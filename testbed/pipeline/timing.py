@@ -14,14 +14,19 @@ from testbed.clock import Clock
 from testbed.pipeline.component import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S
 
 # Floors: a busy 2-core machine still answers within these (wall seconds).
-ACK_FLOOR_S = 0.08  # a data source's wait for an ICON's acknowledgement
+# A data source's wait for an ICON's acknowledgement: long enough that a live ICON busy
+# with a backlog (fsync, a draining queue, a loaded machine) is never taken for a dead one;
+# a frozen one's misses start that much after the freeze (the model allows for it).
+ACK_FLOOR_S = 0.5
 RETRY_FLOOR_S = 0.005  # an ICON's back-off between attempts on an unreachable IDB
 # Caps: what the components used before the clock was taken into account.
 ACK_CAP_S = 10.0
 RETRY_CAP_S = 0.2
 GIM_CYCLE_S = 0.02  # wall seconds between GIM's cycles at most
-# The longest any of these delays an effect: the acknowledgement floor plus a GIM cycle.
-DETECTION_WALL_S = ACK_FLOOR_S + GIM_CYCLE_S
+# The longest a fault's effect is noticed late, in wall seconds: an ICON's retry, a GIM
+# cycle and an extraction's round trips on a busy machine. (A frozen ICON's acknowledgement
+# wait is longer; the model widens that edge on its own, see `ack_timeout`.)
+DETECTION_WALL_S = 0.1
 # A GIM back in service judges sites once every source has answered anew: a source behind
 # a black-holed WAN answers (fails) only when its connection or statement deadline passes.
 PRIMING_WALL_S = CONNECT_TIMEOUT_S + STATEMENT_TIMEOUT_S + 0.5

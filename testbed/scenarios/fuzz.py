@@ -103,8 +103,11 @@ class _Generator:
         )
         span = threshold * rng.uniform(0.6, 1.6) + H
         steps: list[Doc] = []
-        for _ in range(rng.randint(1, 4)):
-            steps += self.fault(threshold, span)
+        if rng.random() < 0.1:  # seeded chaos, alone: it picks its own targets
+            steps.append(self.chaos(threshold, span))
+        else:
+            for _ in range(rng.randint(1, 4)):
+                steps += self.fault(threshold, span)
         end = max([span, *(self._at(s) for s in steps)]) + 0.5 * H
         if rng.random() < 0.2:
             steps += self.disaster(end)
@@ -165,9 +168,21 @@ class _Generator:
             return [{"at": at, verb: target}, {"at": back, restore: target}]
         return []
 
+    def chaos(self, threshold: float, span: float) -> Doc:
+        rng = self.rng
+        start = rng.uniform(0.5 * H, 0.5 * span)
+        return {
+            "at": _duration(start),
+            "chaos": None,
+            "until": _duration(span),
+            "seed": rng.randrange(1000),
+            "faults": rng.sample(["partition", "latency", "bandwidth", "kill", "stop", "pause"], 3),
+            "mean_interval": _duration(threshold * rng.uniform(0.3, 1.2)),
+        }
+
     def pick(self, kind: str) -> str:
         if kind == "server":
-            return self.rng.choice(["idb1", "idb2", "infomart1"])
+            return self.rng.choice(["idb1", "idb2", "infomart1", "infomart2"])
         gims = ["gim1", "gim2"] if self.topology == "active-active" else ["gim1"]
         return self.rng.choice(
             ["icon1a", "icon1b", "icon2a", "icon2b", "source1", "source2", *gims]
@@ -239,6 +254,9 @@ def _fault_groups(steps: list[Doc]) -> list[list[int]]:
     disaster: list[int] = []
     for i, step in enumerate(steps):
         verb = next(k for k in step if k not in ("at", "mode", "direction", "link", "ms", "rate"))
+        if verb == "chaos":
+            groups.append([i])
+            continue
         if verb in ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover"):
             disaster.append(i)
         elif verb in ("partition", "latency", "bandwidth"):

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.clock import format_duration
+from testbed.clock import Clock, format_duration
 from testbed.history import of_kind, read_history
 from testbed.pipeline.schema import event_digest
-from testbed.pipeline.timing import PRIMING_WALL_S
+from testbed.pipeline.timing import PRIMING_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.prediction import Prediction, predict_all
 
@@ -73,7 +73,8 @@ def evaluate(out: Path) -> Outcome:
         default=0.0,
     )
     rtt = 2 * latency_ms / 1000 * factor
-    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt)
+    ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
+    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt, ack_grace)
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),

@@ -90,6 +90,7 @@ class _Timeline:
             self.chains = {"reporting": [(-INF, active[0].name if active else None)]}
         self.failed: dict[str, float] = {}
         self.failing: dict[str, float] = {}
+        self.frozen: list[tuple[str, float]] = []  # (name, when) of each pause
         self.cuts: list[tuple[frozenset[str], float, float]] = []
         self.down: dict[str, list[Window]] = {}
         self.end = max((e["t"] for e in history), default=0.0)
@@ -132,6 +133,8 @@ class _Timeline:
                         self.cuts.append((link, open_cuts.pop(link), t))
             elif verb in ("kill", "stop", "pause", "start", "resume"):
                 for name in self._names(options.get("target", value)):
+                    if verb == "pause" and name not in open_down:
+                        self.frozen.append((name, t))
                     if verb in ("kill", "stop", "pause"):
                         open_down.setdefault(name, t)
                     elif name in open_down:
@@ -214,9 +217,10 @@ def predict(
     tolerance: float,
     priming: float = 0.0,
     rtt: float = 0.0,
+    ack_grace: float = 0.0,
 ) -> Prediction:
     """The prediction for the reporting Info Mart (the lineage of the first GIM in service)."""
-    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt)
+    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt, ack_grace)
     return predictions[next(iter(predictions))]
 
 
@@ -227,6 +231,7 @@ def predict_all(
     tolerance: float,
     priming: float = 0.0,
     rtt: float = 0.0,
+    ack_grace: float = 0.0,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name; the first is the reporting Info Mart's)."""
@@ -236,7 +241,7 @@ def predict_all(
     predictions = {}
     for chain in timeline.chains:
         prediction = _predict_chain(
-            timeline, chain, threshold, tolerance, priming, rtt, censuses, census_lost
+            timeline, chain, threshold, tolerance, priming, rtt, ack_grace, censuses, census_lost
         )
         last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
         prediction.infomart = timeline._gim(last).infomart if last else None
@@ -251,6 +256,7 @@ def _predict_chain(
     tol: float,
     priming: float,
     rtt: float,
+    ack_grace: float,
     censuses: list[dict[str, Any]],
     census_lost: set[str],
 ) -> Prediction:
@@ -297,6 +303,16 @@ def _predict_chain(
             found = members(t, site)
             return bool(found) and all(timeline.is_down(m.name, t) for m in found)
 
+        def both_surely_down(t: float, site: str = site) -> bool:
+            """A frozen ICON still has its data source's acknowledgement wait to time out
+            (`ack_grace`) before the source stops sending to it."""
+            found = members(t, site)
+            return both_down(t, site) and not any(
+                name == m.name and a <= t < a + ack_grace
+                for m in found
+                for name, a in timeline.frozen
+            )
+
         failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
         unsure: list[Window] = []
@@ -335,10 +351,14 @@ def _predict_chain(
                 f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events in"
                 f" [{start:.0f}s, {cut:.0f}s) lost"
             )
+        graced = sorted({*points, *(a + ack_grace for _, a in timeline.frozen)})
         for start, end in _intervals(points, both_down):
             if start >= failed_at:
                 continue
-            lost.append((start, end))
+            certain = [(a, b) for a, b in _intervals(graced, both_surely_down) if start <= a < end]
+            if certain != [(start, end)]:
+                unsure.append((start, max([start, *(a for a, _ in certain)])))
+            lost += certain
             notes.append(
                 f"{site}: both ICONs down in [{start:.0f}s, {end:.0f}s):"
                 " events emitted then reach no queue"
