@@ -55,6 +55,7 @@ from testbed.postgres import deadline
 
 CYCLE_S = GIM_CYCLE_S  # wall seconds between cycles at most
 BACKOFF_CAP_S = 0.2  # reconnecting to the Info Mart (GIM out of service: a delay only)
+INF = float("inf")
 GAP_WALL_S = 0.1  # a cycle this long after the last good one resumes service after a gap
 
 
@@ -84,7 +85,8 @@ class Source:
     busy: bool = False
     reachable: bool = False
     asked_at: float = float("-inf")  # scenario time of the request outstanding or answered
-    answered_at: float | None = None  # `asked_at` of the newest answer
+    answered_at: float | None = None  # `asked_at` of the newest answer GIM has applied
+    pending_at: float | None = None  # `asked_at` of an answer in the cycle being applied
 
 
 class Extractor(threading.Thread):
@@ -224,7 +226,13 @@ class Gim:
                 with deadline(self.conn, STATEMENT_TIMEOUT_S + 0.5):
                     self._apply(results, self.clock.now())
                 self.last_good_cycle = time.monotonic()
+                for source in self.sources.values():
+                    if source.pending_at is not None:
+                        source.answered_at = source.pending_at
+                    source.pending_at = None
             except (psycopg.Error, OSError) as exc:
+                for source in self.sources.values():
+                    source.pending_at = None  # what they said was not applied: ask again
                 self.log.warning("cycle failed, will redo it: %s", str(exc).strip()[:200])
                 self.conn.close()
                 self.conn = None  # reconnecting reloads the marks: nothing half-applied
@@ -243,7 +251,7 @@ class Gim:
         for result in got:
             source = self.sources[result.source]
             source.busy = False
-            source.answered_at = source.asked_at
+            source.pending_at = source.asked_at  # counts once the cycle applying it commits
             if isinstance(result, Failed):
                 if source.reachable:
                     self.log.warning("source %s unreachable: %s", source.name, result.error)
@@ -334,7 +342,8 @@ class Gim:
         black-holed WAN fails once its connection or statement deadline passes, see
         `timing.PRIMING_WALL_S`; a slow one is still answering, and must not be taken for
         a lagging one)."""
-        return source.answered_at is not None and source.answered_at >= self.serving_since
+        heard = max(source.answered_at or -INF, source.pending_at or -INF)
+        return heard >= self.serving_since
 
     def _site_transitions(
         self, conn: psycopg.Connection, sites: dict, now: float, advanced: dict[str, float]
