@@ -177,3 +177,34 @@ def test_a_chaos_run_replays_exactly_from_its_history(tmp_path: Path) -> None:
     assert replayed["steps"] == schedule
     played = [e["step"] for e in of_kind(read_history(tmp_path / "b" / "history.jsonl"), "step")]
     assert [s for s in played if s in schedule] == schedule
+
+
+@pytest.mark.parametrize(
+    ("clock", "why"),
+    [
+        ("1h = 0s", "the wall side must be longer than zero"),
+        ("1d = 1s", "more than 5% of the 8h extract_data_stuck_threshold"),
+    ],
+)
+def test_a_clock_too_fast_to_judge_is_refused_in_one_line(
+    tmp_path: Path, clock: str, why: str
+) -> None:
+    """`1h = 0s` used to run for ever; at 1d = 1s the tolerance swallowed the windows."""
+    path = write(tmp_path, SHORT.replace("clock: 1h = 1s", f"clock: {clock}"))
+    done = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert why in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_stated_window_the_tolerance_would_swallow_is_refused(tmp_path: Path) -> None:
+    text = SHORT.replace("    site2: 0", "    site2: 5m")
+    with pytest.raises(InvalidFile, match="loss window stated for site2"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_the_report_states_the_tolerance_as_a_formula(tmp_path: Path) -> None:
+    done = cli("run", str(write(tmp_path, SHORT)), "--out", str(tmp_path / "out"), "--json")
+    figures = json.loads(done.stdout)["figures"]
+    assert figures["tolerance_s"] == 420.0
+    assert figures["tolerance_share_of_threshold"] <= 0.02
+    assert "heartbeat 1m" in figures["tolerance_formula"]
