@@ -15,8 +15,11 @@ scenarios that use them need a disposable backend (local or docker).
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
+
+import docker.errors
 
 from testbed.backends import runs
 from testbed.backends.composefile import PROXY_API, server_ports, wan_routes
@@ -45,6 +48,19 @@ class ComposeNode(DockerNode):
         elif self.state() == "stopped":
             self.container.start()
         self._wait_ready(timeout)
+
+    def _restarting(self) -> bool:
+        try:
+            self.container.reload()
+        except docker.errors.DockerException:  # gone: the caller reports the failure
+            return False
+        policy = (self.container.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}
+        if self.container.status == "restarting":
+            return True
+        if policy.get("Name") in ("on-failure", "always", "unless-stopped"):
+            time.sleep(0.5)  # between two tries of its policy's back-off
+            return True
+        return False
 
     def wipe(self) -> None:
         raise TestbedError("the Compose environment's data is not wiped by the testbed")
