@@ -25,6 +25,7 @@ max_wal_senders = 10
 max_replication_slots = 10
 wal_log_hints = on
 hot_standby = on
+wal_retrieve_retry_interval = 100ms
 idle_in_transaction_session_timeout = 1s
 unix_socket_directories = ''
 CONF

@@ -44,6 +44,10 @@ log_min_messages = warning
 # keeps the server's side of the connection alive). An open transaction holds back the
 # snapshot xmin that GIM extracts up to, for every database of the server: end it soon.
 idle_in_transaction_session_timeout = 1s
+# A standby cut off from its primary retries after this long. The default, 5 s, is five
+# scenario hours at 1h = 1s: a replica that far behind at a disaster makes the surviving
+# Info Mart forget what GIM decided (the compression trap).
+wal_retrieve_retry_interval = 100ms
 include_if_exists = '{SERVER_CONF}'
 """
 

@@ -106,13 +106,32 @@ class Extractor(threading.Thread):
         while True:
             hwm = self.source.requests.get()
             try:
-                self.results.put(self.extract(hwm))
+                self.results.put(self.extract_anew(hwm))
             except (psycopg.Error, OSError) as exc:
-                if self.conn is not None:
-                    self.conn.close()
-                self.conn = None
                 self.results.put(Failed(self.source.name, str(exc).strip()[:200]))
                 time.sleep(CYCLE_S)
+
+    def extract_anew(self, hwm: int) -> Extracted:
+        """An extraction; if the connection it used was broken (cut by a WAN fault, ended
+        by the server while this process was frozen), once more on a new one: a broken
+        old connection says nothing of whether the source is reachable now."""
+        reused = self.conn is not None
+        try:
+            return self.extract(hwm)
+        except (psycopg.Error, OSError):
+            self._drop()
+            if not reused:
+                raise
+        try:
+            return self.extract(hwm)
+        except (psycopg.Error, OSError):
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
 
     def extract(self, hwm: int) -> Extracted:
         if self.conn is None:
@@ -302,7 +321,20 @@ class Gim:
                 if r.events or r.heartbeat is not None:
                     site_name = self.sources[r.source].site
                     advanced[site_name] = min(advanced.get(site_name, r.read_at), r.read_at)
-            returned = self._site_transitions(conn, sites, now, advanced) if primed else False
+            # What GIM knows is as of its oldest answer: a GIM frozen mid-cycle wakes with
+            # answers from before, and must not judge hours of lag it never saw.
+            known_at = min(
+                [
+                    now,
+                    *(
+                        max(s.answered_at or -INF, s.pending_at or -INF)
+                        for s in self.sources.values()
+                    ),
+                ]
+            )
+            returned = (
+                self._site_transitions(conn, sites, now, advanced, known_at) if primed else False
+            )
             if any(r.events for r in results):
                 self._merge(conn, results, now)
             if returned:
@@ -346,7 +378,12 @@ class Gim:
         return heard >= self.serving_since
 
     def _site_transitions(
-        self, conn: psycopg.Connection, sites: dict, now: float, advanced: dict[str, float]
+        self,
+        conn: psycopg.Connection,
+        sites: dict,
+        now: float,
+        advanced: dict[str, float],
+        known_at: float,
     ) -> bool:
         """Stuck: no progress for longer than the threshold. Back: the moment its
         extraction advances again (the reconnection time of the rule), whatever the age
@@ -356,7 +393,7 @@ class Gim:
             since = site["complete_to"] if site["complete_to"] is not None else self.started
             if site["returned_at"] is not None:
                 since = max(since, site["returned_at"])
-            lag = now - since
+            lag = known_at - since
             judged = name not in self.retired and name in self.sites
             if judged and not site["stuck"] and lag > self.threshold:
                 site["stuck"] = True

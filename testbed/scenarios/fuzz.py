@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from testbed.clock import format_duration
+from testbed.clock import format_duration, parse_duration
 from testbed.errors import TestbedError
 from testbed.scenarios.engine import ScenarioRun
 from testbed.scenarios.spec import load_scenario
@@ -126,8 +127,6 @@ class _Generator:
 
     @staticmethod
     def _at(step: Doc) -> float:
-        from testbed.clock import parse_duration
-
         return parse_duration(step["at"])
 
     def fault(self, threshold: float, span: float) -> list[Doc]:
@@ -325,8 +324,6 @@ def shrink(
 
 def load_check(doc: Doc) -> None:
     """Raise TestbedError if the document is not a valid scenario."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "candidate.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
