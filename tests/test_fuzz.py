@@ -111,4 +111,4 @@ def test_a_small_campaign_on_real_servers_agrees(tmp_path: Path) -> None:
     assert summary["runs"] == 3
     assert summary["disagreed"] == 0, summary["failures"]
     assert done.returncode == 0
-    assert 0 < summary["tolerance_s_max"] <= 0.05 * 2 * 3600
+    assert 0 < summary["tolerance_s_max"] <= 420.0  # 7m: 1h = 1s at most

@@ -57,6 +57,7 @@ CYCLE_S = GIM_CYCLE_S  # wall seconds between cycles at most
 BACKOFF_CAP_S = 0.2  # reconnecting to the Info Mart (GIM out of service: a delay only)
 INF = float("inf")
 GAP_WALL_S = 0.1  # a cycle this long after the last good one resumes service after a gap
+FREEZE_WALL_S = 0.5  # a cycle this long since it began was frozen or stalled
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Extracted:
 class Failed:
     source: str
     error: str
+    failed_at: float = 0.0  # scenario time of the failure
 
 
 @dataclass
@@ -84,9 +86,8 @@ class Source:
     requests: queue.Queue[int] = field(default_factory=queue.Queue)
     busy: bool = False
     reachable: bool = False
-    asked_at: float = float("-inf")  # scenario time of the request outstanding or answered
-    answered_at: float | None = None  # `asked_at` of the newest answer GIM has applied
-    pending_at: float | None = None  # `asked_at` of an answer in the cycle being applied
+    answered_at: float | None = None  # when the newest answer GIM has applied was obtained
+    pending_at: float | None = None  # when an answer in the cycle being applied was obtained
 
 
 class Extractor(threading.Thread):
@@ -108,7 +109,8 @@ class Extractor(threading.Thread):
             try:
                 self.results.put(self.extract_anew(hwm))
             except (psycopg.Error, OSError) as exc:
-                self.results.put(Failed(self.source.name, str(exc).strip()[:200]))
+                failed_at = self.clock.now() if self.clock is not None else 0.0
+                self.results.put(Failed(self.source.name, str(exc).strip()[:200], failed_at))
                 time.sleep(CYCLE_S)
 
     def extract_anew(self, hwm: int) -> Extracted:
@@ -156,7 +158,8 @@ class Extractor(threading.Thread):
                 )
             except psycopg.errors.UndefinedTable:  # ICON has not created its tables yet
                 conn.rollback()
-                return Extracted(self.source.name, hwm, [], None)
+                now = self.clock.now() if self.clock is not None else 0.0
+                return Extracted(self.source.name, hwm, [], None, now)
             conn.rollback()  # a read-only snapshot: nothing to commit
         return Extracted(self.source.name, max(hwm, xmin), events, heartbeat, read_at)
 
@@ -238,12 +241,16 @@ class Gim:
             for source in self.sources.values():
                 if not source.busy:
                     source.busy = True
-                    source.asked_at = self.clock.now()
                     source.requests.put(self.hwm[source.name])
             results = self._collect()
             try:
+                now = self.clock.now()
+                if time.monotonic() - started > FREEZE_WALL_S:
+                    # Frozen (or stalled) since the cycle began: what it collected is from
+                    # before; judge nothing until every source has answered anew.
+                    self.serving_since = self.clock.now()
                 with deadline(self.conn, STATEMENT_TIMEOUT_S + 0.5):
-                    self._apply(results, self.clock.now())
+                    self._apply(results, now)
                 self.last_good_cycle = time.monotonic()
                 for source in self.sources.values():
                     if source.pending_at is not None:
@@ -270,7 +277,9 @@ class Gim:
         for result in got:
             source = self.sources[result.source]
             source.busy = False
-            source.pending_at = source.asked_at  # counts once the cycle applying it commits
+            # When the answer was obtained (a frozen GIM's extractors were frozen too: what
+            # they read after waking is news); counts once the cycle applying it commits.
+            source.pending_at = result.failed_at if isinstance(result, Failed) else result.read_at
             if isinstance(result, Failed):
                 if source.reachable:
                     self.log.warning("source %s unreachable: %s", source.name, result.error)
@@ -321,20 +330,7 @@ class Gim:
                 if r.events or r.heartbeat is not None:
                     site_name = self.sources[r.source].site
                     advanced[site_name] = min(advanced.get(site_name, r.read_at), r.read_at)
-            # What GIM knows is as of its oldest answer: a GIM frozen mid-cycle wakes with
-            # answers from before, and must not judge hours of lag it never saw.
-            known_at = min(
-                [
-                    now,
-                    *(
-                        max(s.answered_at or -INF, s.pending_at or -INF)
-                        for s in self.sources.values()
-                    ),
-                ]
-            )
-            returned = (
-                self._site_transitions(conn, sites, now, advanced, known_at) if primed else False
-            )
+            returned = self._site_transitions(conn, sites, now, advanced) if primed else False
             if any(r.events for r in results):
                 self._merge(conn, results, now)
             if returned:
@@ -383,7 +379,6 @@ class Gim:
         sites: dict,
         now: float,
         advanced: dict[str, float],
-        known_at: float,
     ) -> bool:
         """Stuck: no progress for longer than the threshold. Back: the moment its
         extraction advances again (the reconnection time of the rule), whatever the age
@@ -393,7 +388,7 @@ class Gim:
             since = site["complete_to"] if site["complete_to"] is not None else self.started
             if site["returned_at"] is not None:
                 since = max(since, site["returned_at"])
-            lag = known_at - since
+            lag = now - since
             judged = name not in self.retired and name in self.sites
             if judged and not site["stuck"] and lag > self.threshold:
                 site["stuck"] = True
