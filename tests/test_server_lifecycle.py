@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from testbed import procs
 from testbed.backends.local import LocalBackend
-from testbed.postgres import Server
+from testbed.postgres import Server, deadline
 
 
 @pytest.fixture
@@ -111,3 +112,15 @@ def test_an_exception_in_the_caller_still_stops_the_servers(testbed_home) -> Non
         pid = backend.new_server("s1").init().start().pid
         raise RuntimeError("the test failed")
     assert pid is not None and not procs.alive(pid)
+
+
+def test_a_late_deadline_never_cuts_the_connection_that_replaced_its_own(server: Server) -> None:
+    """A deadline timer of a process that was frozen fires late; by then its caller may
+    have closed that connection and opened another on the same descriptor number."""
+    old = server.connect()
+    with deadline(old, 0.3):
+        old.close()
+        new = server.connect()
+        time.sleep(0.6)  # the timer has fired
+        assert new.execute("SELECT 1").fetchone() == (1,)
+    new.close()
