@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -46,8 +46,8 @@ def is_ours(pid: int, marker: str) -> bool:
     return alive(pid) and any(marker in arg for arg in cmdline(pid))
 
 
-def group_alive(pgid: int) -> bool:
-    """True while any non-zombie process of the group remains."""
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process that is not a zombie."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -56,27 +56,20 @@ def group_alive(pgid: int) -> bool:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+        if fields[0] not in ("Z", "X"):
+            yield int(entry.name), int(fields[1]), int(fields[2])
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of the group remains."""
+    return any(group == pgid for _, _, group in _live_processes())
 
 
 def children(pid: int) -> list[int]:
     """The live processes whose parent is `pid`. PostgreSQL's backends each start a
     session of their own (so the postmaster can signal their groups), so signalling the
     postmaster's group does not reach them: they are found by their parent."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    return [child for child, parent, _ in _live_processes() if parent == pid]
 
 
 def signal_tree(pid: int, sig: int) -> None:

@@ -148,10 +148,10 @@ def test_a_gim_back_in_service_shortly_before_the_heal_may_not_have_heard_every_
         step(11 * H, "start", target="gim1"),
         end(15 * H),
     ]
-    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, 2 * H)
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, priming=2 * H)
     assert prediction.windows["site2"] == []
     assert prediction.verdict("site2", 2 * H) == "either"
-    settled = predict(load_topology("active-standby"), history, THRESHOLD, TOL, 0.5 * H)
+    settled = predict(load_topology("active-standby"), history, THRESHOLD, TOL, priming=0.5 * H)
     assert settled.windows["site2"] == [(1 * H, 4 * H)]
 
 

@@ -109,9 +109,12 @@ class Extractor(threading.Thread):
             try:
                 self.results.put(self.extract_anew(hwm))
             except (psycopg.Error, OSError) as exc:
-                failed_at = self.clock.now() if self.clock is not None else 0.0
-                self.results.put(Failed(self.source.name, str(exc).strip()[:200], failed_at))
+                self.results.put(Failed(self.source.name, str(exc).strip()[:200], self._now()))
                 time.sleep(CYCLE_S)
+
+    def _now(self) -> float:
+        """Scenario time (0 for an extractor used without a clock, as tests do)."""
+        return self.clock.now() if self.clock is not None else 0.0
 
     def extract_anew(self, hwm: int) -> Extracted:
         """An extraction; if the connection it used was broken (cut by a WAN fault, ended
@@ -144,7 +147,7 @@ class Extractor(threading.Thread):
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
             try:
                 xmin = int(scalar(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-                read_at = self.clock.now() if self.clock is not None else 0.0
+                read_at = self._now()
                 bounds = (str(hwm), str(xmin))
                 events = conn.execute(
                     "SELECT event_id, site, ts, payload FROM events"
@@ -158,8 +161,7 @@ class Extractor(threading.Thread):
                 )
             except psycopg.errors.UndefinedTable:  # ICON has not created its tables yet
                 conn.rollback()
-                now = self.clock.now() if self.clock is not None else 0.0
-                return Extracted(self.source.name, hwm, [], None, now)
+                return Extracted(self.source.name, hwm, [], None, self._now())
             conn.rollback()  # a read-only snapshot: nothing to commit
         return Extracted(self.source.name, max(hwm, xmin), events, heartbeat, read_at)
 

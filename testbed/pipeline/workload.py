@@ -22,7 +22,6 @@ import random
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,13 +106,13 @@ class IconLink(threading.Thread):
         self.record = record
         self.sock: socket.socket | None = None
         self.reader: Any = None
-        self.pending: collections.deque[tuple[float, list[Event], bytes]] = collections.deque()
+        self.pending: collections.deque[tuple[list[Event], bytes]] = collections.deque()
         self.ready = threading.Condition()
         self.closing = False
 
     def offer(self, batch: list[Event], payload: bytes) -> None:
         with self.ready:
-            self.pending.append((time.monotonic(), batch, payload))
+            self.pending.append((batch, payload))
             self.ready.notify()
 
     def finish(self) -> None:
@@ -134,7 +133,7 @@ class IconLink(threading.Thread):
                 for _ in waiting:
                     self.pending.popleft()
             if healthy:
-                _, batch, payload = waiting[0]
+                batch, payload = waiting[0]
                 delivered = self.send(payload) and self.acked(len(batch))
                 healthy = delivered
                 if batch:
@@ -143,10 +142,10 @@ class IconLink(threading.Thread):
             # Unreachable or frozen: what waited is missed. A probe (the newest batch's
             # watermark, no events) tells whether it answers again; a frozen ICON finds no
             # events in its socket when it wakes, as a down ICON would have taken none.
-            for _, batch, _ in waiting:
+            for batch, _ in waiting:
                 if batch:
                     self.record(batch, self.name, False)
-            header = waiting[-1][2].split(b"\n", 1)[0].rsplit(b" ", 1)[0]
+            header = waiting[-1][1].split(b"\n", 1)[0].rsplit(b" ", 1)[0]
             healthy = self.send(header + b" 0\n") and self.acked(0)
         self.close()
 

@@ -62,11 +62,7 @@ def evaluate(out: Path) -> Outcome:
     # The slowest WAN round trip of the run, in scenario time (latency toxics are in wall ms).
     latency_ms = max(
         (
-            float(
-                e["step"]["options"].get(
-                    "ms", e["step"]["value"] if isinstance(e["step"]["value"], int | float) else 0
-                )
-            )
+            _latency_ms(e["step"])
             for e in of_kind(history, "step")
             if e["step"]["verb"] == "latency"
         ),
@@ -178,6 +174,12 @@ def evaluate(out: Path) -> Outcome:
         "prediction_notes": prediction.notes,
     }
     return Outcome(run["scenario"], all(c.passed for c in checks), checks, figures)
+
+
+def _latency_ms(step: dict[str, Any]) -> float:
+    """A latency step's milliseconds: its `ms` field, or its value when that is a number."""
+    value = step["value"]
+    return float(step["options"].get("ms", value if isinstance(value, int | float) else 0))
 
 
 def _fmt(seconds: float | None) -> str:

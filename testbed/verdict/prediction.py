@@ -215,13 +215,10 @@ def predict(
     history: list[dict[str, Any]],
     threshold: float,
     tolerance: float,
-    priming: float = 0.0,
-    rtt: float = 0.0,
-    ack_grace: float = 0.0,
+    **margins: float,
 ) -> Prediction:
-    """The prediction for the reporting Info Mart (the lineage of the first GIM in service)."""
-    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt, ack_grace)
-    return predictions[next(iter(predictions))]
+    """The prediction of the first lineage (`predict_all` says what `margins` are)."""
+    return next(iter(predict_all(topology, history, threshold, tolerance, **margins).values()))
 
 
 def predict_all(
@@ -234,7 +231,9 @@ def predict_all(
     ack_grace: float = 0.0,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
-    (keyed by the GIM's name; the first is the reporting Info Mart's)."""
+    (keyed by the GIM's name). Margins, in scenario seconds: `priming`, what a GIM back in
+    service takes to hear every source anew; `rtt`, the slowest WAN round trip; `ack_grace`,
+    a data source's wait on a frozen ICON."""
     timeline = _Timeline(topology, history)
     censuses = [e["census"] for e in history if e["kind"] == "dr" and e.get("census")]
     census_lost = {event_id for c in censuses for event_id in c["lost"]}
