@@ -305,3 +305,75 @@ def test_a_census_that_counts_loaded_events_lost_fails_disaster_loss(
     assert not check.passed
     assert "census counted lost were loaded" in check.message
     assert "healthy partner" in check.message
+
+
+LONG = """\
+name: checks-bite-long
+description: "an outage 2h30m longer than the threshold: site 2 loses a 2h30m window"
+clock: 1h = 1s
+settings:
+  extract_data_stuck_threshold: 3h
+workload:
+  rate: 900/h
+  seed: 5
+steps:
+  - at: 1h
+    partition: [site1, site2]
+    mode: blackhole
+  - at: 6h30m
+    heal: [site1, site2]
+  - at: 6h30m
+    settle: 2h
+expect:
+  loss: {site1: 0, site2: 2h30m}
+  duplicates: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("checks-bite-long")
+    (folder / "long.yaml").write_text(LONG)
+    home = folder / "home"
+    ScenarioRun(load_scenario(folder / "long.yaml"), folder / "run", home=str(home)).run()
+    return folder / "run"
+
+
+def _heal_done_later(by: float) -> Callable[[list[dict[str, Any]]], None]:
+    def corrupt(history: list[dict[str, Any]]) -> None:
+        for entry in history:
+            if entry["kind"] == "step-done" and entry["step"]["verb"] == "heal":
+                entry["t"] += by
+
+    return corrupt
+
+
+def test_a_stated_window_is_the_rules_on_the_timeline_as_written(
+    long_run: Path, tmp_path: Path
+) -> None:
+    """The stated 2h30m holds however long the heal took to apply: the report shows that lag
+    and the window as planned. A wrong stated window still fails."""
+    outcome = evaluate(long_run)
+    assert failed(outcome) == []
+    heal = next(lag for lag in outcome.figures["step_lags"] if lag["verb"] == "heal")
+    assert heal["lag_s"] >= 0 and heal["lag_wall_s"] == pytest.approx(heal["lag_s"] / 3600)
+    (planned,) = outcome.figures["planned_windows"]["site2"]
+    assert planned[1] - planned[0] == pytest.approx(9000, abs=outcome.figures["tolerance_s"])
+
+    def wrong(history: list[dict[str, Any]]) -> None:
+        history[0]["expect"]["loss"]["site2"] = {"window": 10800.0}
+
+    assert failed(broken(long_run, tmp_path, edit_history(wrong))) == ["loss"]
+
+
+def test_events_are_judged_on_the_timeline_as_it_took_effect(
+    long_run: Path, tmp_path: Path
+) -> None:
+    """Had the heal taken effect 30 min later, the rules would lose 30 min more: the
+    events the run loaded in those 30 min fail the loss check, though the stated window,
+    which is about the timeline as written, still agrees."""
+    outcome = broken(long_run, tmp_path, edit_history(_heal_done_later(1800.0)))
+    assert failed(outcome) == ["loss"]
+    loss = next(c for c in outcome.checks if c.name == "loss")
+    assert "events loaded that the rules say are lost" in loss.message
+    assert "the rules give 2h30m on the timeline as written, 3h" in loss.message

@@ -136,3 +136,42 @@ def test_the_proxy_process_stops_with_the_run(tmp_path: Path) -> None:
         pid = backend.proxy.pid
         assert procs.alive(pid)
     assert not procs.alive(pid)
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_once() -> None:
+    """Calls share one kept-alive connection. A server may close it between calls (a real
+    Toxiproxy restarted, an idle timeout): the next call opens a new one instead of
+    failing, and a server that answers nothing at all is still one clear error."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    body = b'{"version": "2.9.0"}'
+
+    def serve() -> None:
+        for _ in range(3):
+            conn, _ = server.accept()
+            accepted.append(conn)
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.close()  # no "Connection: close": the client learns of it on its next call
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = ToxiproxyClient(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=2)
+    assert [client.version() for _ in range(3)] == ["2.9.0"] * 3
+    assert len(accepted) == 3
+    thread.join(timeout=5)
+    server.close()
+    with pytest.raises(ProxyUnavailable, match="no Toxiproxy API"):
+        client.version()
+
+
+def test_calls_in_a_row_share_one_connection(client: ToxiproxyClient) -> None:
+    client.version()
+    kept = list(client._idle)
+    for _ in range(20):
+        client.proxies()
+    assert len(kept) == 1 and client._idle == kept

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,25 +140,58 @@ class ToxiproxyClient:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 8474
         self.timeout = timeout
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the kept connections (a later call opens new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def __repr__(self) -> str:
         return f"ToxiproxyClient({self.url})"
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; the decoded JSON answer (None for 204)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        """One API call; the decoded JSON answer (None for 204).
+
+        Calls reuse kept-alive connections, one per caller at a time, so a fault on many
+        proxies can be applied by several threads at once: the link stays cut until its
+        last proxy is healed, and on a busy machine a dozen calls in a row, each on a new
+        connection, made a heal minutes of scenario time late. A kept connection the server
+        has closed meanwhile fails before the request reaches it, and is replaced once."""
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json", "User-Agent": "bc-testbed"}
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        except OSError as exc:
-            raise ProxyUnavailable(
-                f"no Toxiproxy API at {self.url} ({exc}); is the proxy server running?"
-            ) from None
-        finally:
-            conn.close()
+        for attempt in (1, 2):
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                if reused and attempt == 1:
+                    continue
+                raise ProxyUnavailable(
+                    f"the Toxiproxy API at {self.url} closed the connection;"
+                    " is the proxy server running?"
+                ) from None
+            except OSError as exc:
+                conn.close()
+                raise ProxyUnavailable(
+                    f"no Toxiproxy API at {self.url} ({exc}); is the proxy server running?"
+                ) from None
+            if response.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+            break
         if response.status >= 400:
             try:
                 message = json.loads(raw)["error"]

@@ -20,7 +20,8 @@ the scenario history; `residue()` lists whatever is still applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,6 +120,20 @@ class Wan:
     def _proxy(self, name: str) -> Proxy:
         return self.client.proxy(name)
 
+    @staticmethod
+    def _on_each(items: Iterable[Any], change: Callable[[Any], object]) -> None:
+        """Apply `change` to every proxy of a link at once: a fault takes effect when its
+        last proxy has it, and API calls in a row on a busy machine take scenario minutes.
+        The first error, if any, is raised once all are done."""
+        todo = list(items)
+        if len(todo) <= 1:
+            for item in todo:
+                change(item)
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+            for future in [pool.submit(change, item) for item in todo]:
+                future.result()
+
     # --- faults -------------------------------------------------------------------------
 
     def partition(self, a: str, b: str, mode: Mode = "reset", direction: str | None = None) -> None:
@@ -129,8 +144,7 @@ class Wan:
         if direction is None:
             targets = self.streams_from(a, b) + self.streams_from(b, a)
             if mode == "reset":
-                for route in self.between(a, b):
-                    self._proxy(route.proxy).disable()
+                self._on_each(self.between(a, b), lambda route: self._proxy(route.proxy).disable())
         else:
             source, _, dest = direction.partition("->")
             if {source.strip(), dest.strip()} != {a, b}:
@@ -138,10 +152,14 @@ class Wan:
             targets = self.streams_from(source.strip(), dest.strip())
         if mode == "blackhole" or direction is not None:
             toxic_type = "timeout" if mode == "blackhole" else "reset_peer"
-            for proxy, stream in targets:
+
+            def cut(target: tuple[str, str]) -> None:
+                proxy, stream = target
                 self._proxy(proxy).add_toxic(
                     toxic_type, stream=stream, name=f"{PREFIX}partition-{stream}", timeout=0
                 )
+
+            self._on_each(targets, cut)
         self._record(
             "partition", (a, b), [p for p, _ in targets], mode=mode, direction=direction or "both"
         )
@@ -157,7 +175,9 @@ class Wan:
         """Slow the WAN both ways: `latency`/`jitter` in ms each way, `bandwidth` in KB/s."""
         self._check(a, b)
         targets = self.streams_from(a, b) + self.streams_from(b, a)
-        for proxy, stream in targets:
+
+        def slow(target: tuple[str, str]) -> None:
+            proxy, stream = target
             handle = self._proxy(proxy)
             if latency or jitter:
                 self._put(
@@ -172,6 +192,8 @@ class Wan:
                 self._put(
                     handle, f"{PREFIX}bandwidth-{stream}", "bandwidth", stream, rate=bandwidth
                 )
+
+        self._on_each(targets, slow)
         self._record(
             "degrade",
             (a, b),
@@ -194,16 +216,15 @@ class Wan:
         self._check(a, b)
         streams = ("upstream", "downstream") if stream is None else (stream,)
         proxies = [r.proxy for r in self.between(a, b)]
-        for proxy in proxies:
+
+        def poison(proxy: str) -> None:
+            handle = self._proxy(proxy)
             for each in streams:
                 self._put(
-                    self._proxy(proxy),
-                    f"{PREFIX}{type}-{each}",
-                    type,
-                    each,
-                    toxicity=toxicity,
-                    **attributes,
+                    handle, f"{PREFIX}{type}-{each}", type, each, toxicity=toxicity, **attributes
                 )
+
+        self._on_each(proxies, poison)
         self._record(
             "toxic",
             (a, b),
@@ -233,12 +254,17 @@ class Wan:
         if a is not None:
             self._check(a, b)  # type: ignore[arg-type]
         routes = self.between(a, b) if a is not None else self.routes  # type: ignore[arg-type]
-        for route in routes:
-            proxy = self._proxy(route.proxy)
-            for toxic in proxy.toxics:
-                proxy.remove_toxic(toxic.name)
-            if not proxy.enabled:
-                proxy.enable()
+        # One listing for all of them: the link stays cut until its last proxy is healed,
+        # so every call saved is time the outage does not overrun its step.
+        # One listing, then every toxic at once: the first removed lets traffic through
+        # that keeps the proxy busy, and a removal queued behind it keeps the link half cut.
+        everything = self.client.proxies()
+        proxies = [everything.get(r.proxy) or self._proxy(r.proxy) for r in routes]
+        self._on_each(
+            [(proxy, toxic.name) for proxy in proxies for toxic in proxy.toxics],
+            lambda pair: pair[0].remove_toxic(pair[1]),
+        )
+        self._on_each([p for p in proxies if not p.enabled], lambda proxy: proxy.enable())
         sites = (a, b) if a is not None else tuple(sorted(self._sites()))
         self._record("heal", sites, [r.proxy for r in routes])  # type: ignore[arg-type]
 

@@ -73,7 +73,7 @@ class Extracted:
 class Failed:
     source: str
     error: str
-    failed_at: float = 0.0  # scenario time of the failure
+    failed_at: float = 0.0  # scenario time the failing attempt began
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Extractor(threading.Thread):
         self.results = results
         self.app = app
         self.conn: psycopg.Connection | None = None
+        self.began = 0.0  # scenario time the current attempt began
 
     def run(self) -> None:
         while True:
@@ -109,7 +110,9 @@ class Extractor(threading.Thread):
             try:
                 self.results.put(self.extract_anew(hwm))
             except (psycopg.Error, OSError) as exc:
-                self.results.put(Failed(self.source.name, str(exc).strip()[:200], self._now()))
+                # Dated when the failing attempt began: one begun before a freeze and failed
+                # after it says nothing of the source since.
+                self.results.put(Failed(self.source.name, str(exc).strip()[:200], self.began))
                 time.sleep(CYCLE_S)
 
     def _now(self) -> float:
@@ -139,6 +142,7 @@ class Extractor(threading.Thread):
         self.conn = None
 
     def extract(self, hwm: int) -> Extracted:
+        self.began = self._now()
         if self.conn is None:
             self.conn = connect(self.source.address, self.source.database, self.app)
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -146,8 +150,10 @@ class Extractor(threading.Thread):
         conn = self.conn
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
             try:
-                xmin = int(scalar(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+                # Read before the snapshot is taken: a thread frozen in between must not date
+                # what it read before the freeze as news after it.
                 read_at = self._now()
+                xmin = int(scalar(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
                 bounds = (str(hwm), str(xmin))
                 events = conn.execute(
                     "SELECT event_id, site, ts, payload FROM events"
@@ -264,6 +270,11 @@ class Gim:
                 self.log.warning("cycle failed, will redo it: %s", str(exc).strip()[:200])
                 self.conn.close()
                 self.conn = None  # reconnecting reloads the marks: nothing half-applied
+            if time.monotonic() - started > FREEZE_WALL_S:
+                # Frozen or stalled inside the cycle (its Info Mart frozen mid-transaction,
+                # the process stopped mid-apply): the answers still queued are from before,
+                # and the next cycle's clock from after. Hear every source anew first.
+                self.serving_since = self.clock.now()
             self._status()
             time.sleep(max(0.0, CYCLE_S / 2 - (time.monotonic() - started)))
 
@@ -324,6 +335,15 @@ class Gim:
                 beat = result.heartbeat
                 if beat is not None and (site["complete_to"] is None or beat > site["complete_to"]):
                     site["complete_to"] = beat
+            # The marks move on in every cycle, so the heartbeats they pass over must count
+            # in every cycle too, judged or not: else a site's completeness stays where it
+            # was before a gap while the rows that advanced it are never read again.
+            for name, site in sites.items():
+                conn.execute(
+                    "UPDATE gim_site SET complete_to = %s WHERE site = %s"
+                    " AND complete_to IS DISTINCT FROM %s",
+                    (site["complete_to"], name, site["complete_to"]),
+                )
             # A GIM back in service (started, resumed, its Info Mart back) first hears every
             # source anew: otherwise it would find every site "stuck" on what it knew before.
             primed = all(self._fresh(s) for s in self.sources.values())
@@ -372,7 +392,7 @@ class Gim:
         black-holed WAN fails once its connection or statement deadline passes, see
         `timing.PRIMING_WALL_S`; a slow one is still answering, and must not be taken for
         a lagging one)."""
-        heard = max(source.answered_at or -INF, source.pending_at or -INF)
+        heard = max(t for t in (source.answered_at, source.pending_at, -INF) if t is not None)
         return heard >= self.serving_since
 
     def _site_transitions(
@@ -424,11 +444,6 @@ class Gim:
                     " discard_before = %s WHERE site = %s",
                     (site["returned_at"], site["discard_before"], name),
                 )
-            conn.execute(
-                "UPDATE gim_site SET complete_to = %s WHERE site = %s"
-                " AND complete_to IS DISTINCT FROM %s",
-                (site["complete_to"], name, site["complete_to"]),
-            )
         return returned
 
     def _merge(self, conn: psycopg.Connection, results: list[Extracted], now: float) -> None:

@@ -55,10 +55,18 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
 
 def _tolerance_line(f: dict[str, Any]) -> str:
     share = f.get("tolerance_share_of_threshold")
+    slowest = max(f.get("step_lags") or [], key=lambda s: s["lag_s"], default=None)
     return (
         f"edge tolerance {format_duration(f['tolerance_s'])}"
         + (f" ({share:.1%} of the threshold)" if share is not None else "")
         + (f": {f['tolerance_formula']}" if f.get("tolerance_formula") else "")
+        + (
+            f"; slowest step to take effect: {slowest['verb']} at"
+            f" {format_duration(slowest['at'])}, {format_duration(slowest['lag_s'])}"
+            f" ({slowest['lag_wall_s'] * 1000:.0f} ms wall)"
+            if slowest
+            else ""
+        )
     )
 
 
