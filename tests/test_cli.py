@@ -111,19 +111,26 @@ def test_contradicting_flags_and_unknown_runs_are_refused(home: Path) -> None:
 
 
 def _start_up(home: Path) -> subprocess.Popen:
+    """`testbed up` in its own session, its output in a file (a pipe nobody reads could
+    fill and block it, which would look like a hang of the command under test)."""
+    log = (home.parent / "up.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "testbed", "up", "--home", str(home)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while len(_running_servers(home)) < 4:
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, _output(home)
         assert time.monotonic() < deadline, "servers did not come up"
         time.sleep(0.2)
     return proc
+
+
+def _output(home: Path) -> str:
+    return (home.parent / "up.log").read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -131,7 +138,11 @@ def test_interrupting_up_stops_every_server(home: Path, sig: signal.Signals) -> 
     proc = _start_up(home)
     pids = [s["pid"] for s in _running_servers(home)]
     os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
-    assert proc.wait(timeout=60) == 130
+    try:
+        assert proc.wait(timeout=60) == 130, _output(home)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"testbed up did not stop within 60 s of {sig.name}:\n{_output(home)}")
     assert not [pid for pid in pids if procs.alive(pid)]
     assert not list((home / "runs").iterdir())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testbed.clock import parse_duration
 from testbed.scenarios.fuzz import Verdict, fuzz, generate, load_check, shrink
 
 
@@ -50,11 +51,36 @@ def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:
         return Verdict(not paused, [] if not paused else ["loss"], [])
 
     small, verdict, tried = shrink(doc, judge(doc), judge, budget=20)
-    assert [s for s in small["steps"] if "settle" not in s] == [
-        {"at": "2h", "pause": "gim1"},
-        {"at": "5h", "resume": "gim1"},
-    ]
+    # Only the pause, its resume and the settle are left, drawn closer to the start.
+    assert [k for s in small["steps"] for k in s if k != "at"] == ["pause", "resume", "settle"]
+    assert small["steps"][0] == {"at": "15m", "pause": "gim1"}
     assert verdict.failed == ["loss"] and 0 < tried <= 20
+
+
+def test_the_shrinker_shortens_a_fault_only_while_it_still_disagrees() -> None:
+    """A fake judge that fails while gim1 is paused longer than 2h (as a threshold would
+    decide): the fault is drawn closer to the start, but stays longer than 2h."""
+    doc = {
+        "name": "s",
+        "clock": "1h = 1s",
+        "settings": {"extract_data_stuck_threshold": "8h"},
+        "steps": [
+            {"at": "2h", "pause": "gim1"},
+            {"at": "5h", "resume": "gim1"},
+            {"at": "6h", "settle": "4h"},
+        ],
+    }
+
+    def judge(candidate: dict) -> Verdict:
+        at = {k: parse_duration(s["at"]) for s in candidate["steps"] for k in s if k != "at"}
+        long = at.get("resume", 0) - at.get("pause", 0) > 2 * 3600
+        return Verdict(not long, ["loss"] if long else [], [])
+
+    small, _, _ = shrink(doc, judge(doc), judge, budget=20)
+    assert small["steps"][:2] == [
+        {"at": "15m", "pause": "gim1"},
+        {"at": "3h15m", "resume": "gim1"},
+    ]
 
 
 def test_a_campaign_writes_each_disagreement_as_a_scenario_file(tmp_path: Path) -> None:
