@@ -14,6 +14,7 @@ from testbed.topology import load_topology
 from testbed.verdict.prediction import predict, predict_all
 
 H = 3600.0
+M = 60.0
 THRESHOLD = 8 * H
 TOL = 7 * 60.0
 
@@ -170,8 +171,10 @@ def test_a_disaster_must_keep_what_a_healthy_partner_wrote_to_a_surviving_idb() 
 
 
 def test_a_frozen_members_misses_start_once_its_source_stops_waiting_for_it() -> None:
-    """icon2a dead, icon2b frozen at 2h: the source gives up on 2b one acknowledgement wait
-    (here 30m of scenario time) later; what it sent meanwhile may or may not be taken."""
+    """icon2a dead, icon2b frozen from 2h to 4h: the source gives up on 2b one
+    acknowledgement wait (here 30m of scenario time) later, and what it queues while its
+    last probe waits is delivered if 2b wakes within that wait: both edges may go either
+    way."""
     history = [
         step(1 * H, "kill", target="icon2a"),
         step(2 * H, "pause", target="icon2b"),
@@ -181,6 +184,44 @@ def test_a_frozen_members_misses_start_once_its_source_stops_waiting_for_it() ->
     ]
     topology = load_topology("active-standby")
     prediction = predict(topology, history, THRESHOLD, TOL, ack_grace=0.5 * H)
-    assert prediction.windows["site2"] == [(2.5 * H, 4 * H)]
+    assert prediction.windows["site2"] == [(2.5 * H, 3.5 * H)]
     assert prediction.verdict("site2", 2.2 * H) == "either"
     assert prediction.verdict("site2", 3 * H) == "lost"
+    assert prediction.verdict("site2", 3.8 * H) == "either"
+
+
+def test_a_killed_members_misses_end_when_it_is_started() -> None:
+    """Killed, not frozen: nothing waits in a socket for it, so the window is exact at its
+    end (the start edge is the kill itself)."""
+    history = [
+        step(1 * H, "kill", target="icon2a"),
+        step(2 * H, "kill", target="icon2b"),
+        step(4 * H, "start", target="icon2b"),
+        step(5 * H, "start", target="icon2a"),
+        end(7 * H),
+    ]
+    topology = load_topology("active-standby")
+    prediction = predict(topology, history, THRESHOLD, TOL, ack_grace=0.5 * H)
+    assert prediction.windows["site2"] == [(2 * H, 4 * H)]
+    assert prediction.verdict("site2", 3.8 * H) == "lost"
+
+
+def test_a_backlog_read_after_its_writer_stopped_brings_completeness_up_to_then() -> None:
+    """icon2b frozen from 44m; the WAN cut at 1h47m while icon2a goes on writing to idb2
+    (site 2's own IDB, which GIM at site 1 cannot read), until icon2a freezes too at 6h51m.
+    The heal at 7h45m brings idb2's backlog: site 2 is complete to 6h51m, 54m behind, far
+    from an 8h threshold. icon2b wakes at 10h53m. No GIM saw site 2 lag past 8h: only what
+    was emitted while both were frozen is lost, not [1h47m, 10h53m - 8h)."""
+    history = [
+        step(44 * M, "pause", target="icon2b"),
+        step(107 * M, "partition", ["site1", "site2"]),
+        step(411 * M, "pause", target="icon2a"),
+        step(465 * M, "heal", ["site1", "site2"]),
+        step(653 * M, "resume", target="icon2b"),
+        step(931 * M, "resume", target="icon2a"),
+        end(20 * H),
+    ]
+    topology = load_topology("active-standby")
+    prediction = predict(topology, history, 8 * H, TOL, ack_grace=0.5 * H)
+    assert prediction.windows["site2"] == [(411 * M + 0.5 * H, 653 * M - 0.5 * H)]
+    assert prediction.verdict("site2", 2 * H) == "kept"

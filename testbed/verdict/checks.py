@@ -49,7 +49,9 @@ def evaluate(out: Path) -> Outcome:
     run = next(of_kind(history, "run"))
     final = json.loads((out / "final.json").read_text())
     ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
-    topology = load_topology(run["topology"])
+    # The model starts from the topology the run started with and follows its changes;
+    # the figures are per site of the final one (a replacement site included).
+    initial = topology = load_topology(run["topology"])
     for change in of_kind(history, "topology-changed"):  # a replacement site was added
         topology = topology_from_dict(change["topology"])
     settings = run["settings"]
@@ -70,7 +72,7 @@ def evaluate(out: Path) -> Outcome:
     )
     rtt = 2 * latency_ms / 1000 * factor
     ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
-    predictions = predict_all(topology, history, threshold, tolerance, priming, rtt, ack_grace)
+    predictions = predict_all(initial, history, threshold, tolerance, priming, rtt, ack_grace)
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),
@@ -80,7 +82,7 @@ def evaluate(out: Path) -> Outcome:
     # above, so the time the testbed took to apply a step (a heal through a slow API on a
     # busy machine) moves the events' verdicts with it but never the user's arithmetic.
     as_planned = predict_all(
-        topology,
+        initial,
         [e for e in history if e["kind"] != "step-done"],
         threshold,
         tolerance,

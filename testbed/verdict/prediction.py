@@ -277,6 +277,12 @@ def _predict_chain(
     def serving(t: float) -> bool:
         return timeline.in_service(chain, t)
 
+    # (name, paused at, resumed at) of every freeze
+    thaws = [
+        (name, a, next((e for s, e in timeline.down.get(name, []) if s == a), timeline.end))
+        for name, a in timeline.frozen
+    ]
+
     for site in timeline.topology.sites:
 
         def members(t: float, site: str = site) -> tuple:
@@ -287,7 +293,10 @@ def _predict_chain(
             topo = timeline.topology_at(t)
             site_of = {s.name: s.site for s in topo.servers}
             where = gim_site(t)
-            for m in members(t, site):
+            found = members(t, site)
+            if not found:
+                return True  # no ICONs there (yet): no data to wait for, nothing judged
+            for m in found:
                 idb_site = site_of[m.idb]
                 if (
                     not timeline.is_down(m.name, t)
@@ -304,59 +313,123 @@ def _predict_chain(
 
         def both_surely_down(t: float, site: str = site) -> bool:
             """A frozen ICON still has its data source's acknowledgement wait to time out
-            (`ack_grace`) before the source stops sending to it."""
+            (`ack_grace`) before the source stops sending to it; and what the source
+            queues while its last probe waits on the frozen ICON is delivered if the ICON
+            wakes within that wait."""
             found = members(t, site)
             return both_down(t, site) and not any(
-                name == m.name and a <= t < a + ack_grace
+                name == m.name and (a <= t < a + ack_grace or b - ack_grace <= t < b)
                 for m in found
-                for name, a in timeline.frozen
+                for name, a, b in thaws
             )
+
+        def writes(t: float, site: str = site) -> list[tuple[str, str]]:
+            """The (ICON, IDB) pairs whose member is putting data in that IDB at `t`."""
+            topo = timeline.topology_at(t)
+            site_of = {s.name: s.site for s in topo.servers}
+            return [
+                (m.name, m.idb)
+                for m in members(t, site)
+                if not timeline.is_down(m.name, t)
+                and not timeline.is_down(m.idb, t)
+                and timeline.linked(m.site, site_of[m.idb], t)
+            ]
+
+        def readable(t: float, idb: str) -> bool:
+            topo = timeline.topology_at(t)
+            idb_site = next((s.site for s in topo.servers if s.name == idb), None)
+            where = gim_site(t)
+            return (
+                idb_site is not None
+                and not timeline.is_down(idb, t)
+                and (where is None or timeline.linked(where, idb_site, t))
+            )
+
+        def completeness(start: float, end: float) -> list[tuple[float, float, float]]:
+            """A gap in the flow as spans (from, to, complete-to). The completeness is the
+            gap's start, until an IDB that a member went on writing to (while GIM could
+            not read it) becomes readable with the member no longer writing: then its
+            backlog brings the completeness up to when that member stopped."""
+            spans = []
+            since, complete = start, start
+            written: dict[tuple[str, str], float] = {}
+            inside = [p for p in points if start < p < end]
+            for a, b in itertools.pairwise([start, *inside, end]):
+                mid = (a + b) / 2
+                backlog = max(
+                    (w for (_, idb), w in written.items() if readable(mid, idb)), default=-INF
+                )
+                if backlog > complete:
+                    spans.append((since, a, complete))
+                    since, complete = a, backlog
+                for pair in writes(mid):
+                    written[pair] = b
+            spans.append((since, end, complete))
+            return spans
 
         failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
         unsure: list[Window] = []
+        segments = _segments(points, serving)
         for start, end in _intervals(points, lambda t, f=flows: not f(t)):
             if start >= failed_at:
                 continue  # explained by the census of the failure
             end_cut = min(end, failed_at)
             if end_cut - start <= threshold - tol:
                 continue
-            segments = _segments(points, serving)
-            sure = _stuck_at(segments, start, threshold + tol, end_cut - tol, tol, priming)
-            maybe = _stuck_at(segments, start, threshold - tol, end_cut + tol, 0.0, 0.0)
-            if maybe is None:
-                if end_cut - start > threshold:
-                    notes.append(
-                        f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s,"
-                        " but no GIM in service saw it lag past the threshold: a delay"
-                    )
-                continue
-            back = next((max(a, end_cut) for a, b in segments if b > end_cut), None)
-            returned = back if back is not None else timeline.end
-            cut = returned - threshold
-            if cut <= start:
-                continue
-            if sure is None:
-                unsure.append((start, cut))
-                notes.append(
-                    f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s;"
-                    f" whether a GIM in service saw it stuck is within the tolerance:"
-                    f" events in [{start:.0f}s, {cut:.0f}s) may go either way"
+            back_at = -INF  # a return inside the gap (a backlog arrived) restarts the lag
+            for since, until, complete in completeness(start, end_cut):
+                lag_from = max(complete, back_at)
+                if until - lag_from <= threshold - tol:
+                    continue
+                sure = _stuck_at(
+                    segments, lag_from, threshold + tol, until - tol, tol, priming, since
                 )
-                continue
-            lost.append((start, cut))
-            notes.append(
-                f"{site}: no data flow for {end_cut - start:.0f}s from t={start:.0f}s"
-                f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events in"
-                f" [{start:.0f}s, {cut:.0f}s) lost"
-            )
-        graced = sorted({*points, *(a + ack_grace for _, a in timeline.frozen)})
+                maybe = _stuck_at(
+                    segments, lag_from, threshold - tol, until + tol, 0.0, 0.0, since - tol
+                )
+                if maybe is None:
+                    if until - lag_from > threshold:
+                        notes.append(
+                            f"{site}: no new data for {until - lag_from:.0f}s from"
+                            f" t={lag_from:.0f}s, but no GIM in service saw it lag past the"
+                            " threshold: a delay"
+                        )
+                    continue
+                back = next((max(a, until) for a, b in segments if b > until), None)
+                returned = back if back is not None else timeline.end
+                back_at = returned
+                cut = returned - threshold
+                if cut <= complete:
+                    continue
+                if sure is None:
+                    unsure.append((complete, cut))
+                    notes.append(
+                        f"{site}: no new data for {until - lag_from:.0f}s from"
+                        f" t={lag_from:.0f}s; whether a GIM in service saw it stuck is within"
+                        f" the tolerance: events in [{complete:.0f}s, {cut:.0f}s) may go"
+                        " either way"
+                    )
+                    continue
+                lost.append((complete, cut))
+                notes.append(
+                    f"{site}: no new data for {until - lag_from:.0f}s from t={lag_from:.0f}s"
+                    f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events"
+                    f" in [{complete:.0f}s, {cut:.0f}s) lost"
+                )
+        graced = sorted(
+            {
+                *points,
+                *(a + ack_grace for _, a, _ in thaws),
+                *(b - ack_grace for _, _, b in thaws),
+            }
+        )
         for start, end in _intervals(points, both_down):
             if start >= failed_at:
                 continue
             certain = [(a, b) for a, b in _intervals(graced, both_surely_down) if start <= a < end]
-            if certain != [(start, end)]:
-                unsure.append((start, max([start, *(a for a, _ in certain)])))
+            edges = [start, *(x for window in certain for x in window), end]
+            unsure += [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b > a]
             lost += certain
             notes.append(
                 f"{site}: both ICONs down in [{start:.0f}s, {end:.0f}s):"
@@ -420,14 +493,15 @@ def _stuck_at(
     until: float,
     min_length: float,
     priming: float,
+    not_before: float = -INF,
 ) -> float | None:
-    """When a GIM in service sees a site that stopped flowing at `start` lag past the
-    threshold: the first time in (start + after, until) it has been in service for more
-    than `min_length`. A GIM that came into service after `start` first hears every source
-    anew, which takes up to `priming`."""
+    """When a GIM in service sees a site whose data stopped at `start` lag past the
+    threshold: the first time in (start + after, until), and not before `not_before`, it
+    has been in service for more than `min_length`. A GIM that came into service after
+    `start` first hears every source anew, which takes up to `priming`."""
     for a, b in segments:
         ready = a if a <= start else a + priming
-        lo, hi = max(ready, start + after), min(b, until)
+        lo, hi = max(ready, start + after, not_before), min(b, until)
         if hi - lo > min_length:
             return lo
     return None
