@@ -225,3 +225,23 @@ def test_a_backlog_read_after_its_writer_stopped_brings_completeness_up_to_then(
     prediction = predict(topology, history, 8 * H, TOL, ack_grace=0.5 * H)
     assert prediction.windows["site2"] == [(411 * M + 0.5 * H, 653 * M - 0.5 * H)]
     assert prediction.verdict("site2", 2 * H) == "kept"
+
+
+def test_a_source_started_while_both_icons_are_frozen_may_leave_its_first_batch_queued() -> None:
+    """The data source comes back while both ICONs of its site are frozen: its first batch
+    waits one acknowledgement in each frozen ICON's socket and is taken when that ICON
+    wakes; later ones are missed."""
+    history = [
+        step(1 * H, "stop", target="source1"),
+        step(2 * H, "pause", target="icon1a"),
+        step(2 * H, "pause", target="icon1b"),
+        step(3 * H, "start", target="source1"),
+        step(6 * H, "resume", target="icon1a"),
+        step(6 * H, "resume", target="icon1b"),
+        end(9 * H),
+    ]
+    prediction = predict(
+        load_topology("active-standby"), history, THRESHOLD, TOL, ack_grace=0.5 * H
+    )
+    assert prediction.verdict("site1", 3.2 * H) == "either"
+    assert prediction.verdict("site1", 4 * H) == "lost"

@@ -165,7 +165,7 @@ class ToxiproxyClient:
         headers = {"Content-Type": "application/json", "User-Agent": "bc-testbed"}
         for attempt in (1, 2):
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = self._idle.pop() if self._idle and attempt == 1 else None
             reused = conn is not None
             if conn is None:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -175,13 +175,14 @@ class ToxiproxyClient:
                 raw = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
-                if reused and attempt == 1:
+                if reused:  # the server closed its kept connections: they are all stale
+                    self.close()
                     continue
                 raise ProxyUnavailable(
                     f"the Toxiproxy API at {self.url} closed the connection;"
                     " is the proxy server running?"
                 ) from None
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise ProxyUnavailable(
                     f"no Toxiproxy API at {self.url} ({exc}); is the proxy server running?"

@@ -315,13 +315,22 @@ def _predict_chain(
             """A frozen ICON still has its data source's acknowledgement wait to time out
             (`ack_grace`) before the source stops sending to it; and what the source
             queues while its last probe waits on the frozen ICON is delivered if the ICON
-            wakes within that wait."""
+            wakes within that wait. A source (re)started while the ICON is frozen waits
+            on its first batch the same way: that batch sits in the frozen ICON's socket."""
             found = members(t, site)
             return both_down(t, site) and not any(
-                name == m.name and (a <= t < a + ack_grace or b - ack_grace <= t < b)
+                name == m.name
+                and (
+                    a <= t < a + ack_grace
+                    or b - ack_grace <= t < b
+                    or any(a <= r < b and r <= t < r + ack_grace for r in restarts(site))
+                )
                 for m in found
                 for name, a, b in thaws
             )
+
+        def restarts(site: str = site) -> list[float]:
+            return [b for _, b in timeline.down.get(source_name(site), [])]
 
         def writes(t: float, site: str = site) -> list[tuple[str, str]]:
             """The (ICON, IDB) pairs whose member is putting data in that IDB at `t`."""
@@ -377,13 +386,17 @@ def _predict_chain(
             end_cut = min(end, failed_at)
             if end_cut - start <= threshold - tol:
                 continue
-            back_at = -INF  # a return inside the gap (a backlog arrived) restarts the lag
+            # A return inside the gap (a backlog arrived while stuck) restarts the lag from
+            # then; after a return that only may have happened, the lag may run from
+            # either time: sure needs the later, maybe the earlier.
+            backs = {-INF}
             for since, until, complete in completeness(start, end_cut):
-                lag_from = max(complete, back_at)
+                lag_sure = max(complete, max(backs))
+                lag_from = max(complete, min(backs))
                 if until - lag_from <= threshold - tol:
                     continue
                 sure = _stuck_at(
-                    segments, lag_from, threshold + tol, until - tol, tol, priming, since
+                    segments, lag_sure, threshold + tol, until - tol, tol, priming, since
                 )
                 maybe = _stuck_at(
                     segments, lag_from, threshold - tol, until + tol, 0.0, 0.0, since - tol
@@ -398,7 +411,7 @@ def _predict_chain(
                     continue
                 back = next((max(a, until) for a, b in segments if b > until), None)
                 returned = back if back is not None else timeline.end
-                back_at = returned
+                backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
                 if cut <= complete:
                     continue
@@ -422,6 +435,7 @@ def _predict_chain(
                 *points,
                 *(a + ack_grace for _, a, _ in thaws),
                 *(b - ack_grace for _, _, b in thaws),
+                *(r + ack_grace for r in restarts()),
             }
         )
         for start, end in _intervals(points, both_down):
