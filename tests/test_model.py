@@ -245,3 +245,17 @@ def test_a_source_started_while_both_icons_are_frozen_may_leave_its_first_batch_
     )
     assert prediction.verdict("site1", 3.2 * H) == "either"
     assert prediction.verdict("site1", 4 * H) == "lost"
+
+
+def test_a_partner_keeps_only_what_the_source_handed_over() -> None:
+    """The data source frozen from 1h to 2h: nothing reaches icon1b then, and the batches
+    in flight when it froze may never arrive; the census's bound leaves both out."""
+    history = [
+        step(1 * H, "pause", target="source1"),
+        step(2 * H, "resume", target="source1"),
+        {"t": 5 * H, "kind": "dr", "procedure": "fail-site", "site": "site1"},
+        end(8 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, rtt=60.0)
+    margin = TOL + 3 * 60.0
+    assert prediction.must_keep == {"site1": [(0.0, 1 * H - margin), (2 * H, 5 * H - margin)]}

@@ -481,6 +481,8 @@ def _saved_by_partner(
         topo = timeline.topology_at(t)
         site_of = {s.name: s.site for s in topo.servers}
         pair = next((p for p in topo.icon_pairs() if p.site == site), None)
+        if timeline.is_down(source_name(site), t):
+            return False  # what the source had not handed over when it stopped is not saved
         return pair is not None and any(
             site_of[m.idb] not in timeline.failed
             and not timeline.is_down(m.name, t)
