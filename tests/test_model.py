@@ -259,3 +259,21 @@ def test_a_partner_keeps_only_what_the_source_handed_over() -> None:
     prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, rtt=60.0)
     margin = TOL + 3 * 60.0
     assert prediction.must_keep == {"site1": [(0.0, 1 * H - margin), (2 * H, 5 * H - margin)]}
+
+
+def test_a_gim_killed_before_an_outage_knows_its_sites_only_up_to_its_death() -> None:
+    """idb1 down from 1h (so site 2's data is only in idb2, across the WAN), GIM killed at
+    2h, the WAN cut at 2h30m while it is dead, GIM back at 3h, the heal at 7h (threshold
+    4h). GIM last read site 2 at 2h: its lag runs from there, so it is stuck by 6h and loses
+    [2h, 7h - 4h), not the [2h30m, 3h) the outage alone would say."""
+    history = [
+        step(1 * H, "kill", target="idb1"),
+        step(2 * H, "kill", target="gim1"),
+        step(2.5 * H, "partition", ["site1", "site2"]),
+        step(3 * H, "start", target="gim1"),
+        step(7 * H, "heal", ["site1", "site2"]),
+        step(8 * H, "start", target="idb1"),
+        end(10 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, 4 * H, TOL)
+    assert prediction.windows["site2"] == [(2 * H, 3 * H)]

@@ -119,7 +119,10 @@ def evaluate(out: Path) -> Outcome:
     same_rules = []
     for name, events in others.items():
         theirs = next((p for p in predictions.values() if p.infomart == name), None)
-        if theirs is None or theirs.windows == prediction.windows:
+        if theirs is None or (theirs.windows, theirs.ambiguous) == (
+            prediction.windows,
+            prediction.ambiguous,
+        ):
             same_rules.append(name)
             continue
         # Each GIM judges stuck sites on its own: this Info Mart against its own prediction.

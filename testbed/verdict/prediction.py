@@ -296,6 +296,9 @@ def _predict_chain(
             found = members(t, site)
             if not found:
                 return True  # no ICONs there (yet): no data to wait for, nothing judged
+            if not serving(t):
+                return False  # completeness moves only while a GIM reads; back, it reads
+                # what waited in the IDBs it can reach (the backlog of `completeness`)
             for m in found:
                 idb_site = site_of[m.idb]
                 if (
@@ -350,6 +353,7 @@ def _predict_chain(
             where = gim_site(t)
             return (
                 idb_site is not None
+                and serving(t)
                 and not timeline.is_down(idb, t)
                 and (where is None or timeline.linked(where, idb_site, t))
             )
