@@ -4,7 +4,7 @@ including what a crashed runner left behind."""
 from __future__ import annotations
 
 import json
-import signal
+import time
 from typing import Any
 
 import click
@@ -92,7 +92,10 @@ def up(
         else:
             err.print("running; press Ctrl-C to stop")
             while True:
-                signal.pause()
+                # Not `signal.pause()`: a signal the kernel hands to another thread of this
+                # process (a pool's worker, a timer) would leave it waiting for ever, while
+                # a short sleep returns and lets the main thread run the handler.
+                time.sleep(0.2)
     finally:
         if not left_running:
             backend_run.close()
