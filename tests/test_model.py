@@ -277,3 +277,17 @@ def test_a_gim_killed_before_an_outage_knows_its_sites_only_up_to_its_death() ->
     ]
     prediction = predict(load_topology("active-standby"), history, 4 * H, TOL)
     assert prediction.windows["site2"] == [(2 * H, 3 * H)]
+
+
+def test_over_a_slow_wan_an_outage_just_short_of_the_threshold_may_go_either_way() -> None:
+    """With 12 min round trips (100 ms at 1h = 1s), what GIM had read when the cut began
+    may be several trips old: a 7h30m outage from 1h against 8h may have been judged
+    stuck, losing what GIM had not read before 8h30m - 8h. The same outage on a fast WAN
+    loses nothing, surely."""
+    history = [*outage(1 * H, 8.5 * H), end(12 * H)]
+    topology = load_topology("active-standby")
+    slow = predict(topology, history, THRESHOLD, TOL, rtt=720.0)
+    fast = predict(topology, history, THRESHOLD, TOL)
+    assert slow.windows["site2"] == [] and slow.verdict("site2", 0.3 * H) == "either"
+    assert slow.verdict("site2", 1.1 * H) == "kept"
+    assert fast.verdict("site2", 0.3 * H) == "kept"

@@ -388,7 +388,10 @@ def _predict_chain(
             if start >= failed_at:
                 continue  # explained by the census of the failure
             end_cut = min(end, failed_at)
-            if end_cut - start <= threshold - tol:
+            # Over a slow WAN, an ICON's commit and GIM's extraction each take a few round
+            # trips: what GIM had read when the flow stopped may be that much older.
+            slow = IN_FLIGHT_TRIPS * rtt
+            if end_cut - start + slow <= threshold - tol:
                 continue
             # A return inside the gap (a backlog arrived while stuck) restarts the lag from
             # then; after a return that only may have happened, the lag may run from
@@ -397,13 +400,13 @@ def _predict_chain(
             for since, until, complete in completeness(start, end_cut):
                 lag_sure = max(complete, max(backs))
                 lag_from = max(complete, min(backs))
-                if until - lag_from <= threshold - tol:
+                if until - lag_from + slow <= threshold - tol:
                     continue
                 sure = _stuck_at(
                     segments, lag_sure, threshold + tol, until - tol, tol, priming, since
                 )
                 maybe = _stuck_at(
-                    segments, lag_from, threshold - tol, until + tol, 0.0, 0.0, since - tol
+                    segments, lag_from - slow, threshold - tol, until + tol, 0.0, 0.0, since - tol
                 )
                 if maybe is None:
                     if until - lag_from > threshold:
@@ -417,6 +420,10 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
+                if cut <= complete - slow:
+                    continue
+                if slow:
+                    unsure.append((complete - slow, min(complete, cut)))
                 if cut <= complete:
                     continue
                 if sure is None:
@@ -471,6 +478,11 @@ def _predict_chain(
             f" {len(census['lost'])} were nowhere else: lost"
         )
     return Prediction(windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep)
+
+
+# Round trips a site's data may be behind when its flow stops over a slow WAN: an ICON's
+# commit (connect, statements, commit) and GIM's extraction (snapshot, rows, heartbeats).
+IN_FLIGHT_TRIPS = 6
 
 
 def _saved_by_partner(
