@@ -420,11 +420,14 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
-                if cut <= complete - slow:
+                if cut + tol <= complete - slow:
                     continue
                 if slow:
                     unsure.append((complete - slow, min(complete, cut)))
                 if cut <= complete:
+                    # The return is noticed up to the tolerance late: its cut may still pass
+                    # the gap's start by that much (the verdict widens this by the tolerance).
+                    unsure.append((complete, complete))
                     continue
                 if sure is None:
                     unsure.append((complete, cut))
