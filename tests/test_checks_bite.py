@@ -51,13 +51,19 @@ expect:
 """
 
 
+def play(tmp_path_factory: pytest.TempPathFactory, name: str, text: str) -> Path:
+    """Run a scenario file's text once; its run folder."""
+    folder = tmp_path_factory.mktemp(name)
+    (folder / f"{name}.yaml").write_text(text)
+    ScenarioRun(
+        load_scenario(folder / f"{name}.yaml"), folder / "run", home=str(folder / "home")
+    ).run()
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def passed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("checks-bite")
-    (folder / "checks-bite.yaml").write_text(RUN)
-    home = folder / "home"
-    ScenarioRun(load_scenario(folder / "checks-bite.yaml"), folder / "run", home=str(home)).run()
-    return folder / "run"
+    return play(tmp_path_factory, "checks-bite", RUN)
 
 
 def broken(passed_run: Path, tmp_path: Path, change: Callable[[Path], None]) -> Outcome:
@@ -332,11 +338,7 @@ expect:
 
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("checks-bite-long")
-    (folder / "long.yaml").write_text(LONG)
-    home = folder / "home"
-    ScenarioRun(load_scenario(folder / "long.yaml"), folder / "run", home=str(home)).run()
-    return folder / "run"
+    return play(tmp_path_factory, "checks-bite-long", LONG)
 
 
 def _heal_done_later(by: float) -> Callable[[list[dict[str, Any]]], None]:
