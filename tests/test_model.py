@@ -301,3 +301,16 @@ def test_an_outage_within_the_tolerance_of_the_threshold_leaves_its_start_uncert
     assert prediction.windows["site2"] == []
     assert prediction.verdict("site2", 1 * H + 60) == "either"
     assert prediction.verdict("site2", 2 * H) == "kept"
+
+
+def test_a_return_may_be_noticed_late_never_early() -> None:
+    """GIM notices a return through a new connection: the cut may come up to `reconnect`
+    after the predicted one, so those events may go either way, and none before it."""
+    history = [*outage(1 * H, 12 * H), end(15 * H)]
+    reconnect = 9 * M
+    prediction = predict(
+        load_topology("active-standby"), history, THRESHOLD, TOL, reconnect=reconnect
+    )
+    assert prediction.windows["site2"] == [(1 * H, 4 * H)]
+    assert (4 * H, 4 * H + reconnect) in prediction.ambiguous["site2"]
+    assert not any(a < 4 * H for a, _ in prediction.ambiguous["site2"])

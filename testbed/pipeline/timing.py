@@ -27,6 +27,11 @@ GIM_CYCLE_S = 0.02  # wall seconds between GIM's cycles at most
 # cycle and an extraction's round trips on a busy machine. (A frozen ICON's acknowledgement
 # wait is longer; the model widens that edge on its own, see `ack_timeout`.)
 DETECTION_WALL_S = 0.1
+# A site's return is noticed through a new connection to its IDB: TCP, a PostgreSQL backend
+# starting and a snapshot, through the WAN proxy (and on the docker backend a published
+# port). Measured: ~30 ms on an idle machine, ~120 ms on a busy 2-core CI machine. A return
+# is therefore up to this much late, never early (the model widens that side of the edge).
+RECONNECT_WALL_S = 0.15
 # A GIM back in service judges sites once every source has answered anew: a source behind
 # a black-holed WAN answers (fails) only when its connection or statement deadline passes.
 PRIMING_WALL_S = CONNECT_TIMEOUT_S + STATEMENT_TIMEOUT_S + 0.5

@@ -15,7 +15,7 @@ from typing import Any
 from testbed.clock import Clock, format_duration
 from testbed.history import of_kind, read_history
 from testbed.pipeline.schema import event_digest
-from testbed.pipeline.timing import PRIMING_WALL_S, ack_timeout
+from testbed.pipeline.timing import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.prediction import Prediction, predict_all
 
@@ -72,7 +72,9 @@ def evaluate(out: Path) -> Outcome:
     )
     rtt = 2 * latency_ms / 1000 * factor
     ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
-    predictions = predict_all(initial, history, threshold, tolerance, priming, rtt, ack_grace)
+    reconnect = RECONNECT_WALL_S * factor
+    margins = (priming, rtt, ack_grace, reconnect)
+    predictions = predict_all(initial, history, threshold, tolerance, *margins)
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),
@@ -90,9 +92,7 @@ def evaluate(out: Path) -> Outcome:
         ],
         threshold,
         tolerance,
-        priming,
-        rtt,
-        ack_grace,
+        *margins,
     )
     planned = next(
         (p for p in as_planned.values() if p.infomart == prediction.infomart), prediction

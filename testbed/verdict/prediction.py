@@ -27,7 +27,8 @@ shows as a mismatch instead of being predicted by the same bug.
 
 Every edge is uncertain by the tolerance (`tolerance.py`); events that close to an edge may
 go either way, and a gap whose being stuck depends on less than the tolerance is ambiguous
-as a whole.
+as a whole. A return is noticed through a new connection, late but never early: the end
+of a loss window is uncertain on its late side by `reconnect` as well.
 """
 
 from __future__ import annotations
@@ -229,18 +230,29 @@ def predict_all(
     priming: float = 0.0,
     rtt: float = 0.0,
     ack_grace: float = 0.0,
+    reconnect: float = 0.0,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name). Margins, in scenario seconds: `priming`, what a GIM back in
     service takes to hear every source anew; `rtt`, the slowest WAN round trip; `ack_grace`,
-    a data source's wait on a frozen ICON."""
+    a data source's wait on a frozen ICON; `reconnect`, how late GIM may notice a return (a
+    new connection to the returned site's IDB)."""
     timeline = _Timeline(topology, history)
     censuses = [e["census"] for e in history if e["kind"] == "dr" and e.get("census")]
     census_lost = {event_id for c in censuses for event_id in c["lost"]}
     predictions = {}
     for chain in timeline.chains:
         prediction = _predict_chain(
-            timeline, chain, threshold, tolerance, priming, rtt, ack_grace, censuses, census_lost
+            timeline,
+            chain,
+            threshold,
+            tolerance,
+            priming,
+            rtt,
+            ack_grace,
+            censuses,
+            census_lost,
+            reconnect,
         )
         last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
         prediction.infomart = timeline._gim(last).infomart if last else None
@@ -258,6 +270,7 @@ def _predict_chain(
     ack_grace: float,
     censuses: list[dict[str, Any]],
     census_lost: set[str],
+    reconnect: float = 0.0,
 ) -> Prediction:
     points = timeline.change_points()
     windows: dict[str, list[Window]] = {}
@@ -420,15 +433,19 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
-                if cut + tol <= complete - slow:
+                if cut + reconnect + tol <= complete - slow:
                     continue
                 if slow:
                     unsure.append((complete - slow, min(complete, cut)))
+                # GIM notices the return through a new connection, which may come late but
+                # never early: the cut may pass the predicted one by that much.
+                late = (max(cut, complete), max(cut + reconnect, complete))
                 if cut <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
                     # the gap's start by that much (the verdict widens this by the tolerance).
-                    unsure.append((complete, complete))
+                    unsure.append(late)
                     continue
+                unsure.append(late)
                 if sure is None:
                     unsure.append((complete, cut))
                     notes.append(
