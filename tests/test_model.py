@@ -206,6 +206,26 @@ def test_a_killed_members_misses_end_when_it_is_started() -> None:
     assert prediction.verdict("site2", 3.8 * H) == "lost"
 
 
+def test_a_stopped_members_misses_start_once_its_stop_is_done() -> None:
+    """A stop is graceful: the ICON acknowledges and queues what arrives until it exits,
+    some time before its step is done (here 40m later: a slow WAN held its last commit).
+    What was emitted in between may go either way; from the stop's end, it is lost."""
+    history = [
+        step(1 * H, "kill", target="icon2a"),
+        step(2 * H, "stop", target="icon2b"),
+        {**step(2 * H + 40 * M, "stop", target="icon2b"), "kind": "step-done"},
+        step(4 * H, "start", target="icon2b"),
+        {**step(4 * H, "start", target="icon2b"), "kind": "step-done"},
+        step(5 * H, "start", target="icon2a"),
+        {**step(5 * H, "start", target="icon2a"), "kind": "step-done"},
+        end(7 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert prediction.windows["site2"] == [(2 * H + 40 * M, 4 * H)]
+    assert prediction.verdict("site2", 2 * H + 20 * M) == "either"
+    assert prediction.verdict("site2", 3 * H) == "lost"
+
+
 def test_a_backlog_read_after_its_writer_stopped_brings_completeness_up_to_then() -> None:
     """icon2b frozen from 44m; the WAN cut at 1h47m while icon2a goes on writing to idb2
     (site 2's own IDB, which GIM at site 1 cannot read), until icon2a freezes too at 6h51m.

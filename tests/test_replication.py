@@ -3,6 +3,8 @@ promote, on real servers over loopback."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -95,3 +97,29 @@ def test_a_standby_can_dial_its_primary_through_another_address(
     primary.wait_for_catchup(standby)
     conninfo = standby.scalar("SELECT conninfo FROM pg_stat_wal_receiver")
     assert "host=localhost" in conninfo
+
+
+def test_a_stop_behind_a_black_holed_standby_is_made_immediate_and_keeps_every_commit(
+    testbed_backend: LocalBackend,
+) -> None:
+    """A fast shutdown waits for its walsender to hand the shutdown checkpoint to the
+    standby; behind a black hole that lasts until the replication timeout (30 s wall here,
+    30 scenario hours at 1h = 1s). With patience, the stop is made immediate instead, and a
+    restart recovers every committed row."""
+    primary = testbed_backend.new_server("infomart1", "site1", "infomart").init().start()
+    proxy = testbed_backend.start_proxy().create_proxy("repl", upstream=primary.address)
+    via = f"127.0.0.1:{proxy.port}"
+    primary.backup("b", via=via)
+    standby = testbed_backend.new_server("infomart2", "site2", "infomart")
+    standby.init_from_backup(primary, "b", streaming=True, via=via).start()
+    primary.execute("CREATE TABLE facts AS SELECT g AS id FROM generate_series(1, 100) g")
+    primary.wait_for_catchup(standby)
+    for stream in ("upstream", "downstream"):
+        proxy.add_toxic("timeout", stream=stream, timeout=0)
+    primary.execute("INSERT INTO facts SELECT g FROM generate_series(101, 200) g")
+    began = time.monotonic()
+    primary.stop(patience=1.0)
+    assert primary.state() == "stopped"
+    assert time.monotonic() - began < 10.0  # not the replication timeout
+    primary.start()
+    assert primary.scalar("SELECT count(*) FROM facts") == 200

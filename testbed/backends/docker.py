@@ -24,7 +24,13 @@ from typing import Any
 import psycopg
 
 from testbed.backends import images, runs
-from testbed.backends.local import LOOPBACK, free_port, free_ports, port_is_free
+from testbed.backends.local import (
+    LOOPBACK,
+    SHUTDOWN_SIGNALS,
+    free_port,
+    free_ports,
+    port_is_free,
+)
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.postgres import SUPERUSER, Server, split_address
@@ -209,13 +215,21 @@ class DockerNode:
         self.logfile.write_text("\n".join(lines))
         return lines[-1] if lines else "no output"
 
-    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+    def stop(
+        self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
+    ) -> None:
+        """As `LocalNode.stop`: after `patience` wall seconds, an immediate shutdown."""
         if self.state() == "paused":
             self.container.unpause()
         if self.state() == "running":
             # The image's stop signal is SIGINT: PostgreSQL's fast shutdown.
-            signal = {"smart": "SIGTERM", "fast": "SIGINT", "immediate": "SIGQUIT"}[mode]
-            self.container.kill(signal=signal)
+            self.container.kill(signal=SHUTDOWN_SIGNALS[mode].name)
+            if patience is not None and mode != "immediate":
+                ends = time.monotonic() + patience
+                while self.state() == "running" and time.monotonic() < ends:
+                    time.sleep(0.02)
+                if self.state() == "running":
+                    self.container.kill(signal=SHUTDOWN_SIGNALS["immediate"].name)
             self.container.wait(timeout=timeout)
         self.backend.record(self)
 

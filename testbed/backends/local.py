@@ -62,6 +62,11 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
+# PostgreSQL's shutdown modes: `smart` waits for clients, `fast` disconnects them,
+# `immediate` quits at once (crash recovery at the next start).
+SHUTDOWN_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+
 class LocalNode:
     """Process control and data directory of one server; `Server` adds the SQL vocabulary."""
 
@@ -291,12 +296,20 @@ class LocalNode:
         self.pid = None
         self.backend.record(self)
 
-    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
-        """Shut down: `smart` waits for clients, `fast` disconnects them, `immediate` crashes."""
-        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
-        if self.pid is not None and procs.alive(self.pid):
-            procs.signal_tree(self.pid, signal.SIGCONT)  # a frozen backend cannot exit
-            procs.stop_group(self.pid, self.pid, sig, timeout)
+    def stop(
+        self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
+    ) -> None:
+        """Shut down: `smart` waits for clients, `fast` disconnects them, `immediate` crashes.
+        After `patience` wall seconds, one still under way is made immediate."""
+        sig = SHUTDOWN_SIGNALS[mode]
+        pid = self.pid
+        if pid is not None and procs.alive(pid):
+            procs.signal_tree(pid, signal.SIGCONT)  # a frozen backend cannot exit
+            if patience is not None and mode != "immediate":
+                procs.signal_pid(pid, sig)
+                if not procs.wait_until(lambda: not procs.alive(pid), patience):
+                    sig = SHUTDOWN_SIGNALS["immediate"]
+            procs.stop_group(pid, pid, sig, timeout)
         self._reap()
 
     def kill(self) -> None:

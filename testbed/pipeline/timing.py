@@ -32,6 +32,10 @@ DETECTION_WALL_S = 0.1
 # port). Measured: ~30 ms on an idle machine, ~120 ms on a busy 2-core CI machine. A return
 # is therefore up to this much late, never early (the model widens that side of the edge).
 RECONNECT_WALL_S = 0.15
+# A server's `stop` step: a fast shutdown still under way after this long is made
+# immediate (a walsender waits for a standby behind a black hole until the replication
+# timeout). A fast shutdown with its checkpoint takes ~0.1-0.3 s on a busy machine.
+STOP_PATIENCE_WALL_S = 1.0
 # A GIM back in service judges sites once every source has answered anew: a source behind
 # a black-holed WAN answers (fails) only when its connection or statement deadline passes.
 PRIMING_WALL_S = CONNECT_TIMEOUT_S + STATEMENT_TIMEOUT_S + 0.5

@@ -26,6 +26,8 @@ from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
 from testbed.pipeline.control import Pipeline, PipelineSettings
+from testbed.pipeline.timing import STOP_PATIENCE_WALL_S
+from testbed.postgres import Server
 from testbed.scenarios import chaos
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
@@ -266,13 +268,13 @@ class ScenarioRun:
                     getattr(process, verb)()
             for server in servers:
                 if server.state() != "stopped" or verb == "resume":
-                    getattr(server, verb)()
+                    self._server_fault(verb, server)
             return
         if target in deployment.servers:
             server = deployment.server(target)
             if verb == "start" and server.state() != "stopped":
                 return
-            getattr(server, verb)()
+            self._server_fault(verb, server)
             return
         process = pipeline.process(target)
         if verb == "start" and process.state() != "stopped":
@@ -280,6 +282,15 @@ class ScenarioRun:
         getattr(process, verb)()
         if verb == "start":
             pipeline.wait_ready(process)  # in effect once it reports, not when forked
+
+    @staticmethod
+    def _server_fault(verb: str, server: Server) -> None:
+        if verb == "stop":
+            # A clean stop, unless it hangs (a walsender waiting on a standby behind a
+            # black hole): then an immediate one, never scenario hours late.
+            server.stop(patience=STOP_PATIENCE_WALL_S)
+        else:
+            getattr(server, verb)()
 
     @staticmethod
     def _should_run(name: str, pipeline: Pipeline) -> bool:

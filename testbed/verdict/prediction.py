@@ -92,6 +92,9 @@ class _Timeline:
         self.failed: dict[str, float] = {}
         self.failing: dict[str, float] = {}
         self.frozen: list[tuple[str, float]] = []  # (name, when) of each pause
+        # (name, began, done) of each stop: a graceful stop lets its process work on (an
+        # ICON acknowledges and queues what arrives) until it exits, before the step is done
+        self.stopping: list[tuple[str, float, float]] = []
         self.cuts: list[tuple[frozenset[str], float, float]] = []
         self.down: dict[str, list[Window]] = {}
         self.end = max((e["t"] for e in history), default=0.0)
@@ -123,6 +126,10 @@ class _Timeline:
                 self.failing[step["value"]] = t  # a disaster strikes when its step begins
             verb, value, options = step["verb"], step["value"], step["options"]
             restoring = verb in ("heal", "start", "resume")
+            if done and kind == "step-done" and verb == "stop":
+                for name in self._names(options.get("target", value)):
+                    if name in open_down:
+                        self.stopping.append((name, open_down[name], t))
             if done and (kind == "step-done") != restoring:
                 continue
             if verb == "partition":
@@ -334,15 +341,21 @@ def _predict_chain(
             wakes within that wait. A source (re)started while the ICON is frozen waits
             on its first batch the same way: that batch sits in the frozen ICON's socket."""
             found = members(t, site)
-            return both_down(t, site) and not any(
-                name == m.name
-                and (
-                    a <= t < a + ack_grace
-                    or b - ack_grace <= t < b
-                    or any(a <= r < b and r <= t < r + ack_grace for r in restarts(site))
+            return (
+                both_down(t, site)
+                and not any(
+                    name == m.name
+                    and (
+                        a <= t < a + ack_grace
+                        or b - ack_grace <= t < b
+                        or any(a <= r < b and r <= t < r + ack_grace for r in restarts(site))
+                    )
+                    for m in found
+                    for name, a, b in thaws
                 )
-                for m in found
-                for name, a, b in thaws
+                and not any(
+                    name == m.name and a <= t < b for m in found for name, a, b in timeline.stopping
+                )
             )
 
         def restarts(site: str = site) -> list[float]:
@@ -467,6 +480,7 @@ def _predict_chain(
                 *(a + ack_grace for _, a, _ in thaws),
                 *(b - ack_grace for _, _, b in thaws),
                 *(r + ack_grace for r in restarts()),
+                *(b for _, _, b in timeline.stopping),
             }
         )
         for start, end in _intervals(points, both_down):
