@@ -446,13 +446,14 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
-                if cut + reconnect + tol <= complete - slow:
+                if cut + reconnect + slow + tol <= complete - slow:
                     continue
                 if slow:
                     unsure.append((complete - slow, min(complete, cut)))
-                # GIM notices the return through a new connection, which may come late but
-                # never early: the cut may pass the predicted one by that much.
-                late = (max(cut, complete), max(cut + reconnect, complete))
+                # GIM notices the return through a new connection and a snapshot, which may
+                # come late but never early (by a reconnection, and over a slow WAN by the
+                # round trips they take): the cut may pass the predicted one by that much.
+                late = (max(cut, complete), max(cut + reconnect + slow, complete))
                 if cut <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
                     # the gap's start by that much (the verdict widens this by the tolerance).
