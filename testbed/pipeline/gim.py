@@ -126,9 +126,12 @@ class Extractor(threading.Thread):
         except (psycopg.Error, OSError) as exc:
             # Dated when the failing attempt began: one begun before a freeze and failed
             # after it says nothing of the source since.
-            failed = Failed(self.source.name, str(exc).strip()[:200], self.began)
-            failed.timed_out = isinstance(exc, psycopg.errors.ConnectionTimeout)
-            return failed
+            return Failed(
+                self.source.name,
+                str(exc).strip()[:200],
+                self.began,
+                timed_out=isinstance(exc, psycopg.errors.ConnectionTimeout),
+            )
 
     @staticmethod
     def _cut_while_hung(attempt: float, failed: Failed) -> bool:

@@ -28,7 +28,8 @@ shows as a mismatch instead of being predicted by the same bug.
 Every edge is uncertain by the tolerance (`tolerance.py`); events that close to an edge may
 go either way, and a gap whose being stuck depends on less than the tolerance is ambiguous
 as a whole. A return is noticed through a new connection, late but never early: the end
-of a loss window is uncertain on its late side by `reconnect` as well.
+of a loss window is uncertain on its late side by `reconnect` (and over a slow WAN by the
+round trips of that extraction) as well.
 """
 
 from __future__ import annotations
@@ -453,13 +454,11 @@ def _predict_chain(
                 # GIM notices the return through a new connection and a snapshot, which may
                 # come late but never early (by a reconnection, and over a slow WAN by the
                 # round trips they take): the cut may pass the predicted one by that much.
-                late = (max(cut, complete), max(cut + reconnect + slow, complete))
+                unsure.append((max(cut, complete), max(cut + reconnect + slow, complete)))
                 if cut <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
                     # the gap's start by that much (the verdict widens this by the tolerance).
-                    unsure.append(late)
                     continue
-                unsure.append(late)
                 if sure is None:
                     unsure.append((complete, cut))
                     notes.append(
