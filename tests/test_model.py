@@ -348,3 +348,46 @@ def test_over_a_slow_wan_a_return_may_be_noticed_round_trips_late() -> None:
     assert slow.verdict("site2", 4 * H + 90 * M) == "kept"
     fast = predict(topology, history, THRESHOLD, TOL)
     assert fast.verdict("site2", 4 * H + 60 * M) == "kept"
+
+
+def done(t: float, verb: str, value: Any = None, **options: Any) -> dict[str, Any]:
+    return {**step(t, verb, value, **options), "kind": "step-done"}
+
+
+def test_a_slow_heal_may_bring_the_site_back_before_it_is_done() -> None:
+    """The heal step heals each route of the link in turn: GIM's route may be back at the
+    step's beginning, so the cut may come as early as that (seen: a 247 ms heal at 1h = 1s,
+    15 min of scenario time, let GIM load 70 events of the predicted window)."""
+    link = ["site1", "site2"]
+    history = [
+        step(1 * H, "partition", link),
+        done(1 * H, "partition", link),
+        step(12 * H, "heal", link),
+        done(12 * H + 15 * M, "heal", link),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert prediction.windows["site2"] == [(1 * H, 4 * H)]
+    assert prediction.verdict("site2", 4 * H + 5 * M) == "either"  # before the step was done
+    assert prediction.verdict("site2", 4 * H - 10 * M) == "lost"
+    fast = [*history[:3], done(12 * H, "heal", link), end(15 * H)]
+    quick = predict(load_topology("active-standby"), fast, THRESHOLD, TOL)
+    assert quick.windows["site2"] == [(1 * H, 4 * H)]
+    assert quick.verdict("site2", 4 * H + 10 * M) == "kept"
+
+
+def test_a_slow_partition_may_cut_the_site_off_only_when_it_is_done() -> None:
+    """Likewise a partition cuts its routes in turn: GIM may read the site until the step
+    is done, so the window surely starts only then."""
+    link = ["site1", "site2"]
+    history = [
+        step(1 * H, "partition", link),
+        done(1 * H + 15 * M, "partition", link),
+        step(12 * H, "heal", link),
+        done(12 * H, "heal", link),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert prediction.windows["site2"] == [(1 * H + 15 * M, 4 * H)]
+    assert prediction.verdict("site2", 1 * H + 5 * M) == "either"
+    assert prediction.verdict("site2", 1 * H + 30 * M) == "lost"

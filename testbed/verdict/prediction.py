@@ -97,6 +97,14 @@ class _Timeline:
         # ICON acknowledges and queues what arrives) until it exits, before the step is done
         self.stopping: list[tuple[str, float, float]] = []
         self.cuts: list[tuple[frozenset[str], float, float]] = []
+        # A heal's step-done time -> its step's beginning. The step heals a link's proxies
+        # one after the other, and each route is back as soon as its own proxy is: a site's
+        # return may take effect any time in between (a start is done once the process
+        # answers, a resume at once: only heals spread).
+        self.healing: dict[float, float] = {}
+        # Likewise a partition's step beginning -> its end: each route is cut in turn.
+        self.cutting: dict[float, float] = {}
+        began: dict[str, float] = {}
         self.down: dict[str, list[Window]] = {}
         self.end = max((e["t"] for e in history), default=0.0)
         open_cuts: dict[frozenset[str], float] = {}
@@ -123,6 +131,14 @@ class _Timeline:
             if kind not in ("step", "step-done"):
                 continue
             step = entry["step"]
+            if step["verb"] in ("heal", "partition"):
+                key = f"{step['verb']} {step['value']!r}"
+                if kind == "step":
+                    began[key] = t
+                elif key in began and step["verb"] == "heal":
+                    self.healing[t] = began.pop(key)
+                elif key in began:
+                    self.cutting[began.pop(key)] = t
             if kind == "step" and step["verb"] == "fail-site":
                 self.failing[step["value"]] = t  # a disaster strikes when its step begins
             verb, value, options = step["verb"], step["value"], step["options"]
@@ -447,18 +463,23 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
+                # A heal step that took long may have brought GIM's route back before it
+                # was done: the cut may then come that much early.
+                early = returned - timeline.healing.get(returned, returned)
                 if cut + reconnect + slow + tol <= complete - slow:
                     continue
                 if slow:
                     unsure.append((complete - slow, min(complete, cut)))
                 # GIM notices the return through a new connection and a snapshot, which may
-                # come late but never early (by a reconnection, and over a slow WAN by the
-                # round trips they take): the cut may pass the predicted one by that much.
-                unsure.append((max(cut, complete), max(cut + reconnect + slow, complete)))
-                if cut <= complete:
+                # come late but never before the route is back (by a reconnection, and over
+                # a slow WAN by the round trips they take): the cut may pass the predicted
+                # one by that much.
+                unsure.append((max(cut - early, complete), max(cut + reconnect + slow, complete)))
+                if cut - early <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
                     # the gap's start by that much (the verdict widens this by the tolerance).
                     continue
+                cut -= early  # what is surely lost ends where the earliest return cuts
                 if sure is None:
                     unsure.append((complete, cut))
                     notes.append(
@@ -468,7 +489,14 @@ def _predict_chain(
                         " either way"
                     )
                     continue
-                lost.append((complete, cut))
+                # A partition step that took long may have left GIM's route (or an ICON's)
+                # up until it was done: what is surely lost starts there.
+                spread = timeline.cutting.get(complete, complete) - complete
+                if spread > 0:
+                    unsure.append((complete, min(complete + spread, cut)))
+                    if complete + spread >= cut:
+                        continue
+                lost.append((complete + spread, cut))
                 notes.append(
                     f"{site}: no new data for {until - lag_from:.0f}s from t={lag_from:.0f}s"
                     f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events"
