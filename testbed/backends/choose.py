@@ -1,6 +1,7 @@
 """Which backend runs the servers: `local` (processes on this machine, the default),
-`docker` (containers, one network per site; same topology, same outcomes), or `compose`
-(the long-lived environment of compose/two-site.yml, already running)."""
+`docker` (containers, one network per site; same topology, same outcomes), `compose`
+(the long-lived environment of compose/two-site.yml, already running), or `swarm` (servers
+and pipeline components as services placed by site, so sites can be separate hosts)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from testbed.errors import TestbedError
 
-BACKENDS = ("local", "docker", "compose")
+BACKENDS = ("local", "docker", "compose", "swarm")
 
 
 def open_backend(
@@ -30,6 +31,10 @@ def open_backend(
         from testbed.backends.docker import DockerBackend
 
         return DockerBackend(home=home, keep=keep, owner=owner, toxiproxy_image=toxiproxy_image)
+    if name == "swarm":
+        from testbed.backends.swarm import SwarmBackend
+
+        return SwarmBackend(home=home, keep=keep, owner=owner, toxiproxy_image=toxiproxy_image)
     if name == "compose":
         from testbed.backends.compose import ComposeBackend
 

@@ -268,6 +268,7 @@ class DockerBackend:
     """One run on the Docker engine; a context manager that removes what it created."""
 
     name = "docker"
+    image_names: tuple[str, ...] = ("postgres", "proxy")
 
     def __init__(
         self,
@@ -279,7 +280,7 @@ class DockerBackend:
     ) -> None:
         _configure_testcontainers()
         self.client = images.engine_client()
-        self.tags = images.current_tags()
+        self.tags = images.current_tags(self.image_names)
         self.toxiproxy_image = toxiproxy_image
         self.keep = keep
         home_path = runs.home_dir(home)

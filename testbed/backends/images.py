@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,34 +25,91 @@ from testbed.errors import TestbedError
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
 OFFLINE_BASE = "bc-testbed/base:bookworm"
-ONLINE_BASES = {"postgres": "postgres:15", "proxy": "python:3.11-slim"}
+ONLINE_BASES = {
+    "postgres": "postgres:15",
+    "proxy": "python:3.11-slim",
+    "pipeline": "python:3.11-slim",
+}
 LABEL = "bc-testbed.image"
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    name: str  # postgres | proxy
+    name: str  # postgres | proxy | pipeline
     dockerfile: Path
-    context: Path
-    inputs: tuple[Path, ...]  # files whose content goes into the image
+    # What goes into the build context: its path there -> a file or folder here. The context
+    # is staged in a temporary folder, so nothing else (a .venv, run data) is ever sent.
+    files: tuple[tuple[str, Path], ...]
+
+    def inputs(self) -> list[tuple[str, Path]]:
+        """Every file of the context, in a stable order (the tag hashes them)."""
+        found = []
+        for target, source in self.files:
+            if source.is_dir():
+                for path in sorted(source.rglob("*")):
+                    if path.is_file() and "__pycache__" not in path.parts:
+                        found.append((f"{target}/{path.relative_to(source)}", path))
+            else:
+                found.append((target, source))
+        return found
+
+
+def _module_path(name: str) -> Path:
+    """Where an installed module lives (a package's folder, or a module's file)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise TestbedError(f"the pipeline image needs the '{name}' module installed here")
+    origin = Path(spec.origin)
+    return origin.parent if origin.name == "__init__.py" else origin
 
 
 def specs() -> dict[str, ImageSpec]:
-    netfault = sorted((REPO / "testbed" / "netfault").rglob("*.py"))
+    package = REPO / "testbed"
     return {
         "postgres": ImageSpec(
             "postgres",
             CONTAINERS / "postgres" / "Dockerfile",
-            CONTAINERS / "postgres",
-            (CONTAINERS / "postgres" / "entrypoint.sh",),
+            (
+                ("entrypoint.sh", CONTAINERS / "postgres" / "entrypoint.sh"),
+                ("supervise.py", package / "backends" / "supervise.py"),
+            ),
         ),
         "proxy": ImageSpec(
             "proxy",
             CONTAINERS / "proxy" / "Dockerfile",
-            REPO,
-            (REPO / "testbed" / "__init__.py", REPO / "testbed" / "errors.py", *netfault),
+            (
+                ("testbed/__init__.py", package / "__init__.py"),
+                ("testbed/errors.py", package / "errors.py"),
+                ("testbed/netfault", package / "netfault"),
+            ),
+        ),
+        # Sources, ICONs, GIMs and the swarm node agent. psycopg goes in as its pure-Python
+        # implementation (over Debian's libpq), the same version as here, copied from this
+        # interpreter's packages: no index is needed to build it.
+        "pipeline": ImageSpec(
+            "pipeline",
+            CONTAINERS / "pipeline" / "Dockerfile",
+            (
+                ("testbed", package),
+                ("site/psycopg", _module_path("psycopg")),
+                ("site/typing_extensions.py", _module_path("typing_extensions")),
+            ),
         ),
     }
+
+
+def stage(spec: ImageSpec, folder: Path) -> Path:
+    """The build context of `spec`, copied into `folder`."""
+    import shutil
+
+    for target, source in spec.inputs():
+        destination = folder / target
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    shutil.copy2(spec.dockerfile, folder / "Dockerfile")
+    return folder
 
 
 def engine_client() -> Any:
@@ -79,8 +137,8 @@ def _image_id(client: Any, ref: str) -> str | None:
 
 def tag_for(spec: ImageSpec, base_id: str) -> str:
     digest = hashlib.sha256(base_id.encode())
-    for path in (spec.dockerfile, *spec.inputs):
-        digest.update(str(path.relative_to(REPO)).encode())
+    for target, path in [("Dockerfile", spec.dockerfile), *spec.inputs()]:
+        digest.update(target.encode())
         digest.update(path.read_bytes())
     return f"bc-testbed/{spec.name}:{digest.hexdigest()[:12]}"
 
@@ -131,15 +189,15 @@ def build(mode: str = "auto", say: Any = None) -> dict[str, Any]:
         cached = _image_id(client, tag) is not None
         if not cached:
             try:
-                client.images.build(
-                    path=str(spec.context),
-                    dockerfile=str(spec.dockerfile),
-                    buildargs={"BASE": base},
-                    tag=tag,
-                    labels={LABEL: spec.name},
-                    rm=True,
-                    pull=False,
-                )
+                with tempfile.TemporaryDirectory(prefix="bc-testbed-image-") as folder:
+                    client.images.build(
+                        path=str(stage(spec, Path(folder))),
+                        buildargs={"BASE": base},
+                        tag=tag,
+                        labels={LABEL: spec.name},
+                        rm=True,
+                        pull=False,
+                    )
             except Exception as exc:
                 raise TestbedError(f"building {tag} failed: {str(exc)[:300]}") from None
         # A stable name too, for the Compose environment (compose/two-site.yml).
@@ -153,11 +211,14 @@ def build(mode: str = "auto", say: Any = None) -> dict[str, Any]:
     return result
 
 
-def current_tags() -> dict[str, str]:
-    """The tags the backend runs: the newest built from the current sources."""
+def current_tags(names: tuple[str, ...] = ("postgres", "proxy")) -> dict[str, str]:
+    """The tags a backend runs (the docker backend: postgres and proxy; swarm: also
+    pipeline), each the newest built from the current sources."""
     client = engine_client()
     found = {}
     for name, spec in specs().items():
+        if name not in names:
+            continue
         for base in (OFFLINE_BASE, ONLINE_BASES[name]):
             base_id = _image_id(client, base)
             if base_id and _image_id(client, tag_for(spec, base_id)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -198,9 +199,10 @@ def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
         err.print("no runs to stop")
         return
     for run in targets:
+        changes = _swarm_changes(run.path) if run.manifest.backend == "swarm" else {}
         stopped = runs.stop_run(run, keep=keep)
-        if run.manifest.backend == "docker":
-            stopped += _remove_containers(run.id)
+        if run.manifest.backend in ("docker", "swarm"):
+            stopped += _remove_containers(run.id, changes)
         err.print(f"run {run.id}: stopped {len(stopped)} server(s)" + (", kept" if keep else ""))
     if every:
         swept = _remove_containers(None)  # also what crashed runs without a folder left
@@ -208,13 +210,25 @@ def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
             err.print(f"removed {len(swept)} leftover container(s): {', '.join(swept)}")
 
 
-def _remove_containers(run_id: str | None) -> list[str]:
-    """The Docker objects of a run (of every run: None), when an engine answers."""
+def _swarm_changes(folder: Path) -> dict[str, Any]:
+    """What a swarm run changed in the swarm (made it, labelled nodes), to undo it."""
+    from testbed.backends.swarm import SWARM_RECORD
+
+    try:
+        return dict(json.loads((folder / SWARM_RECORD).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _remove_containers(run_id: str | None, changes: dict[str, Any] | None = None) -> list[str]:
+    """The Docker objects of a run (of every run: None), when an engine answers: containers,
+    and a swarm run's services; then networks and volumes."""
     from testbed.backends.docker import remove_run
     from testbed.backends.images import engine_client
+    from testbed.backends.swarm import remove_swarm_run
 
     try:
         client = engine_client()
     except TestbedError:
         return []
-    return remove_run(client, run_id)
+    return remove_swarm_run(client, run_id, changes) + remove_run(client, run_id)

@@ -420,7 +420,7 @@ class Operator:
             if icon.name in before and before[icon.name].idb != icon.idb:
                 process = pipeline.icons[icon.name]
                 process.reconfigure(
-                    {**process.config, "idb": self.deployment.address_for(icon.name, icon.idb)}
+                    {**process.config, "idb": pipeline.address_for(icon.name, icon.idb)}
                 )
                 process.restart()  # its queue is on disk: it drains into the new IDB
                 pipeline.detached.discard(icon.name)

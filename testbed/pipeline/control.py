@@ -142,6 +142,13 @@ class ManagedProcess:
     def status(self) -> dict[str, Any] | None:
         return read_status(self.workdir / "status.json")
 
+    def local_path(self, key: str) -> Path:
+        """The file that config[key] names, readable here (it is: the process runs here)."""
+        return Path(self.config[key])
+
+    def last_log_line(self) -> str:
+        return _last_line(self.log)
+
 
 def source_name(site: str) -> str:
     """`site2` -> `source2` (the names scenarios use); other site names -> `source_<site>`."""
@@ -167,6 +174,8 @@ class Pipeline:
             Path(data_root) / "pipeline" if data_root else Path(".testbed/pipeline").absolute()
         )
         self.run = run
+        # A backend that runs components in containers (swarm) makes them; else OS processes.
+        self.containers = getattr(deployment.backend, "component", None) is not None
         topo = deployment.topology
         self.icons: dict[str, ManagedProcess] = {}
         self.icon_ports: dict[str, int] = {}
@@ -186,28 +195,46 @@ class Pipeline:
 
     # --- building the processes ----------------------------------------------------------
 
-    def _process(self, name: str, module: str, config: dict[str, Any]) -> ManagedProcess:
+    def _process(self, name: str, module: str, config: dict[str, Any]) -> Any:
         workdir = self.workdir / name
-        config = {**config, "name": name, "status": str(workdir / "status.json")}
+        config = {**config, "name": name, "status": self._path(name, "status.json")}
+        if self.containers:
+            backend: Any = self.deployment.backend
+            return backend.component(
+                name, module, config["site"], config, self.clock.to_env(), workdir
+            )
         return ManagedProcess(name, module, config, workdir, self.clock, self.run)
 
-    def _icon(self, icon: IconSpec) -> ManagedProcess:
+    def _path(self, name: str, filename: str) -> str:
+        """Where a component keeps one of its files, as the component sees it."""
+        if self.containers:
+            return str(self.deployment.backend.component_path(name, filename))  # type: ignore[attr-defined]
+        return str(self.workdir / name / filename)
+
+    def address_for(self, client: str, server: str) -> str:
+        """Where `client` dials `server`, as the component sees it: inside the site's
+        network when it runs in a container."""
+        address = self.deployment.address_for(client, server)
+        if self.containers:
+            return str(self.deployment.backend.inside(address))  # type: ignore[attr-defined]
+        return address
+
+    def _icon(self, icon: IconSpec) -> Any:
         port = free_port()
         self.icon_ports[icon.name] = port
-        return self._process(
-            icon.name,
-            "testbed.pipeline.icon",
-            {
-                "site": icon.site,
-                "member": icon.member,
-                "port": port,
-                "idb": self.deployment.address_for(icon.name, icon.idb),
-                "database": icon.database,
-                "queue": str(self.workdir / icon.name / "queue.db"),
-                "heartbeat_interval": self.settings.heartbeat_interval,
-                "flush_after": self.settings.flush_after,
-            },
-        )
+        config = {
+            "site": icon.site,
+            "member": icon.member,
+            "port": port,
+            "idb": self.address_for(icon.name, icon.idb),
+            "database": icon.database,
+            "queue": self._path(icon.name, "queue.db"),
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "flush_after": self.settings.flush_after,
+        }
+        if self.containers:
+            config["listen_host"] = "0.0.0.0"  # sources dial it by name on the site network
+        return self._process(icon.name, "testbed.pipeline.icon", config)
 
     def gim_config(
         self, gim: GimSpec, lost_idbs: frozenset[str] = frozenset(), retired: tuple[str, ...] = ()
@@ -221,7 +248,7 @@ class Pipeline:
                 "name": f"{icon.name}@{icon.idb}",
                 "site": icon.site,
                 "member": icon.member,
-                "address": self.deployment.address_for(gim.name, icon.idb),
+                "address": self.address_for(gim.name, icon.idb),
                 "database": icon.database,
             }
             for icon in topo.icons
@@ -230,7 +257,7 @@ class Pipeline:
         return {
             "site": gim.site,
             "sources": sources,
-            "infomart": self.deployment.address_for(gim.name, gim.infomart),
+            "infomart": self.address_for(gim.name, gim.infomart),
             "database": INFOMART_DATABASE,
             "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,
             "delayed_data_threshold": self.settings.delayed_data_threshold,
@@ -258,9 +285,16 @@ class Pipeline:
                 "seed": self.settings.seed,
                 "id_prefix": id_prefix,
                 "heartbeat_interval": self.settings.heartbeat_interval,
-                "icons": [{"name": i.name, "port": self.icon_ports[i.name]} for i in icons],
-                "ledger": str(self.workdir / name / "ledger.jsonl"),
-                "deliveries": str(self.workdir / name / "deliveries.jsonl"),
+                "icons": [
+                    {
+                        "name": i.name,
+                        "port": self.icon_ports[i.name],
+                        "host": i.name if self.containers else "127.0.0.1",
+                    }
+                    for i in icons
+                ],
+                "ledger": self._path(name, "ledger.jsonl"),
+                "deliveries": self._path(name, "deliveries.jsonl"),
             },
         )
 
@@ -308,6 +342,8 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         """ICONs first (so no event is missed), then the active GIMs, then the sources."""
+        if self.containers:
+            self.deployment.backend.wait_components()  # type: ignore[attr-defined]
         for icon in self.icons.values():
             icon.start()
         for icon in self.icons.values():
@@ -327,7 +363,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.state() == "stopped":
-                raise TestbedError(f"{process.name} exited at start: {_last_line(process.log)}")
+                raise TestbedError(f"{process.name} exited at start: {process.last_log_line()}")
             if process.status() is not None:
                 return
             time.sleep(0.01)
@@ -383,7 +419,7 @@ class Pipeline:
         events = [
             e
             for process in self.sources.values()
-            for e in Ledger.read(Path(process.config["ledger"]))
+            for e in Ledger.read(process.local_path("ledger"))
         ]
         return [e for e in events if site is None or e.site == site]
 

@@ -249,11 +249,14 @@ def main() -> None:
     except TestbedError as exc:
         print(f"error: {config['name']}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    listener = socket.create_server(("127.0.0.1", int(config["port"])), reuse_port=False)
+    # Loopback on one host; every address inside a container, where sources dial it by name.
+    host = config.get("listen_host", "127.0.0.1")
+    listener = socket.create_server((host, int(config["port"])), reuse_port=False)
     threading.Thread(target=icon.serve_intake, args=(listener,), daemon=True).start()
     threading.Thread(target=icon.report_status, daemon=True).start()
     icon.log.info(
-        "accepting events on 127.0.0.1:%s, writing to %s/%s",
+        "accepting events on %s:%s, writing to %s/%s",
+        host,
         config["port"],
         config["idb"],
         config["database"],

@@ -98,9 +98,11 @@ class IconLink(threading.Thread):
         port: int,
         ack_timeout: float,
         record: Callable[[list[Event], str, bool], None],
+        host: str = "127.0.0.1",
     ) -> None:
         super().__init__(daemon=True, name=f"link-{name}")
         self.name = name
+        self.host = host  # the ICON's container name when the pipeline runs in containers
         self.port = port
         self.ack_timeout = ack_timeout
         self.record = record
@@ -152,7 +154,7 @@ class IconLink(threading.Thread):
     def send(self, payload: bytes) -> bool:
         try:
             if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
+                self.sock = socket.create_connection((self.host, self.port), timeout=0.2)
                 self.sock.settimeout(self.ack_timeout)
                 self.reader = self.sock.makefile("rb")
             self.sock.sendall(payload)
@@ -201,7 +203,8 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
     deliveries = DeliveryLog(Path(config["deliveries"]))
     wait = ack_timeout(clock, float(config.get("heartbeat_interval", 60.0)))
     links = [
-        IconLink(icon["name"], icon["port"], wait, deliveries.record) for icon in config["icons"]
+        IconLink(icon["name"], icon["port"], wait, deliveries.record, icon.get("host", "127.0.0.1"))
+        for icon in config["icons"]
     ]
     for link in links:
         link.start()

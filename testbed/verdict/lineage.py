@@ -29,7 +29,7 @@ def lineage(
     in_queue: dict[str, list[str]] = {i: [] for i in ids}
     in_idb: dict[str, list[str]] = {i: [] for i in ids}
     for icon in topo.icons:
-        for event_id in _queued(Path(pipeline.icons[icon.name].config["queue"]), set(ids)):
+        for event_id in _queued(pipeline.icons[icon.name].local_path("queue"), set(ids)):
             in_queue[event_id].append(icon.name)
         try:
             rows = deployment.server(icon.idb).execute(
@@ -101,7 +101,7 @@ def _deliveries(pipeline: Pipeline) -> dict[str, list[str]]:
     """Event id -> ICONs that acknowledged its batch (from the sources' delivery logs)."""
     found: dict[str, list[str]] = {}
     for source in pipeline.sources.values():
-        log = Path(source.config["deliveries"])
+        log = source.local_path("deliveries")
         if not log.exists():
             continue
         for line in log.read_text().splitlines():

@@ -1,0 +1,495 @@
+"""The swarm backend: sites on separate hosts. Every server, the WAN proxy and every pipeline
+component is a Docker Swarm service of one replica, placed by a node label per site
+(`bc-testbed.site1 == true`); each site is its own overlay network, and the WAN proxy is the
+only service on all of them, so an ICON's path to a remote IDB crosses the WAN inside the
+cluster. State lives on named volumes on the task's node.
+
+Faults act on the task's own process wherever it runs. A global service, the node agent
+(testbed.backends.agent), has each node's engine socket; the testbed asks the agent of the
+node a task runs on. Every task's PID 1 is a supervisor (testbed.backends.supervise), so a
+kill, stop or restart acts on the process and the task survives it: a new swarm task takes
+seconds to schedule, which would be hours of scenario time.
+
+On one machine the testbed makes a one-node swarm on loopback (and leaves it at the end),
+and gives that node every site's label. On many nodes the user labels them.
+
+Ports are published in host mode on the task's node, because swarm cannot publish on one
+address only: they listen on every interface of that node for the run's life. Servers
+accept connections without a password, so run the swarm on hosts whose ports untrusted
+networks cannot reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from testbed.backends import runs, swarmfile
+from testbed.backends.docker import (
+    LABEL,
+    PROXY_ALIAS,
+    PROXY_API_PORT,
+    ROUTE_PORTS,
+    DockerBackend,
+    _name,
+)
+from testbed.backends.local import LOOPBACK, SHUTDOWN_SIGNALS, free_port, free_ports
+from testbed.backends.swarmtask import AgentClient, ComponentProcess, Task
+from testbed.errors import ServerFailed, TestbedError
+from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.postgres import SUPERUSER, Server
+from testbed.topology import Topology
+
+SWARM_RECORD = "swarm.json"  # what this run changed in the swarm: made it, labelled nodes
+READY_TIMEOUT_S = 120.0
+
+
+class SwarmNode:
+    """A server as a swarm service: its supervisor runs the image's entrypoint, which makes
+    the data directory (initdb, or a clone of PRIMARY) on first start."""
+
+    def __init__(
+        self, backend: SwarmBackend, name: str, site: str, role: str, port: int | None
+    ) -> None:
+        self.backend = backend
+        self.name, self.site, self.role = name, site, role
+        self.host = LOOPBACK
+        self.port = port if port is not None else free_port()
+        self.service = _name(backend.id, name)
+        self.volume = _name(backend.id, f"{name}-data")
+        self.primary: str | None = None
+        self.task = Task(backend, self.service, self.volume, "supervise")
+        self.created = False
+        self.logfile = backend.run.path / f"{name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        if not self.created:
+            return None
+        with contextlib.suppress(TestbedError):
+            return self.task.supervised().get("pid")
+        return None
+
+    @property
+    def standby(self) -> bool:
+        return self.primary is not None
+
+    # --- data ----------------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Nothing to copy: the entrypoint runs initdb on the first start."""
+
+    def restore(self, backup: Path) -> None:
+        """The standby clones itself (pg_basebackup from `primary`) on its first start."""
+
+    def basebackup(self, name: str, host: str, port: int) -> Path:
+        return Path(f"/clone/{self.name}/{name}")
+
+    def wipe(self) -> None:
+        if self.created:
+            if self.state() != "stopped":
+                self.kill()
+            self.task.clear()
+
+    def configure(self, primary_conninfo: str | None = None) -> None:
+        if primary_conninfo is None:
+            self.primary = None
+            return
+        fields = dict(part.split("=", 1) for part in primary_conninfo.split() if "=" in part)
+        self.primary = self.backend.inside(f"{fields['host']}:{fields['port']}")
+
+    # --- process control -------------------------------------------------------------------
+
+    def state(self) -> str:
+        return self.task.state() if self.created else "stopped"
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        if self.state() != "stopped":
+            raise ServerFailed(f"{self.name} is already {self.state()}")
+        if not self.created:
+            self._create()
+            self.task.wait_running()
+            self.host = self.task.node_address or LOOPBACK
+        # The role as it is now: the entrypoint reads PRIMARY when it clones.
+        self.task.write("supervise/env.json", json.dumps({"PRIMARY": self.primary}).encode())
+        self.task.signal("SIGUSR1")
+        self._wait_ready(timeout)
+        self.backend.record(self)  # type: ignore[arg-type]
+
+    def _create(self) -> None:
+        entry = swarmfile.server_service(
+            self.name, self.site, self.port, autostart=False, image=self.backend.tags["postgres"]
+        )
+        self.backend.create_service(self.service, entry, {f"{self.name}-data": self.volume})
+        self.created = True
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(
+                    host=self.host,
+                    port=self.port,
+                    user=SUPERUSER,
+                    dbname="postgres",
+                    connect_timeout=2,
+                ) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                pass
+            report = self.task.supervised()
+            if report["state"] == "stopped" and report.get("starts"):
+                line = self.task.last_log_line()
+                self.logfile.write_text(line)
+                raise ServerFailed(f"{self.name} did not start: {line}")
+            time.sleep(0.05)
+        raise ServerFailed(
+            f"{self.name} did not answer within {timeout:.0f}s: {self.task.last_log_line()}"
+        )
+
+    def stop(
+        self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
+    ) -> None:
+        """As `LocalNode.stop`: after `patience` wall seconds, an immediate shutdown."""
+        if self.task.frozen:
+            self.task.freeze(False)
+        if self.state() == "running":
+            self.task.signal(SHUTDOWN_SIGNALS[mode].name)
+            escalate = patience is not None and mode != "immediate"
+            if escalate and not self.task.wait_state("stopped", patience or 0.0):
+                self.task.signal(SHUTDOWN_SIGNALS["immediate"].name)
+            if not self.task.wait_state("stopped", timeout):
+                self.task.signal("SIGUSR2")
+                self.task.wait_state("stopped", 10.0)
+        self.backend.record(self)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        """SIGKILL of every server process at once, as a host crash would."""
+        if self.state() == "stopped":
+            raise ServerFailed(f"{self.name} is not running")
+        self.task.signal("SIGUSR2")
+        if self.task.frozen:
+            self.task.freeze(False)
+        if not self.task.wait_state("stopped", 10.0):
+            raise ServerFailed(f"{self.name} survived SIGKILL")
+        self.backend.record(self)  # type: ignore[arg-type]
+
+    def pause(self) -> None:
+        if self.state() != "running":
+            raise ServerFailed(f"{self.name} is {self.state()}, cannot pause")
+        self.task.freeze(True)
+
+    def resume(self) -> None:
+        if self.task.frozen:
+            self.task.freeze(False)
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
+        if self.state() != "stopped":
+            self.stop()
+        self.start(timeout)
+
+
+class SwarmBackend(DockerBackend):
+    """One run as services on a swarm; a context manager that removes what it created."""
+
+    name = "swarm"
+    image_names = ("postgres", "proxy", "pipeline")
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        keep: bool = False,
+        owner: str = "library",
+        toxiproxy_image: str | None = None,
+        storage: str | None = None,
+    ) -> None:
+        if toxiproxy_image:
+            raise TestbedError("--toxiproxy-image needs --backend docker")
+        super().__init__(home=home, keep=keep, owner=owner)
+        self.token = secrets.token_hex(16)
+        self.agent_port = free_port()
+        self.agents: dict[str, AgentClient] = {}
+        self.node_addresses: dict[str, str] = {}
+        self.proxy_service: str | None = None
+        self.components: list[ComponentProcess] = []
+        self._swarm_lock = threading.Lock()
+        self.changes: dict[str, Any] = {"made_swarm": False, "labels": []}
+        try:
+            self._join_swarm()
+            self._start_agents()
+        except Exception:
+            self.close()
+            raise
+
+    # --- the swarm ---------------------------------------------------------------------------
+
+    def _join_swarm(self) -> None:
+        import docker.errors
+
+        info = self.client.info().get("Swarm", {})
+        if info.get("LocalNodeState") != "active":
+            try:
+                self.client.swarm.init(advertise_addr=LOOPBACK, listen_addr=f"{LOOPBACK}:2377")
+            except docker.errors.APIError as exc:
+                raise TestbedError(f"could not make a one-node swarm: {exc.explanation}") from None
+            self.changes["made_swarm"] = True
+        elif not info.get("ControlAvailable"):
+            raise TestbedError("this engine is a swarm worker: run the testbed on a manager node")
+        self._save_changes()
+
+    def _save_changes(self) -> None:
+        (self.run.path / SWARM_RECORD).write_text(json.dumps(self.changes))
+
+    def _nodes(self) -> list[Any]:
+        return [n for n in self.client.nodes.list() if n.attrs["Status"]["State"] == "ready"]
+
+    def label_sites(self, sites: list[str]) -> None:
+        """On one node, that node gets every site's label; on many, each site needs a node the
+        user labelled."""
+        nodes = self._nodes()
+        if len(nodes) == 1:
+            node = nodes[0]
+            spec = node.attrs["Spec"]
+            labels = dict(spec.get("Labels") or {})
+            added = [
+                swarmfile.SITE_LABEL.format(site=s)
+                for s in sites
+                if swarmfile.SITE_LABEL.format(site=s) not in labels
+            ]
+            if added:
+                labels.update({key: "true" for key in added})
+                node.update({**spec, "Labels": labels})
+                self.changes["labels"] = sorted({*self.changes["labels"], *added})
+                self._save_changes()
+            return
+        for site in sites:
+            key = swarmfile.SITE_LABEL.format(site=site)
+            if not any((n.attrs["Spec"].get("Labels") or {}).get(key) == "true" for n in nodes):
+                raise TestbedError(
+                    f"no node carries the label {key}=true: "
+                    f"docker node update --label-add {key}=true NODE"
+                )
+
+    def node_of(self, node_id: str) -> tuple[str, AgentClient]:
+        """The address the host reaches a node's published ports at, and that node's agent."""
+        with self._swarm_lock:
+            if node_id not in self.agents:
+                nodes = self._nodes()
+                if len(nodes) == 1:
+                    address = LOOPBACK
+                else:
+                    address = self.client.nodes.get(node_id).attrs["Status"]["Addr"]
+                self.node_addresses[node_id] = address
+                self.agents[node_id] = AgentClient(
+                    f"http://{address}:{self.agent_port}", self.token
+                )
+            return self.node_addresses[node_id], self.agents[node_id]
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        import docker.errors
+
+        try:
+            found = self.client.services.get(service).tasks()
+        except docker.errors.NotFound:
+            return []
+        return sorted(found, key=lambda t: t.get("CreatedAt", ""), reverse=True)
+
+    def create_service(
+        self, name: str, entry: dict[str, Any], volumes: dict[str, str] | None = None
+    ) -> None:
+        """A service of the run from a stack entry (testbed.backends.swarmfile)."""
+        networks = {
+            site: self.network(site).name for site in entry.get("networks", {}) if site != "host"
+        }
+        labels = {LABEL: self.id, "com.docker.stack.namespace": _name(self.id, "stack")}
+        kwargs = swarmfile.service_kwargs(name, entry, networks, volumes or {}, labels)
+        try:
+            self.client.services.create(**kwargs)
+        except Exception as exc:
+            raise TestbedError(f"swarm refused the service {name}: {exc}") from None
+
+    # --- Docker objects --------------------------------------------------------------------
+
+    def _network(self, site: str) -> Any:
+        if site not in self.networks:
+            self.networks[site] = self.client.networks.create(
+                _name(self.id, site),
+                driver="overlay",
+                attachable=True,
+                labels={LABEL: self.id},
+            )
+        return self.networks[site]
+
+    def _start_agents(self) -> None:
+        bind = LOOPBACK if len(self._nodes()) == 1 else "0.0.0.0"
+        entry = swarmfile.agent_service(
+            self.token, self.agent_port, bind, image=self.tags["pipeline"]
+        )
+        self.create_service(_name(self.id, "agent"), entry)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        agent = Task(self, _name(self.id, "agent"), "", "")
+        agent.wait_running()
+        assert agent.agent is not None
+        while not agent.agent.ping():
+            if time.monotonic() > deadline:
+                raise TestbedError("the swarm node agent did not answer")
+            time.sleep(0.05)
+
+    # --- the Backend protocol ----------------------------------------------------------------
+
+    def new_server(
+        self, name: str, site: str = "site1", role: str = "idb", port: int | None = None
+    ) -> Server:
+        if name in self.nodes:
+            raise TestbedError(f"server '{name}' exists already in run {self.id}")
+        node = SwarmNode(self, name, site, role, port)
+        self.nodes[name] = node  # type: ignore[assignment]
+        server = Server(node)  # type: ignore[arg-type]
+        self.servers[name] = server
+        return server
+
+    def preflight(self, topology: Topology) -> None:
+        super().preflight(topology)
+        self.label_sites(list(topology.sites))
+
+    def start_proxy(self) -> ToxiproxyClient:
+        """The WAN proxy service on every site network; API and routes published on its
+        node."""
+
+        if self.proxy_client is not None:
+            return self.proxy_client
+        sites = list(self.networks)
+        if not sites:
+            raise TestbedError("the WAN proxy needs a site network: call preflight first")
+        api_port, *route_ports = free_ports(1 + len(ROUTE_PORTS))
+        self.route_ports = dict(zip(ROUTE_PORTS, route_ports, strict=True))
+        ports = {api_port: PROXY_API_PORT}
+        ports.update({host: inner for inner, host in self.route_ports.items()})
+        self.proxy_service = _name(self.id, PROXY_ALIAS)
+        entry = swarmfile.proxy_service(sites, ports, image=self.tags["proxy"])
+        self.create_service(self.proxy_service, entry)
+        task = Task(self, self.proxy_service, "", "")
+        task.wait_running()
+        client = ToxiproxyClient(f"http://{task.node_address}:{api_port}")
+        try:
+            client.wait_until_ready(30.0)
+        except ProxyUnavailable:
+            raise TestbedError("the WAN proxy service did not answer") from None
+        self.run.record_process(runs.ProcessRecord(PROXY_ALIAS, 0, "service", client.url))
+        self.proxy_client = client
+        return client
+
+    def published(self, listen: str) -> str:
+        host = (
+            self.proxy_client.url.split("//")[1].rsplit(":", 1)[0]
+            if self.proxy_client
+            else LOOPBACK
+        )
+        return super().published(listen).replace(LOOPBACK, host, 1)
+
+    # --- pipeline components -----------------------------------------------------------------
+
+    def component(
+        self,
+        name: str,
+        module: str,
+        site: str,
+        config: dict[str, Any],
+        env: dict[str, str],
+        workdir: Path,
+    ) -> ComponentProcess:
+        """A pipeline component's service, created now (its supervisor idle until started)."""
+        service = _name(self.id, name)
+        volume = _name(self.id, f"{name}-state")
+        entry = swarmfile.component_service(name, module, site, env, self.tags["pipeline"])
+        self.create_service(service, entry, {f"{name}-state": volume})
+        process = ComponentProcess(
+            name, module, config, workdir, Task(self, service, volume, "supervise")
+        )
+        self.components.append(process)
+        return process
+
+    def component_path(self, name: str, filename: str) -> str:
+        return f"{swarmfile.COMPONENT_DIR}/{filename}"
+
+    def wait_components(self) -> None:
+        """Until every component's task runs (they are scheduled in parallel)."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda p: p.task.wait_running(), self.components))
+
+    # --- clean-up ------------------------------------------------------------------------------
+
+    def leftovers(self) -> list[str]:
+        return [s.name for s in self.client.services.list(filters={"label": f"{LABEL}={self.id}"})]
+
+    def close(self) -> None:
+        if self.keep:
+            self.run.update(detached=False)
+            return
+        remove_swarm_run(self.client, self.id, self.changes)
+        self.run.remove()
+
+
+def remove_swarm_run(
+    client: Any, run_id: str | None, changes: dict[str, Any] | None = None
+) -> list[str]:
+    """Remove the services, networks and volumes of one run (every run: None); then the node
+    labels it added and the swarm if it made it, once no other run uses them."""
+    import docker.errors
+
+    label = LABEL if run_id is None else f"{LABEL}={run_id}"
+    removed = []
+    with contextlib.suppress(docker.errors.APIError):
+        for service in client.services.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                service.remove()
+                removed.append(service.name)
+    # Tasks stop asynchronously: their containers hold the volumes and networks until then.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.containers.list(
+        all=True, filters={"label": label}
+    ):
+        for container in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        time.sleep(0.1)
+    for network in client.networks.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            network.remove()
+    for volume in client.volumes.list(filters={"label": label}):
+        with contextlib.suppress(docker.errors.APIError):
+            volume.remove(force=True)
+    _undo_changes(client, changes or {})
+    return removed
+
+
+def _undo_changes(client: Any, changes: dict[str, Any]) -> None:
+    import docker.errors
+
+    try:
+        if client.services.list(filters={"label": LABEL}):
+            return  # another run still uses the swarm and its labels
+        if changes.get("labels"):
+            for node in client.nodes.list():
+                spec = node.attrs["Spec"]
+                labels = {
+                    k: v
+                    for k, v in (spec.get("Labels") or {}).items()
+                    if k not in changes["labels"]
+                }
+                if labels != (spec.get("Labels") or {}):
+                    node.reload()
+                    node.update({**node.attrs["Spec"], "Labels": labels})
+        if changes.get("made_swarm"):
+            client.swarm.leave(force=True)
+    except docker.errors.APIError:
+        pass
