@@ -120,7 +120,7 @@ class SwarmNode:
             self.host = self.task.node_address or LOOPBACK
         # The role as it is now: the entrypoint reads PRIMARY when it clones.
         self.task.write("supervise/env.json", json.dumps({"PRIMARY": self.primary}).encode())
-        self.task.signal("SIGUSR1")
+        self.task.start_child()
         self._wait_ready(timeout)
         self.backend.record(self)  # type: ignore[arg-type]
 

@@ -138,6 +138,17 @@ class Task:
         self._agent().freeze(self.container or "", frozen)
         self.frozen = frozen
 
+    def start_child(self, timeout: float = 30.0) -> None:
+        """Have the supervisor start its child, and wait until it says it did (a state read
+        before would still show the child that ended)."""
+        before = self.supervised().get("starts", 0)
+        self.signal("SIGUSR1")
+        deadline = time.monotonic() + timeout
+        while self.supervised().get("starts", 0) <= before:
+            if time.monotonic() > deadline:
+                raise TestbedError(f"{self.service}: its supervisor did not start the process")
+            time.sleep(0.01)
+
     def read(self, path: str) -> bytes | None:
         return self._agent().read(self.volume, path)
 
@@ -221,7 +232,7 @@ class ComponentProcess:
             self.task.write("config.json", json.dumps(self.config, indent=2).encode())
             self._configured = True
         self.task.remove("status.json")
-        self.task.signal("SIGUSR1")
+        self.task.start_child()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
