@@ -8,6 +8,11 @@ the base backup and the streaming standby.
 
 With `--backend docker` the bare server is one container (its start time), and the local
 backend's topology is measured in the same run, interleaved, as the baseline.
+
+With `--backend swarm` the swarm, docker and local backends bring the topology up in turn,
+each timed from opening the backend (for swarm: joining or making the swarm, labelling the
+node, starting the node agent) to the standby streaming, with the pipeline's components
+created too where they are services.
 """
 
 from __future__ import annotations
@@ -57,8 +62,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--storage", choices=STORAGES, default=None, help="default: auto")
-    parser.add_argument("--backend", choices=("local", "docker"), default="local")
+    parser.add_argument("--backend", choices=("local", "docker", "swarm"), default="local")
     args = parser.parse_args()
+    if args.backend == "swarm":
+        swarm_figures(args.runs)
+        return
     if args.backend == "docker":
         docker_figures(args.runs)
         return
@@ -111,6 +119,45 @@ def docker_figures(runs: int) -> None:
                 "docker_topology_up_s": [round(x, 3) for x in docker_ups],
                 "local_topology_up_s_median": round(local_median, 3),
                 "ratio_docker_to_local": round(docker_median / local_median, 2),
+            }
+        )
+    )
+
+
+def time_whole_up(home: str, name: str) -> float:
+    """From opening the backend to the topology up and the pipeline's processes made."""
+    from testbed.clock import Clock
+    from testbed.pipeline.control import Pipeline
+
+    start = time.perf_counter()
+    with _backend(name, home, None) as backend:
+        deployment = bring_up(default_topology(), backend)
+        pipeline = Pipeline(deployment, clock=Clock.start())
+        if name == "swarm":
+            backend.wait_components()
+        up = time.perf_counter() - start
+        pipeline.close()
+    return up
+
+
+def swarm_figures(runs: int) -> None:
+    """The swarm backend's topology start beside docker's and local's, interleaved."""
+    ensure_template(find_binaries(), server_user())
+    ups: dict[str, list[float]] = {"swarm": [], "docker": [], "local": []}
+    with tempfile.TemporaryDirectory(prefix="bench-startup-", dir="/var/tmp") as home:
+        for _ in range(runs):
+            for name, figures in ups.items():
+                figures.append(time_whole_up(home, name))
+    medians = {name: statistics.median(figures) for name, figures in ups.items()}
+    print(
+        json.dumps(
+            {
+                "topology": "active-standby",
+                "runs": runs,
+                **{f"{n}_up_s_median": round(m, 3) for n, m in medians.items()},
+                **{f"{n}_up_s": [round(x, 3) for x in ups[n]] for n in ups},
+                "ratio_swarm_to_docker": round(medians["swarm"] / medians["docker"], 2),
+                "ratio_swarm_to_local": round(medians["swarm"] / medians["local"], 2),
             }
         )
     )
