@@ -223,6 +223,7 @@ class SwarmBackend(DockerBackend):
         self.components: list[ComponentProcess] = []
         self._swarm_lock = threading.Lock()
         self.changes: dict[str, Any] = {"made_swarm": False, "labels": []}
+        self.labelled: set[str] = set()  # sites a node carries the label of
         try:
             self._join_swarm()
             self._start_agents()
@@ -255,6 +256,9 @@ class SwarmBackend(DockerBackend):
     def label_sites(self, sites: list[str]) -> None:
         """On one node, that node gets every site's label; on many, each site needs a node the
         user labelled."""
+        reason = self.refusal(sites)
+        if reason:
+            raise TestbedError(reason)
         nodes = self._nodes()
         if len(nodes) == 1:
             node = nodes[0]
@@ -270,14 +274,24 @@ class SwarmBackend(DockerBackend):
                 node.update({**spec, "Labels": labels})
                 self.changes["labels"] = sorted({*self.changes["labels"], *added})
                 self._save_changes()
+            self.labelled.update(sites)
             return
+        self.labelled.update(sites)
+
+    def refusal(self, sites: list[str]) -> str | None:
+        """Why these sites cannot run here (None if they can): on many nodes, a site no node
+        is labelled for, such as a new site a transfer would bring up."""
+        nodes = self._nodes()
+        if len(nodes) == 1:
+            return None
         for site in sites:
             key = swarmfile.SITE_LABEL.format(site=site)
             if not any((n.attrs["Spec"].get("Labels") or {}).get(key) == "true" for n in nodes):
-                raise TestbedError(
-                    f"no node carries the label {key}=true: "
+                return (
+                    f"no swarm node is labelled for {site}: "
                     f"docker node update --label-add {key}=true NODE"
                 )
+        return None
 
     def node_of(self, node_id: str) -> tuple[str, AgentClient]:
         """The address the host reaches a node's published ports at, and that node's agent."""
@@ -306,7 +320,12 @@ class SwarmBackend(DockerBackend):
     def create_service(
         self, name: str, entry: dict[str, Any], volumes: dict[str, str] | None = None
     ) -> None:
-        """A service of the run from a stack entry (testbed.backends.swarmfile)."""
+        """A service of the run from a stack entry (testbed.backends.swarmfile); its site
+        labelled first if it is new (an added site)."""
+        sites = [site for site in entry.get("networks", {}) if site != "host"]
+        if sites and sites[0] not in self.labelled:
+            with self._swarm_lock:
+                self.label_sites(sites[:1])
         networks = {
             site: self.network(site).name for site in entry.get("networks", {}) if site != "host"
         }

@@ -128,6 +128,10 @@ class ScenarioRun:
                 self.backend_name, home=self.home, toxiproxy_image=self.toxiproxy_image
             )
             with backend:
+                refusal = getattr(backend, "refusal", None)
+                added = [st.value for st in steps if st.verb == "add-site"]
+                if refusal is not None and (reason := refusal([*s.topology.sites, *added])):
+                    raise TestbedError(f"{s.name} cannot run on this swarm: {reason}")
                 deployment = bring_up(s.topology, backend)
                 history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
                 # Scenario time starts once the servers are up, however long they took (a
