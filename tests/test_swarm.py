@@ -321,19 +321,28 @@ expect:
 def test_catalog_scenarios_lose_on_swarm_what_they_lose_on_local(
     engine, run_scenario, scenario: str
 ) -> None:
-    """The same verdict, and the same losses within the loss check's tolerance."""
+    """The same verdict, and the same losses within the loss check's tolerance once each
+    backend's steps land when they land (`step_lags`: a step on a busy machine can take
+    effect hundreds of ms late, which the model reads from the history)."""
     swarm = run_scenario(scenario, backend="swarm")
     local = run_scenario(scenario, backend="local")
     for outcome in (swarm, local):
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
     s, lo = swarm.figures, local.figures
     assert s["duplicates"] == lo["duplicates"] == 0
+    assert s["stuck_sites"] == lo["stuck_sites"]
     rate = 600 / 3600
-    for site, lost in lo["lost_events"].items():
-        if scenario == "disaster-recovery":
-            # What a site's failure loses depends on when each ICON last wrote (the census
-            # predicts it per run): both stay small against the site's traffic.
+    if scenario == "disaster-recovery":
+        # What a site's failure loses depends on when each ICON last wrote, which the
+        # census of each run predicts; both stay a small share of the site's 3 h.
+        for site in lo["lost_events"]:
             assert s["lost_events"][site] <= 0.1 * 3 * 3600 * rate
-            continue
-        slack = 2 * max(s["tolerance_s"], lo["tolerance_s"]) * rate + 5
+        return
+
+    def lag(figures: dict, verb: str) -> float:
+        return next(x["lag_s"] for x in figures["step_lags"] if x["verb"] == verb)
+
+    apart = sum(abs(lag(s, verb) - lag(lo, verb)) for verb in ("partition", "heal"))
+    slack = (2 * max(s["tolerance_s"], lo["tolerance_s"]) + apart) * rate + 5
+    for site, lost in lo["lost_events"].items():
         assert abs(s["lost_events"][site] - lost) <= slack, (site, s["lost_events"], lost)
