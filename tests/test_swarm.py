@@ -126,7 +126,8 @@ def _swarm_state(engine) -> str:
 
 
 def _of_run(engine, run_id: str) -> dict[str, list[str]]:
-    label = {"label": f"bc-testbed.run={run_id}"}
+    """What carries the run's label (any run's: "")."""
+    label = {"label": f"bc-testbed.run={run_id}" if run_id else "bc-testbed.run"}
     services = (
         [s.name for s in engine.services.list(filters=label)]
         if _swarm_state(engine) == "active"
@@ -324,7 +325,12 @@ def test_catalog_scenarios_lose_on_swarm_what_they_lose_on_local(
     """The same verdict, and the same losses within the loss check's tolerance once each
     backend's steps land when they land (`step_lags`: a step on a busy machine can take
     effect hundreds of ms late, which the model reads from the history)."""
+    swarm_before, labels_before = _swarm_state(engine), _site_labels(engine)
     swarm = run_scenario(scenario, backend="swarm")
+    # Nothing of the run is left: no service, container, network, volume or node label; and
+    # the swarm only if it was there before.
+    assert _of_run(engine, "") == {"services": [], "containers": [], "networks": [], "volumes": []}
+    assert (_site_labels(engine), _swarm_state(engine)) == (labels_before, swarm_before)
     local = run_scenario(scenario, backend="local")
     for outcome in (swarm, local):
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]

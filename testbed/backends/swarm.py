@@ -445,6 +445,18 @@ class SwarmBackend(DockerBackend):
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda p: p.task.wait_running(), self.components))
 
+    def placements(self) -> dict[str, str]:
+        """Where each task of the run runs: service (without the run's prefix) -> node's
+        hostname. The report's proof that a site landed on its own host."""
+        hostnames = {n.id: n.attrs["Description"]["Hostname"] for n in self.client.nodes.list()}
+        prefix = _name(self.id, "")
+        found = {}
+        for service in self.client.services.list(filters={"label": f"{LABEL}={self.id}"}):
+            for task in service.tasks({"desired-state": "running"}):
+                if task.get("NodeID") and service.attrs["Spec"].get("Mode", {}).get("Replicated"):
+                    found[service.name.removeprefix(prefix)] = hostnames.get(task["NodeID"], "?")
+        return dict(sorted(found.items()))
+
     # --- clean-up ------------------------------------------------------------------------------
 
     def leftovers(self) -> list[str]:

@@ -231,4 +231,8 @@ def _remove_containers(run_id: str | None, changes: dict[str, Any] | None = None
         client = engine_client()
     except TestbedError:
         return []
+    if run_id is None:  # also the docker-in-docker nodes of a multi-node run
+        from testbed.backends import multinode
+
+        multinode.remove(client)
     return remove_swarm_run(client, run_id, changes) + remove_run(client, run_id)

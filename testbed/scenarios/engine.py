@@ -143,6 +143,9 @@ class ScenarioRun:
                 ) as pipeline:
                     pipeline.start()
                     history.record("pipeline-started")
+                    placements = getattr(backend, "placements", None)
+                    if placements is not None:  # swarm: the node each task runs on
+                        history.record("placement", nodes=placements())
                     self.operator = Operator(deployment, pipeline, history.record)
                     self._play(steps, deployment, pipeline, history)
                     self._finish(deployment, pipeline, history)
