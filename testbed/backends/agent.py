@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ENGINE_SOCKET = "/var/run/docker.sock"
+ENGINE_SOCKET = os.environ.get("AGENT_ENGINE_SOCKET", "/var/run/docker.sock")
 RUN_LABEL = "bc-testbed.run"
 DEFAULT_PORT = 18474
 
@@ -62,11 +62,20 @@ def engine(method: str, path: str, socket_path: str = ENGINE_SOCKET) -> tuple[in
         return response.status, body.decode(errors="replace")
 
 
+_MOUNTPOINTS: dict[str, Path] = {}
+
+
 def _volume_root(name: str) -> Path:
+    """A volume's folder on this node; remembered, since the testbed polls status files
+    many times a second and a volume does not move while it exists."""
+    known = _MOUNTPOINTS.get(name)
+    if known is not None and known.is_dir():
+        return known
     status, info = engine("GET", f"/volumes/{urllib.parse.quote(name)}")
     if status != 200:
         raise FileNotFoundError(f"no volume {name} on this node")
-    return Path(info["Mountpoint"])
+    _MOUNTPOINTS[name] = Path(info["Mountpoint"])
+    return _MOUNTPOINTS[name]
 
 
 def _inside(root: Path, relative: str) -> Path:
