@@ -21,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.docker, pytest.mark.multinode]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
     from testbed.backends import images
     from testbed.backends.multinode import Cluster
@@ -73,6 +73,7 @@ def test_each_site_runs_on_its_own_node_and_loses_what_local_loses(
     assert placed["wan-proxy"] in node_of_site.values()
 
     s, lo = swarm.figures, local.figures
+    print("lost on two nodes:", s["lost_events"], "on local:", lo["lost_events"])
     assert s["stuck_sites"] == lo["stuck_sites"] == ["site2"]
 
     def lag(figures: dict, verb: str) -> float:
