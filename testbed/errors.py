@@ -36,3 +36,7 @@ class Refused(TestbedError):
     """An operator procedure whose precondition does not hold (`force` overrides it)."""
 
     exit_code = 1
+
+
+class CannotRunHere(TestbedError):
+    """A scenario this backend cannot run (the swarm backend and a site added mid-run)."""

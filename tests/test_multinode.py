@@ -85,9 +85,12 @@ def test_each_site_runs_on_its_own_node_and_loses_what_local_loses(
         assert abs(s["lost_events"][site] - lost) <= slack, (site, s["lost_events"], lost)
 
 
-def test_a_new_site_without_a_node_is_refused_in_one_line(cluster, tmp_path: Path) -> None:
-    """return-to-normal brings up site3; no node carries its label, so the run is refused
-    before it starts: one line, exit 2."""
+def test_a_site_no_node_is_labelled_for_is_refused_in_one_line(cluster, tmp_path: Path) -> None:
+    """return-to-normal brings up site3 during the run: refused before it starts, one line,
+    exit 2. And on many nodes a site no node carries the label of is refused, saying how to
+    label one."""
+    from testbed.backends.swarm import SwarmBackend
+
     result = subprocess.run(
         [
             sys.executable,
@@ -95,12 +98,7 @@ def test_a_new_site_without_a_node_is_refused_in_one_line(cluster, tmp_path: Pat
             "testbed",
             "run",
             "return-to-normal-option-1",
-            "--backend",
-            "swarm",
-            "--home",
-            str(tmp_path / "home"),
-            "--out",
-            str(tmp_path / "r"),
+            *("--backend", "swarm", "--home", str(tmp_path / "home"), "--out", str(tmp_path / "r")),
         ],
         capture_output=True,
         text=True,
@@ -109,5 +107,8 @@ def test_a_new_site_without_a_node_is_refused_in_one_line(cluster, tmp_path: Pat
     )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "site3" in lines[0], lines
-    assert "docker node update --label-add bc-testbed.site3=true" in lines[0]
+    assert len(lines) == 1 and "site3" in lines[0] and "--backend local" in lines[0], lines
+    with cluster.environment(), SwarmBackend(home=tmp_path / "home") as backend:
+        assert backend.refusal(["site1", "site2"]) is None
+        reason = backend.refusal(["site1", "site9"])
+    assert reason and "docker node update --label-add bc-testbed.site9=true" in reason

@@ -41,15 +41,30 @@ from testbed.backends.docker import (
     DockerBackend,
     _name,
 )
-from testbed.backends.local import LOOPBACK, SHUTDOWN_SIGNALS, free_port, free_ports
+from testbed.backends.local import LOOPBACK, SHUTDOWN_SIGNALS, port_is_free
 from testbed.backends.swarmtask import AgentClient, ComponentProcess, Task
-from testbed.errors import ServerFailed, TestbedError
+from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.postgres import SUPERUSER, Server
 from testbed.topology import Topology
 
 SWARM_RECORD = "swarm.json"  # what this run changed in the swarm: made it, labelled nodes
 READY_TIMEOUT_S = 120.0
+PUBLISHED_RANGE = (21000, 32000)  # below Linux's ephemeral ports (32768-60999)
+
+
+def listen_ports(count: int) -> list[int]:
+    """Ports to publish, free here now and below the ephemeral range, so that no outgoing
+    connection takes one before the task binds it (a published port listens on the node
+    for the run's life)."""
+    import random
+
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(*PUBLISHED_RANGE)
+        if port not in chosen and port_is_free(LOOPBACK, port):
+            chosen.append(port)
+    return chosen
 
 
 class SwarmNode:
@@ -62,7 +77,8 @@ class SwarmNode:
         self.backend = backend
         self.name, self.site, self.role = name, site, role
         self.host = LOOPBACK
-        self.port = port if port is not None else free_port()
+        self.fixed_port = port is not None
+        self.port = port if port is not None else listen_ports(1)[0]
         self.service = _name(backend.id, name)
         self.volume = _name(backend.id, f"{name}-data")
         self.primary: str | None = None
@@ -116,7 +132,6 @@ class SwarmNode:
             raise ServerFailed(f"{self.name} is already {self.state()}")
         if not self.created:
             self._create()
-            self.task.wait_running()
             self.host = self.task.node_address or LOOPBACK
         # The role as it is now: the entrypoint reads PRIMARY when it clones.
         self.task.write("supervise/env.json", json.dumps({"PRIMARY": self.primary}).encode())
@@ -125,10 +140,23 @@ class SwarmNode:
         self.backend.record(self)  # type: ignore[arg-type]
 
     def _create(self) -> None:
-        entry = swarmfile.server_service(
-            self.name, self.site, self.port, autostart=False, image=self.backend.tags["postgres"]
-        )
-        self.backend.create_service(self.service, entry, {f"{self.name}-data": self.volume})
+        for attempt in range(3):  # a port chosen free may be taken before the task binds it
+            entry = swarmfile.server_service(
+                self.name,
+                self.site,
+                self.port,
+                autostart=False,
+                image=self.backend.tags["postgres"],
+            )
+            self.backend.create_service(self.service, entry, {f"{self.name}-data": self.volume})
+            try:
+                self.task.wait_running()
+                break
+            except PortInUse:
+                self.backend.remove_service(self.service)
+                if self.fixed_port or attempt == 2:
+                    raise
+                self.port = listen_ports(1)[0]
         self.created = True
 
     def _wait_ready(self, timeout: float) -> None:
@@ -216,7 +244,7 @@ class SwarmBackend(DockerBackend):
             raise TestbedError("--toxiproxy-image needs --backend docker")
         super().__init__(home=home, keep=keep, owner=owner)
         self.token = secrets.token_hex(16)
-        self.agent_port = free_port()
+        self.agent_port = listen_ports(1)[0]
         self.agents: dict[str, AgentClient] = {}
         self.node_addresses: dict[str, str] = {}
         self.proxy_service: str | None = None
@@ -278,9 +306,18 @@ class SwarmBackend(DockerBackend):
             return
         self.labelled.update(sites)
 
-    def refusal(self, sites: list[str]) -> str | None:
+    def refusal(self, sites: list[str], added: tuple[str, ...] = ()) -> str | None:
         """Why these sites cannot run here (None if they can): on many nodes, a site no node
-        is labelled for, such as a new site a transfer would bring up."""
+        is labelled for; anywhere, a site added during the run (`add-site`, the new site of a
+        return to normal). Its network would come after the WAN proxy's task started, and
+        swarm attaches a task to a network only by replacing the task, every route's toxics
+        and connections with it."""
+        if added:
+            return (
+                f"add-site brings up {', '.join(added)} during the run, and the WAN proxy's"
+                " swarm task cannot join a new site network without being replaced: run it"
+                " with --backend local or docker"
+            )
         nodes = self._nodes()
         if len(nodes) == 1:
             return None
@@ -307,6 +344,12 @@ class SwarmBackend(DockerBackend):
                     f"http://{address}:{self.agent_port}", self.token
                 )
             return self.node_addresses[node_id], self.agents[node_id]
+
+    def remove_service(self, name: str) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.APIError):
+            self.client.services.get(name).remove()
 
     def tasks(self, service: str) -> list[dict[str, Any]]:
         import docker.errors
@@ -389,15 +432,22 @@ class SwarmBackend(DockerBackend):
         sites = list(self.networks)
         if not sites:
             raise TestbedError("the WAN proxy needs a site network: call preflight first")
-        api_port, *route_ports = free_ports(1 + len(ROUTE_PORTS))
-        self.route_ports = dict(zip(ROUTE_PORTS, route_ports, strict=True))
-        ports = {api_port: PROXY_API_PORT}
-        ports.update({host: inner for inner, host in self.route_ports.items()})
         self.proxy_service = _name(self.id, PROXY_ALIAS)
-        entry = swarmfile.proxy_service(sites, ports, image=self.tags["proxy"])
-        self.create_service(self.proxy_service, entry)
-        task = Task(self, self.proxy_service, "", "")
-        task.wait_running()
+        for attempt in range(3):  # a port chosen free may be taken before the task binds it
+            api_port, *route_ports = listen_ports(1 + len(ROUTE_PORTS))
+            self.route_ports = dict(zip(ROUTE_PORTS, route_ports, strict=True))
+            ports = {api_port: PROXY_API_PORT}
+            ports.update({host: inner for inner, host in self.route_ports.items()})
+            entry = swarmfile.proxy_service(sites, ports, image=self.tags["proxy"])
+            self.create_service(self.proxy_service, entry)
+            task = Task(self, self.proxy_service, "", "")
+            try:
+                task.wait_running()
+                break
+            except PortInUse:
+                self.remove_service(self.proxy_service)
+                if attempt == 2:
+                    raise
         client = ToxiproxyClient(f"http://{task.node_address}:{api_port}")
         try:
             client.wait_until_ready(30.0)

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import TestbedError
+from testbed.errors import PortInUse, TestbedError
 
 TASK_TIMEOUT_S = 120.0
 
@@ -106,6 +106,8 @@ class Task:
                     self.node_address, self.agent = self.backend.node_of(task["NodeID"])
                     self._wait_supervisor(deadline)
                     return
+                if "port already in use" in status.get("Err", "") + status.get("Message", ""):
+                    raise PortInUse(f"{self.service}: {status.get('Err') or status['Message']}")
                 if state in ("failed", "rejected"):
                     raise TestbedError(
                         f"{self.service}: swarm could not run its task: {status.get('Err', state)}"

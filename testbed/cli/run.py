@@ -19,7 +19,7 @@ from testbed.cli.output import (
     toxiproxy_image_option,
     user_errors,
 )
-from testbed.errors import TestbedError
+from testbed.errors import CannotRunHere, TestbedError
 
 
 @click.command("list")
@@ -96,7 +96,7 @@ def run(
         raise TestbedError("name a scenario (see testbed list) or use --all")
     loaded = [load_scenario(name) for name in names]  # every file checked before any runs
     stop_on_signals()
-    failed = 0
+    failed = skipped = 0
     reports = []
     for scenario in loaded:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -121,16 +121,23 @@ def run(
             ) -> None:
                 bar.update(task, completed=max(t, 0) / 3600, description=f"{name}: {message[:60]}")
 
-            ScenarioRun(
-                scenario,
-                out_path,
-                home=home,
-                seed=seed,
-                replay=Path(replay) if replay else None,
-                progress=progress,
-                backend=backend,
-                toxiproxy_image=toxiproxy_image,
-            ).run()
+            try:
+                ScenarioRun(
+                    scenario,
+                    out_path,
+                    home=home,
+                    seed=seed,
+                    replay=Path(replay) if replay else None,
+                    progress=progress,
+                    backend=backend,
+                    toxiproxy_image=toxiproxy_image,
+                ).run()
+            except CannotRunHere as exc:
+                if len(loaded) == 1:
+                    raise
+                err.print(f"{scenario.name}: skipped: {exc}", highlight=False)
+                skipped += 1
+                continue
         outcome = write_reports(out_path)
         failed += not outcome.passed
         reports.append(outcome.to_json())
@@ -138,7 +145,8 @@ def run(
             print_summary(outcome, out_path, out)
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
-    sys.exit(1 if failed else 0)
+    # A failed check outranks a scenario this backend cannot run (2, as for bad input).
+    sys.exit(1 if failed else 2 if skipped else 0)
 
 
 @click.command()

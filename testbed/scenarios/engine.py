@@ -20,7 +20,7 @@ from testbed import procs
 from testbed.backends.choose import open_backend
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
-from testbed.errors import TestbedError
+from testbed.errors import CannotRunHere, TestbedError
 from testbed.history import History, of_kind, read_history
 from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence, marks
@@ -129,9 +129,9 @@ class ScenarioRun:
             )
             with backend:
                 refusal = getattr(backend, "refusal", None)
-                added = [st.value for st in steps if st.verb == "add-site"]
-                if refusal is not None and (reason := refusal([*s.topology.sites, *added])):
-                    raise TestbedError(f"{s.name} cannot run on this swarm: {reason}")
+                added = tuple(st.value for st in steps if st.verb == "add-site")
+                if refusal is not None and (reason := refusal(list(s.topology.sites), added)):
+                    raise CannotRunHere(f"{s.name} cannot run on this swarm: {reason}")
                 deployment = bring_up(s.topology, backend)
                 history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
                 # Scenario time starts once the servers are up, however long they took (a
