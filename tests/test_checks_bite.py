@@ -10,6 +10,7 @@ shown to catch a mark really moved too far in a live Info Mart.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -341,10 +342,13 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return play(tmp_path_factory, "checks-bite-long", LONG)
 
 
-def _heal_done_later(by: float) -> Callable[[list[dict[str, Any]]], None]:
+def _heal_later(by: float) -> Callable[[list[dict[str, Any]]], None]:
+    """The heal step as if it had begun and ended `by` later (moving its end alone would
+    make it a slow heal, whose return the model rightly leaves uncertain in between)."""
+
     def corrupt(history: list[dict[str, Any]]) -> None:
         for entry in history:
-            if entry["kind"] == "step-done" and entry["step"]["verb"] == "heal":
+            if entry["kind"] in ("step", "step-done") and entry["step"]["verb"] == "heal":
                 entry["t"] += by
 
     return corrupt
@@ -374,8 +378,11 @@ def test_events_are_judged_on_the_timeline_as_it_took_effect(
     """Had the heal taken effect 30 min later, the rules would lose 30 min more: the
     events the run loaded in those 30 min fail the loss check, though the stated window,
     which is about the timeline as written, still agrees."""
-    outcome = broken(long_run, tmp_path, edit_history(_heal_done_later(1800.0)))
+    outcome = broken(long_run, tmp_path, edit_history(_heal_later(1800.0)))
     assert failed(outcome) == ["loss"]
     loss = next(c for c in outcome.checks if c.name == "loss")
     assert "events loaded that the rules say are lost" in loss.message
-    assert "on the timeline as written, 3h" in loss.message
+    # The stated window agrees with the timeline as written; as it took effect, 30 min more.
+    assert "to 2h39m on the timeline as written" in loss.message
+    took = re.search(r"written, (\d+)h(\d+)m\d*s? to .* as it took effect", loss.message)
+    assert took and int(took[1]) * 60 + int(took[2]) >= 2 * 60 + 55, loss.message

@@ -23,13 +23,17 @@ pytestmark = [pytest.mark.docker, pytest.mark.multinode]
 
 @pytest.fixture(scope="module")
 def cluster():
-    from testbed.backends import images
+    from testbed.backends import images, multinode
     from testbed.backends.multinode import Cluster
     from testbed.errors import TestbedError
 
     try:
         client = images.engine_client()
         images.current_tags(("postgres", "proxy", "pipeline"))
+    except TestbedError as exc:
+        pytest.skip(str(exc))
+    try:  # Debian's docker.io comes from the archive: a machine without it cannot build
+        multinode.node_image(client, say=print)
     except TestbedError as exc:
         pytest.skip(str(exc))
     nodes = Cluster(client, ["site1", "site2"], name=f"bc-testbed-mn-{uuid.uuid4().hex[:6]}")
