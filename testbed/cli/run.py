@@ -135,7 +135,7 @@ def run(
             except CannotRunHere as exc:
                 if len(loaded) == 1:
                     raise
-                err.print(f"{scenario.name}: skipped: {exc}", highlight=False)
+                err.print(f"{scenario.name}: skipped: {exc}", highlight=False, soft_wrap=True)
                 skipped += 1
                 continue
         outcome = write_reports(out_path)
