@@ -47,14 +47,11 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def engine(
-    method: str, path: str, socket_path: str = ENGINE_SOCKET, body: Any = None
-) -> tuple[int, Any]:
+def engine(method: str, path: str, socket_path: str = ENGINE_SOCKET) -> tuple[int, Any]:
     """One call to the local engine's API: (status, decoded JSON or None)."""
     conn = _UnixConnection(socket_path)
     try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(method, path, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         body = response.read()
     finally:
