@@ -58,11 +58,14 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP end the run like Ctrl-C does: through the cleanup path."""
+    """SIGTERM and SIGHUP end the run like Ctrl-C does: through the cleanup path. Ctrl-C
+    too when started in the background of a shell script, which leaves SIGINT ignored (and
+    Python then installs no handler for it)."""
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
 
