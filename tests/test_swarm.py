@@ -152,6 +152,19 @@ def _site_labels(engine) -> list[str]:
     ]
 
 
+def _assert_nothing_left(engine, run_id: str, swarm_before: str, labels_before: list) -> None:
+    """No service, container, network or volume of the run ("": of any run), no node label
+    it added, and the swarm as it was before."""
+    assert _of_run(engine, run_id) == {
+        "services": [],
+        "containers": [],
+        "networks": [],
+        "volumes": [],
+    }
+    assert _site_labels(engine) == labels_before
+    assert _swarm_state(engine) == swarm_before
+
+
 @pytest.fixture
 def swarm_run(engine, tmp_path: Path):
     """A deployment and its pipeline on a fresh swarm backend; afterwards, nothing of the
@@ -172,14 +185,7 @@ def swarm_run(engine, tmp_path: Path):
         pipeline.close()
     finally:
         backend.close()
-    assert _of_run(engine, backend.id) == {
-        "services": [],
-        "containers": [],
-        "networks": [],
-        "volumes": [],
-    }
-    assert _site_labels(engine) == labels_before
-    assert _swarm_state(engine) == swarm_before
+    _assert_nothing_left(engine, backend.id, swarm_before, labels_before)
 
 
 @pytest.mark.docker
@@ -259,14 +265,7 @@ def test_down_all_removes_what_a_killed_swarm_runner_left(engine, tmp_path: Path
         text=True,
     )
     assert down.returncode == 0, down.stderr
-    assert _of_run(engine, run_id) == {
-        "services": [],
-        "containers": [],
-        "networks": [],
-        "volumes": [],
-    }
-    assert _site_labels(engine) == labels_before
-    assert _swarm_state(engine) == swarm_before
+    _assert_nothing_left(engine, run_id, swarm_before, labels_before)
 
 
 @pytest.mark.docker
@@ -329,8 +328,7 @@ def test_catalog_scenarios_lose_on_swarm_what_they_lose_on_local(
     swarm = run_scenario(scenario, backend="swarm")
     # Nothing of the run is left: no service, container, network, volume or node label; and
     # the swarm only if it was there before.
-    assert _of_run(engine, "") == {"services": [], "containers": [], "networks": [], "volumes": []}
-    assert (_site_labels(engine), _swarm_state(engine)) == (labels_before, swarm_before)
+    _assert_nothing_left(engine, "", swarm_before, labels_before)
     local = run_scenario(scenario, backend="local")
     for outcome in (swarm, local):
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]

@@ -56,6 +56,18 @@ def _name(run_id: str, what: str) -> str:
     return f"bc-testbed-{run_id}-{what}"
 
 
+def answers(host: str, port: int) -> bool:
+    """The server at host:port takes a connection and a query (the readiness probe)."""
+    try:
+        with psycopg.connect(
+            host=host, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=2
+        ) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
 def _publish(container: Any, port: int, host_port: int) -> Any:
     """Publish a container port on 127.0.0.1 only (testcontainers would bind 0.0.0.0)."""
     container.ports[f"{port}/tcp"] = (LOOPBACK, host_port)
@@ -186,18 +198,9 @@ class DockerNode:
         while time.monotonic() < deadline:
             if self.state() == "stopped" and not self._restarting():
                 raise ServerFailed(f"{self.name} did not start: {self._last_log_line()}")
-            try:
-                with psycopg.connect(
-                    host=self.host,
-                    port=self.port,
-                    user=SUPERUSER,
-                    dbname="postgres",
-                    connect_timeout=2,
-                ) as conn:
-                    conn.execute("SELECT 1")
+            if answers(self.host, self.port):
                 return
-            except psycopg.Error:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise ServerFailed(
             f"{self.name} did not answer within {timeout:.0f}s: {self._last_log_line()}"
         )

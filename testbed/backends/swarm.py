@@ -30,8 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from testbed.backends import runs, swarmfile
 from testbed.backends.docker import (
     LABEL,
@@ -40,12 +38,13 @@ from testbed.backends.docker import (
     ROUTE_PORTS,
     DockerBackend,
     _name,
+    answers,
 )
 from testbed.backends.local import LOOPBACK, SHUTDOWN_SIGNALS, port_is_free
 from testbed.backends.swarmtask import AgentClient, ComponentProcess, Task
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
-from testbed.postgres import SUPERUSER, Server
+from testbed.postgres import Server
 from testbed.topology import Topology
 
 SWARM_RECORD = "swarm.json"  # what this run changed in the swarm: made it, labelled nodes
@@ -162,18 +161,8 @@ class SwarmNode:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with psycopg.connect(
-                    host=self.host,
-                    port=self.port,
-                    user=SUPERUSER,
-                    dbname="postgres",
-                    connect_timeout=2,
-                ) as conn:
-                    conn.execute("SELECT 1")
+            if answers(self.host, self.port):
                 return
-            except psycopg.Error:
-                pass
             report = self.task.supervised()
             if report["state"] == "stopped" and report.get("starts"):
                 line = self.task.last_log_line()
@@ -188,8 +177,7 @@ class SwarmNode:
         self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
     ) -> None:
         """As `LocalNode.stop`: after `patience` wall seconds, an immediate shutdown."""
-        if self.task.frozen:
-            self.task.freeze(False)
+        self.task.thaw()
         if self.state() == "running":
             self.task.signal(SHUTDOWN_SIGNALS[mode].name)
             escalate = patience is not None and mode != "immediate"
@@ -204,10 +192,7 @@ class SwarmNode:
         """SIGKILL of every server process at once, as a host crash would."""
         if self.state() == "stopped":
             raise ServerFailed(f"{self.name} is not running")
-        self.task.signal("SIGUSR2")
-        if self.task.frozen:
-            self.task.freeze(False)
-        if not self.task.wait_state("stopped", 10.0):
+        if not self.task.kill_child():
             raise ServerFailed(f"{self.name} survived SIGKILL")
         self.backend.record(self)  # type: ignore[arg-type]
 
@@ -217,8 +202,7 @@ class SwarmNode:
         self.task.freeze(True)
 
     def resume(self) -> None:
-        if self.task.frozen:
-            self.task.freeze(False)
+        self.task.thaw()
 
     def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
         if self.state() != "stopped":
@@ -510,7 +494,17 @@ class SwarmBackend(DockerBackend):
     # --- clean-up ------------------------------------------------------------------------------
 
     def leftovers(self) -> list[str]:
-        return [s.name for s in self.client.services.list(filters={"label": f"{LABEL}={self.id}"})]
+        """Services of the run still there; none once the run left a swarm it made (the
+        engine then answers no service query at all)."""
+        import docker.errors
+
+        try:
+            found = self.client.services.list(filters={"label": f"{LABEL}={self.id}"})
+        except docker.errors.APIError:
+            if self.client.info().get("Swarm", {}).get("LocalNodeState") == "active":
+                raise
+            return []
+        return [service.name for service in found]
 
     def close(self) -> None:
         if self.keep:

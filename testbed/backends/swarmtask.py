@@ -151,6 +151,17 @@ class Task:
                 raise TestbedError(f"{self.service}: its supervisor did not start the process")
             time.sleep(0.01)
 
+    def thaw(self) -> None:
+        if self.frozen:
+            self.freeze(False)
+
+    def kill_child(self) -> bool:
+        """SIGKILL of the child's process group (a frozen one dies once thawed); whether it
+        is gone within 10 s."""
+        self.signal("SIGUSR2")
+        self.thaw()
+        return self.wait_state("stopped", 10.0)
+
     def read(self, path: str) -> bytes | None:
         return self._agent().read(self.volume, path)
 
@@ -240,8 +251,7 @@ class ComponentProcess:
     def stop(self, timeout: float = 10.0) -> None:
         if self.task.container is None:
             return
-        if self.task.frozen:
-            self.task.freeze(False)
+        self.task.thaw()
         if self.state() == "running":
             self.task.signal("SIGTERM")
             if not self.task.wait_state("stopped", timeout):
@@ -253,10 +263,7 @@ class ComponentProcess:
         stays): no chance to flush or clean anything up."""
         if self.state() == "stopped":
             raise TestbedError(f"{self.name} is not running")
-        self.task.signal("SIGUSR2")
-        if self.task.frozen:
-            self.task.freeze(False)
-        if not self.task.wait_state("stopped", 10.0):
+        if not self.task.kill_child():
             raise TestbedError(f"{self.name} survived SIGKILL")
 
     def pause(self) -> None:
@@ -265,8 +272,7 @@ class ComponentProcess:
         self.task.freeze(True)
 
     def resume(self) -> None:
-        if self.task.frozen:
-            self.task.freeze(False)
+        self.task.thaw()
 
     def restart(self) -> None:
         self.stop()
