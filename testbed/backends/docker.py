@@ -24,15 +24,10 @@ from typing import Any
 import psycopg
 
 from testbed.backends import images, runs
-from testbed.backends.local import (
-    LOOPBACK,
-    SHUTDOWN_SIGNALS,
-    free_port,
-    free_ports,
-    port_is_free,
-)
+from testbed.backends.local import SHUTDOWN_SIGNALS
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.ports import LOOPBACK, free_port, free_ports, port_is_free
 from testbed.postgres import SUPERUSER, Server, split_address
 from testbed.topology import Topology
 

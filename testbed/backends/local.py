@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -28,38 +27,11 @@ from testbed.backends.storage import data_root_for, storage_choice
 from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ToxiproxyClient
+from testbed.ports import LOOPBACK, free_port, port_is_free
 from testbed.postgres import Server
 from testbed.topology import Topology
 
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60.0
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """`count` distinct free ports: held open together while chosen, since asking one at a
-    time may hand out the same just-released port twice."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether a server could listen on `port` (TIME_WAIT leftovers do not count as taken)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 # PostgreSQL's shutdown modes: `smart` waits for clients, `fast` disconnects them,

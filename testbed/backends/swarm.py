@@ -40,30 +40,16 @@ from testbed.backends.docker import (
     _name,
     answers,
 )
-from testbed.backends.local import LOOPBACK, SHUTDOWN_SIGNALS, port_is_free
+from testbed.backends.local import SHUTDOWN_SIGNALS
 from testbed.backends.swarmtask import AgentClient, ComponentProcess, Task
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.ports import LOOPBACK, free_ports
 from testbed.postgres import Server
 from testbed.topology import Topology
 
 SWARM_RECORD = "swarm.json"  # what this run changed in the swarm: made it, labelled nodes
 READY_TIMEOUT_S = 120.0
-PUBLISHED_RANGE = (21000, 32000)  # below Linux's ephemeral ports (32768-60999)
-
-
-def listen_ports(count: int) -> list[int]:
-    """Ports to publish, free here now and below the ephemeral range, so that no outgoing
-    connection takes one before the task binds it (a published port listens on the node
-    for the run's life)."""
-    import random
-
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = random.randint(*PUBLISHED_RANGE)
-        if port not in chosen and port_is_free(LOOPBACK, port):
-            chosen.append(port)
-    return chosen
 
 
 class SwarmNode:
@@ -77,7 +63,7 @@ class SwarmNode:
         self.name, self.site, self.role = name, site, role
         self.host = LOOPBACK
         self.fixed_port = port is not None
-        self.port = port if port is not None else listen_ports(1)[0]
+        self.port = port if port is not None else free_ports(1)[0]
         self.service = _name(backend.id, name)
         self.volume = _name(backend.id, f"{name}-data")
         self.primary: str | None = None
@@ -155,7 +141,7 @@ class SwarmNode:
                 self.backend.remove_service(self.service)
                 if self.fixed_port or attempt == 2:
                     raise
-                self.port = listen_ports(1)[0]
+                self.port = free_ports(1)[0]
         self.created = True
 
     def _wait_ready(self, timeout: float) -> None:
@@ -228,7 +214,7 @@ class SwarmBackend(DockerBackend):
             raise TestbedError("--toxiproxy-image needs --backend docker")
         super().__init__(home=home, keep=keep, owner=owner)
         self.token = secrets.token_hex(16)
-        self.agent_port = listen_ports(1)[0]
+        self.agent_port = free_ports(1)[0]
         self.agents: dict[str, AgentClient] = {}
         self.node_addresses: dict[str, str] = {}
         self.proxy_service: str | None = None
@@ -418,7 +404,7 @@ class SwarmBackend(DockerBackend):
             raise TestbedError("the WAN proxy needs a site network: call preflight first")
         self.proxy_service = _name(self.id, PROXY_ALIAS)
         for attempt in range(3):  # a port chosen free may be taken before the task binds it
-            api_port, *route_ports = listen_ports(1 + len(ROUTE_PORTS))
+            api_port, *route_ports = free_ports(1 + len(ROUTE_PORTS))
             self.route_ports = dict(zip(ROUTE_PORTS, route_ports, strict=True))
             ports = {api_port: PROXY_API_PORT}
             ports.update({host: inner for inner, host in self.route_ports.items()})

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from testbed import procs
-from testbed.backends.local import free_port
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
 from testbed.deployment import Deployment
 from testbed.errors import TestbedError
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
+from testbed.ports import free_port
 from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec
 
 
