@@ -25,9 +25,9 @@ from testbed.backends import runs
 from testbed.backends.composefile import PROXY_API, server_ports, wan_routes
 from testbed.backends.docker import DockerNode
 from testbed.backends.images import engine_client
-from testbed.backends.local import LOOPBACK
 from testbed.errors import ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.ports import LOOPBACK
 from testbed.postgres import Server, split_address
 from testbed.topology import INFOMART_DATABASE, Topology
 
