@@ -3,8 +3,11 @@ real replication, every cross-site connection through the run's proxy server."""
 
 from __future__ import annotations
 
+import re
 import statistics
+import threading
 import time
+import urllib.request
 
 import psycopg
 import pytest
@@ -143,3 +146,79 @@ def test_bad_partitions_are_refused(wan_deployment: Deployment) -> None:
         wan_deployment.wan.partition("site1", "site2", mode="drop")  # type: ignore[arg-type]
     with pytest.raises(TestbedError, match="direction"):
         wan_deployment.wan.partition("site1", "site2", direction="site1->site3")
+
+
+# --- a link's bandwidth is one capacity -------------------------------------------------------
+
+LINK_KB_S = 2000
+
+
+def _sent_each_way(wan, source: str, dest: str) -> int:
+    """Bytes the proxies sent on every stream that carries `source` -> `dest` traffic,
+    from the proxy's own per-proxy counters (not the link's)."""
+    text = urllib.request.urlopen(f"{wan.client.url}/metrics", timeout=5).read().decode()
+    total = 0
+    for proxy, stream in wan.streams_from(source, dest):
+        pattern = (
+            rf'toxiproxy_proxy_sent_bytes_total\{{direction="{stream}",[^}}]*'
+            rf'proxy="{re.escape(proxy)}"[^}}]*\}} (\d+)'
+        )
+        match = re.search(pattern, text)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+def _pull(deployment: Deployment, client: str, server: str, stop: threading.Event) -> None:
+    """A large query result, server to client, until told to stop."""
+    with connect_via(deployment, client, server) as conn:
+        while not stop.is_set():
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT repeat('x', 2000) FROM generate_series(1, 2000)")
+                cursor.fetchall()
+
+
+def _write_wal(server, stop: threading.Event) -> None:
+    """WAL for the standby to stream, until told to stop."""
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ballast (filler text)")
+        while not stop.is_set():
+            conn.execute("INSERT INTO ballast SELECT repeat('y', 2000) FROM generate_series(1, 99)")
+
+
+def test_two_streams_and_a_base_backup_share_the_link_rate_each_way(
+    wan_deployment: Deployment,
+) -> None:
+    """The acceptance case: replication, query results and pg_basebackup's two connections
+    together stay within the link's rate, each way, measured on the proxies' own counters."""
+    d, wan = wan_deployment, wan_deployment.wan
+    wan.degrade("site1", "site2", bandwidth=LINK_KB_S)
+    assert wan.history[-1].detail["bandwidth_shared"] is True
+    stop = threading.Event()
+    flows = [
+        threading.Thread(target=_write_wal, args=(d.server("infomart1"), stop)),  # 1 -> 2
+        threading.Thread(target=_pull, args=(d, "gim2", "idb1", stop)),  # 1 -> 2
+        threading.Thread(target=_pull, args=(d, "gim1", "idb2", stop)),  # 2 -> 1
+        threading.Thread(target=_pull, args=(d, "icon1b", "idb2", stop)),  # 2 -> 1
+    ]
+    via = d.address_for("infomart2", "infomart1")
+    backup = threading.Thread(target=d.server("infomart1").backup, args=("shared-link", via))
+    for flow in [*flows, backup]:
+        flow.start()
+    try:
+        time.sleep(1.0)  # every flow under way, the link's burst allowance spent
+        start = time.monotonic()
+        before = {w: _sent_each_way(wan, *w) for w in (("site1", "site2"), ("site2", "site1"))}
+        time.sleep(4.0)
+        after = {w: _sent_each_way(wan, *w) for w in before}
+        elapsed = time.monotonic() - start
+        assert backup.is_alive(), "the base backup ended inside the window: make it larger"
+    finally:
+        stop.set()
+        for flow in flows:
+            flow.join(30)
+        wan.heal()
+        backup.join(120)
+    for way, sent in before.items():
+        rate_kb_s = (after[way] - sent) / elapsed / 1000
+        assert rate_kb_s <= LINK_KB_S * 1.05, f"{way}: {rate_kb_s:.0f} KB/s over the link"
+        assert rate_kb_s >= LINK_KB_S * 0.8, f"{way}: {rate_kb_s:.0f} KB/s, the link sat idle"

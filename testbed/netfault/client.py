@@ -42,7 +42,7 @@ class Toxic:
     type: str
     stream: str
     toxicity: float
-    attributes: dict[str, int]
+    attributes: dict[str, Any]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Toxic:
@@ -105,7 +105,7 @@ class Proxy:
         stream: str = "downstream",
         toxicity: float = 1.0,
         name: str | None = None,
-        **attributes: int,
+        **attributes: Any,
     ) -> Toxic:
         body: dict[str, Any] = {
             "type": type,
@@ -119,7 +119,7 @@ class Proxy:
         self.toxics.append(toxic)
         return toxic
 
-    def update_toxic(self, name: str, toxicity: float | None = None, **attributes: int) -> Toxic:
+    def update_toxic(self, name: str, toxicity: float | None = None, **attributes: Any) -> Toxic:
         body: dict[str, Any] = {"attributes": attributes}
         if toxicity is not None:
             body["toxicity"] = toxicity

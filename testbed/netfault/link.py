@@ -22,12 +22,16 @@ from collections import deque
 from typing import Any, Protocol
 
 from testbed.netfault.chain import ToxicChain
+from testbed.netfault.links import Link, Links
 from testbed.netfault.toxics import Chunk, Toxic
 
 log = logging.getLogger("testbed.netfault")
 
 QUEUE_HIGH = 1 << 20  # bytes queued on a direction before its source is paused
 QUEUE_LOW = 256 << 10
+# Toxics see data in chunks of at most this size (the reference reads 32 KiB at a time), so
+# a paced chunk leaves in small steps and a rate holds over short windows too.
+TOXIC_CHUNK = 32 << 10
 CLOSE_GRACE_S = 5.0  # a closing socket whose peer will not read is aborted after this
 _EOF = object()
 
@@ -40,6 +44,7 @@ class Endpoint(Protocol):
     chain: ToxicChain
     counters: dict[str, dict[str, int]]
     connections: set[Connection]
+    links: Links
 
     def upstream_address(self) -> tuple[str, int]: ...
 
@@ -200,6 +205,9 @@ class Direction:
     def reset(self) -> None:
         self.conn.reset()
 
+    def link(self, name: str) -> Link:
+        return self.conn.proxy.links.get(name)
+
     # --- data in ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
@@ -208,7 +216,9 @@ class Direction:
             self.dst.write(data)  # the fast path
             self._counters["sent"] += len(data)
             return
-        self.pending.append(Chunk(data, self.now()))
+        now = self.now()
+        for offset in range(0, len(data), TOXIC_CHUNK):  # as the reference reads them
+            self.pending.append(Chunk(data[offset : offset + TOXIC_CHUNK], now))
         self.pending_bytes += len(data)
         if self.pending_bytes > QUEUE_HIGH:
             self.src.hold("queue")

@@ -25,12 +25,14 @@ from testbed.netfault.chain import (
     parse_toxicity,
 )
 from testbed.netfault.link import Connection
+from testbed.netfault.links import Links
 from testbed.netfault.toxics import REGISTRY, Toxic
 
 
 class Proxy:
-    def __init__(self, name: str, listen: str, upstream: str) -> None:
+    def __init__(self, name: str, listen: str, upstream: str, links: Links | None = None) -> None:
         self.name = name
+        self.links = links if links is not None else Links()  # shared with its server's proxies
         self.requested_listen = listen
         self.listen = listen
         self.upstream = upstream

@@ -8,6 +8,7 @@ from collections.abc import ItemsView
 from typing import Any
 
 from testbed.netfault.chain import PROXY_EXISTS, ApiError, ToxicChain, bad_request
+from testbed.netfault.links import Links
 from testbed.netfault.proxy import Proxy
 
 DEFAULT_LISTEN = "127.0.0.1:0"  # loopback, never every interface, unless asked
@@ -41,6 +42,7 @@ def _checked(body: Any, index: int | None = None) -> dict[str, Any]:
 class ProxyCollection:
     def __init__(self) -> None:
         self._proxies: dict[str, Proxy] = {}
+        self.links = Links()
 
     def items(self) -> ItemsView[str, Proxy]:
         return self._proxies.items()
@@ -55,7 +57,7 @@ class ProxyCollection:
         return await self._add(checked)
 
     async def _add(self, checked: dict[str, Any]) -> Proxy:
-        proxy = Proxy(checked["name"], checked["listen"], checked["upstream"])
+        proxy = Proxy(checked["name"], checked["listen"], checked["upstream"], self.links)
         for entry in checked["toxics"]:  # in place before the first client can connect
             proxy.chain.stream(entry.stream).append(entry)
         if checked["enabled"]:
@@ -125,4 +127,5 @@ class ProxyCollection:
             "# TYPE bc_testbed_proxy_tasks gauge",
             f"bc_testbed_proxy_tasks {len(asyncio.all_tasks())}",
         ]
+        lines += self.links.metrics_lines(asyncio.get_running_loop().time())
         return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ the scenario history; `residue()` lists whatever is still applied.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from testbed.errors import TestbedError
-from testbed.netfault.client import Proxy, ToxiproxyClient, ToxiproxyError
+from testbed.netfault.client import Proxy, Toxic, ToxiproxyClient, ToxiproxyError
+
+log = logging.getLogger("testbed.wan")
 
 Mode = Literal["reset", "blackhole"]
 PREFIX = "wan-"  # names of the toxics this module applies
@@ -62,6 +65,7 @@ class Wan:
         self.routes = routes
         self.scenario_now = scenario_now
         self.history: list[Fault] = []
+        self._warned_per_connection = False
 
     # --- which proxies and streams ------------------------------------------------------
 
@@ -172,12 +176,15 @@ class Wan:
         jitter: int = 0,
         bandwidth: int | None = None,
     ) -> None:
-        """Slow the WAN both ways: `latency`/`jitter` in ms each way, `bandwidth` in KB/s."""
+        """Slow the WAN both ways: `latency`/`jitter` in ms each way, `bandwidth` in KB/s
+        (the link's capacity each way, shared by every connection that crosses it)."""
         self._check(a, b)
-        targets = self.streams_from(a, b) + self.streams_from(b, a)
+        targets = [(p, s, f"{a}->{b}") for p, s in self.streams_from(a, b)]
+        targets += [(p, s, f"{b}->{a}") for p, s in self.streams_from(b, a)]
+        per_connection: list[str] = []
 
-        def slow(target: tuple[str, str]) -> None:
-            proxy, stream = target
+        def slow(target: tuple[str, str, str]) -> None:
+            proxy, stream, link = target
             handle = self._proxy(proxy)
             if latency or jitter:
                 self._put(
@@ -189,19 +196,29 @@ class Wan:
                     jitter=jitter,
                 )
             if bandwidth is not None:
-                self._put(
-                    handle, f"{PREFIX}bandwidth-{stream}", "bandwidth", stream, rate=bandwidth
+                applied = self._put(
+                    handle,
+                    f"{PREFIX}bandwidth-{stream}",
+                    "bandwidth",
+                    stream,
+                    rate=bandwidth,
+                    group=link,
                 )
+                if applied.attributes.get("group") != link:
+                    per_connection.append(proxy)
 
         self._on_each(targets, slow)
-        self._record(
-            "degrade",
-            (a, b),
-            [p for p, _ in targets],
-            latency=latency,
-            jitter=jitter,
-            bandwidth=bandwidth,
-        )
+        detail: dict[str, Any] = {"latency": latency, "jitter": jitter, "bandwidth": bandwidth}
+        if bandwidth is not None:
+            detail["bandwidth_shared"] = not per_connection
+            if per_connection and not self._warned_per_connection:
+                self._warned_per_connection = True
+                log.warning(
+                    "warning: the WAN proxy does not share a link's bandwidth (a real "
+                    "Toxiproxy?): %s KB/s applies to each connection on its own",
+                    bandwidth,
+                )
+        self._record("degrade", (a, b), [p for p, _, _ in targets], **detail)
 
     def toxic(
         self,
@@ -210,7 +227,7 @@ class Wan:
         type: str,
         stream: str | None = None,
         toxicity: float = 1.0,
-        **attributes: int,
+        **attributes: Any,
     ) -> None:
         """Any toxic on every proxy of the link (`stream` None: both streams)."""
         self._check(a, b)
@@ -237,15 +254,15 @@ class Wan:
 
     @staticmethod
     def _put(
-        proxy: Proxy, name: str, type: str, stream: str, toxicity: float = 1.0, **attributes: int
-    ) -> None:
+        proxy: Proxy, name: str, type: str, stream: str, toxicity: float = 1.0, **attributes: Any
+    ) -> Toxic:
         """Add the toxic, or update it if this link already has one of that name."""
         try:
-            proxy.add_toxic(type, stream=stream, name=name, toxicity=toxicity, **attributes)
+            return proxy.add_toxic(type, stream=stream, name=name, toxicity=toxicity, **attributes)
         except ToxiproxyError as exc:
             if exc.status != 409:
                 raise
-            proxy.update_toxic(name, toxicity=toxicity, **attributes)
+            return proxy.update_toxic(name, toxicity=toxicity, **attributes)
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
         """Remove every partition and toxic between `a` and `b` (or on the whole WAN)."""

@@ -18,6 +18,7 @@ from testbed.pipeline.schema import event_digest
 from testbed.pipeline.timing import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.prediction import Prediction, predict_all
+from testbed.verdict.wan_units import wan_toxics
 
 
 @dataclass
@@ -188,6 +189,7 @@ def evaluate(out: Path) -> Outcome:
         "predicted_windows": {s: [[a, b] for a, b in w] for s, w in prediction.windows.items()},
         "planned_windows": {s: [[a, b] for a, b in w] for s, w in planned.windows.items()},
         "step_lags": _step_lags(history, factor),
+        "wan_toxics": wan_toxics(history, factor),
         "tolerance_s": tolerance,
         "tolerance_formula": run.get("tolerance_formula"),
         "tolerance_share_of_threshold": tolerance / threshold if threshold else None,

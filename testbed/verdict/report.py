@@ -51,6 +51,12 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
         highlight=False,
     )
     console.print(_tolerance_line(f), highlight=False)
+    for toxic in f.get("wan_toxics") or []:
+        console.print(f"WAN at {_at(toxic['at'])}: {toxic['text']}", highlight=False)
+
+
+def _at(scenario_time: float | None) -> str:
+    return "?" if scenario_time is None else format_duration(scenario_time)
 
 
 def _tolerance_line(f: dict[str, Any]) -> str:
@@ -177,6 +183,17 @@ def _fault_spans(history: list[dict[str, Any]]) -> list[tuple[float, float, str]
     return spans
 
 
+def _wan_list(figures: dict[str, Any]) -> str:
+    """The WAN toxics in wall and scenario units (empty when the run applied none)."""
+    toxics = figures.get("wan_toxics") or []
+    if not toxics:
+        return ""
+    items = "".join(
+        f"<li>at {html.escape(_at(t['at']))}: {html.escape(t['text'])}</li>" for t in toxics
+    )
+    return f"<h2>WAN toxics (wall units, and what they are in scenario time)</h2><ul>{items}</ul>"
+
+
 def _html(out: Path, outcome: Outcome) -> str:
     rows = "".join(
         f"<tr class={'pass' if c.passed else 'fail'}><td>{html.escape(c.name)}</td>"
@@ -197,6 +214,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow: auto; }}
 <h1>{html.escape(outcome.scenario)}: {verdict}</h1>
 <table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
 <p>{html.escape(_tolerance_line(outcome.figures))}</p>
+{_wan_list(outcome.figures)}
 <h2>Timeline</h2>
 <img alt="timeline" src="data:image/png;base64,{png}" style="max-width:100%">
 <h2>Figures</h2><pre>{figures}</pre>

@@ -3,6 +3,10 @@
 Pacing keeps a schedule across chunks (the next byte may leave when the previous ones have
 had their time), so the average rate holds whatever the chunk sizes. A rate change takes
 effect on the chunk being held.
+
+With a `group` (our extension; the reference ignores it), the schedule is not this
+connection's own but the shared link of that name (`links.Link`): every connection of every
+proxy whose bandwidth toxic names the group shares one `rate`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class _Schedule:
 class Bandwidth(Toxic):
     type_name = "bandwidth"
     attribute_names = ("rate",)
+    text_attribute_names = ("group",)
 
     def new_state(self, now: float) -> _Schedule:
         return _Schedule()
@@ -39,6 +44,12 @@ class Bandwidth(Toxic):
                 if rate == 0:
                     if not await pipe.sleep(STALL_S):
                         toxic = pipe.current(self.name)
+                    continue
+                group = toxic.attributes.get("group")
+                if group:
+                    if await _through_link(pipe.link(group), len(piece), rate, pipe):
+                        break
+                    toxic = pipe.current(self.name)
                     continue
                 # From when the link is free or the data arrived, not from when we woke up:
                 # timer overshoot must not add up over a long transfer.
@@ -56,3 +67,15 @@ class Bandwidth(Toxic):
                     out.append(Chunk(data, chunk.received))
                 break
         return out
+
+
+async def _through_link(link: Any, size: int, rate: int, pipe: Pipe) -> bool:
+    """Book `size` bytes on the shared link and wait for their turn; False when a toxic
+    change cut the wait short (the booking is given back and the piece planned again)."""
+    release = link.book(size, rate, pipe.now())
+    remaining = release - pipe.now()
+    if remaining > 0 and not await pipe.sleep(remaining):
+        link.cancel(release, size)
+        return False
+    link.sent(size)
+    return True

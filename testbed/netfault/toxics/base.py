@@ -26,6 +26,7 @@ class Pipe(Protocol):
     async def sleep(self, seconds: float) -> bool: ...  # False when a toxic change woke it
     def current(self, name: str) -> Toxic | None: ...  # this toxic as configured now, if active
     def flush(self, chunks: list[Chunk]) -> None: ...  # write these out now, in order
+    def link(self, name: str) -> Any: ...  # the shared link of that name (a `links.Link`)
     def close(self) -> None: ...  # close both ends, flushing what was written
     def reset(self) -> None: ...  # close both ends with a TCP RST
     @property
@@ -42,23 +43,25 @@ class Toxic:
     type_name: ClassVar[str] = "noop"
     # Attribute names in the order the reference serializes them; all are integers.
     attribute_names: ClassVar[tuple[str, ...]] = ()
+    # Our extensions: optional text attributes, kept (and shown) only when given.
+    text_attribute_names: ClassVar[tuple[str, ...]] = ()
     # Removing a toxic normally flushes what it held; a `timeout` instead closes the connection.
     closes_on_removal: ClassVar[bool] = False
 
-    def __init__(self, name: str, attributes: dict[str, int]) -> None:
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self.name = name
         self.attributes = attributes
 
-    def __getattr__(self, item: str) -> int:
+    def __getattr__(self, item: str) -> Any:
         try:
             return self.__dict__["attributes"][item]
         except KeyError:
             raise AttributeError(item) from None
 
     @classmethod
-    def check_attributes(cls, raw: dict[str, Any]) -> dict[str, int]:
+    def check_attributes(cls, raw: dict[str, Any]) -> dict[str, Any]:
         """Every attribute of the type (0 when unset), validated; unknown keys are ignored."""
-        values = {}
+        values: dict[str, Any] = {}
         for key in cls.attribute_names:
             value = raw.get(key, 0)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -68,6 +71,13 @@ class Toxic:
             if value < 0:
                 raise AttributeError_(f"attribute {key} must not be negative ({value})")
             values[key] = int(value)
+        for key in cls.text_attribute_names:
+            text = raw.get(key)
+            if text is None or text == "":
+                continue  # absent (or cleared by an update): the reference's behaviour
+            if not isinstance(text, str):
+                raise AttributeError_(f"attribute {key} must be a string, not {text!r}")
+            values[key] = text
         cls.check_values(values)
         return values
 
