@@ -8,6 +8,9 @@ Prints one JSON object:
   machine noise hits all three alike;
 - link efficiency: the rate achieved through the bandwidth toxic divided by the toxic's
   configured rate, i.e. what fraction of a link's nominal rate a base backup really gets;
+- ICON wire bytes: what ICON's own batch statement sends across the WAN (both ways, from
+  the proxy's counters) per batch and per event, fitted over batches of 1 and 100 events of
+  the workload's shape; the planner counts this share of the link during a transfer;
 - WAL bytes per event: `pg_current_wal_lsn()` before and after loading `--events` events
   shaped like the pipeline's (ids, payloads, sources as the workload and GIM make them)
   into an Info Mart database, in batches of `--batch`, one transaction per batch. Two
@@ -23,20 +26,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 from testbed.backends.local import LocalBackend
-from testbed.pipeline.schema import INFOMART_DDL
-from testbed.postgres import Server
+from testbed.clock import Clock
+from testbed.netfault.client import ToxiproxyClient
+from testbed.pipeline.icon import Icon
+from testbed.pipeline.pqueue import Item
+from testbed.pipeline.schema import IDB_DDL, INFOMART_DDL
+from testbed.pipeline.workload import schedule
+from testbed.postgres import Server, split_address
 
 SITE, SOURCE = "site1", "icon1a"
+BATCHES = 50
 
 
 def fill(server: Server, rows: int) -> int:
@@ -122,6 +135,50 @@ def wal_per_event(server: Server, dbname: str, events: int, batch: int, gim_shap
     return (after - before) / events
 
 
+def icon_wire_bytes(backend: LocalBackend, client: ToxiproxyClient, batch: int) -> float:
+    """Bytes ICON's write of one batch of `batch` events moves through a WAN proxy (the
+    statement up, the answer down), averaged over `BATCHES` batches into a fresh IDB."""
+    idb = backend.new_server(f"idb-{batch}", "site2", "idb").init().start()
+    idb.execute(IDB_DDL)
+    route = client.create_proxy(f"icon-{batch}", upstream=idb.address)
+    with tempfile.TemporaryDirectory(prefix="bench-icon-") as folder:
+        config = {
+            "name": "icon1b",
+            "site": SITE,
+            "queue": str(Path(folder) / "queue.db"),
+            "heartbeat_interval": 60.0,
+        }
+        icon = Icon(config, Clock.start())
+        events = schedule(SITE, 600.0, seed=1)
+        host, port = split_address(route.listen)
+        with psycopg.connect(host=host, port=port, user="postgres", autocommit=True) as conn:
+            conn.execute("SELECT 1")  # connection start-up is not a batch's cost
+            before = _proxy_bytes(client, route.name)
+            seq = 0
+            for _ in range(BATCHES):
+                items = []
+                for event in itertools.islice(events, batch):
+                    seq += 1
+                    body = {
+                        "id": event.id,
+                        "site": event.site,
+                        "ts": event.ts,
+                        "payload": event.payload,
+                    }
+                    items.append(Item(seq, "event", event.ts, body))
+                icon._write(conn, items)
+            moved = _proxy_bytes(client, route.name) - before
+        icon.queue.close()
+    idb.stop()
+    return moved / BATCHES
+
+
+def _proxy_bytes(client: ToxiproxyClient, proxy: str) -> int:
+    """Bytes the proxy sent both ways so far."""
+    pattern = rf'toxiproxy_proxy_sent_bytes_total\{{[^}}]*proxy="{proxy}"[^}}]*\}} (\d+)'
+    return sum(int(m) for m in re.findall(pattern, client.metrics()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -142,7 +199,10 @@ def main() -> None:
         client = backend.start_proxy()
         plain = client.create_proxy("wan-plain", upstream=server.address)
         paced = client.create_proxy("wan-paced", upstream=server.address)
-        paced.add_toxic("bandwidth", stream="downstream", name="link", rate=args.rate_kb_s)
+        # One link for both of pg_basebackup's connections, as the testbed's WAN does.
+        paced.add_toxic(
+            "bandwidth", stream="downstream", name="link", rate=args.rate_kb_s, group="wan"
+        )
         routes = {"direct": None, "proxy": plain.listen, "bandwidth": paced.listen}
         sizes: dict[str, list[int]] = {route: [] for route in routes}
         data: dict[str, list[int]] = {route: [] for route in routes}
@@ -153,6 +213,7 @@ def main() -> None:
                 sizes[route].append(size)
                 data[route].append(data_size)
                 seconds[route].append(took)
+        icon_1, icon_100 = (icon_wire_bytes(backend, client, n) for n in (1, 100))
         wal_fact = wal_per_event(server, "infomart_fact", args.events, args.batch, False)
         wal_gim = wal_per_event(server, "infomart", args.events, args.batch, True)
         version = server.scalar("SHOW server_version")
@@ -170,6 +231,8 @@ def main() -> None:
         "backup_bytes_without_wal": int(median(data["direct"])),
         "table_bytes": table_bytes,
         "basebackup_seconds": {r: round(median(seconds[r]), 2) for r in routes},
+        "icon_wire_bytes_per_event": round((icon_100 - icon_1) / 99, 1),
+        "icon_wire_bytes_per_batch": round(icon_1 - (icon_100 - icon_1) / 99, 1),
         "wal_bytes_per_event": round(wal_gim, 1),
         "wal_bytes_per_event_fact_insert_only": round(wal_fact, 1),
         "wal_events": args.events,

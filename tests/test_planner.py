@@ -15,6 +15,7 @@ from testbed.operations.planner import (
     catch_up_seconds,
     format_size,
     format_span,
+    icon_bytes_per_s,
     load_rates,
     parse_link,
     parse_size,
@@ -22,6 +23,7 @@ from testbed.operations.planner import (
     plan_transfer,
     render_plan,
 )
+from testbed.pipeline.icon import BATCH_MAX
 
 PERFECT = MeasuredRates(link_efficiency=1.0, proxy_bytes_per_s=1e12, wal_bytes_per_event=1000.0)
 
@@ -258,3 +260,45 @@ def test_cli_missing_size_is_a_usage_error() -> None:
     result = CliRunner().invoke(plan, ["transfer", "--link", "1Gbit/s"])
     assert result.exit_code == 2
     assert "--size" in result.stderr
+
+
+WITH_ICON = MeasuredRates(
+    link_efficiency=1.0,
+    proxy_bytes_per_s=1e12,
+    wal_bytes_per_event=1000.0,
+    icon_wire_bytes_per_event=100.0,
+    icon_wire_bytes_per_batch=300.0,
+)
+
+
+def test_icon_traffic_takes_its_share_of_the_link_from_the_copy() -> None:
+    # 3600 events/h = 1/s: ICON flushes every 5 s, so 5-event batches: 100 + 300/5 = 160 B/s.
+    assert icon_bytes_per_s(3600, WITH_ICON) == pytest.approx(160)
+    result = plan_transfer(10**12, 125e6, 3600, WITH_ICON)
+    assert result.icon_bytes_per_s == pytest.approx(160)
+    assert result.copy_bytes_per_s == pytest.approx(125e6 - 160)
+    assert result.transfer_s == pytest.approx(10**12 / (125e6 - 160))
+    # The whole job: copy and catch-up share what ICON leaves with the WAL.
+    assert result.total_s == pytest.approx(10**12 / (125e6 - 160 - 1000))
+    assert any("ICON's writes across it" in a for a in result.assumptions)
+    alone = plan_transfer(10**12, 125e6, 3600, PERFECT)
+    assert result.total_s > alone.total_s
+
+
+def test_a_busier_site_sends_fuller_batches() -> None:
+    """A batch's statement is paid once per batch: per event it shrinks as the rate grows,
+    down to the full-batch cost."""
+    slow = icon_bytes_per_s(360, WITH_ICON) / (360 / 3600)  # one event per batch
+    busy = icon_bytes_per_s(3_600_000, WITH_ICON) / 1000  # full batches
+    assert slow == pytest.approx(400)
+    assert busy == pytest.approx(100 + 300 / BATCH_MAX)
+
+
+def test_icon_and_wal_together_filling_the_link_never_catch_up() -> None:
+    # 3600/h: WAL 1000 B/s + ICON 160 B/s on a 1100 B/s link.
+    result = plan_transfer(10**6, 1100, 3600, WITH_ICON)
+    assert not result.catches_up
+    assert any("never catches up" in a for a in result.assumptions)
+    # ICON alone leaving nothing for the copy: the copy itself never ends.
+    stalled = plan_transfer(10**6, 150, 3600, WITH_ICON)
+    assert stalled.transfer_s == math.inf and not stalled.catches_up

@@ -153,8 +153,8 @@ class ToxiproxyClient:
     def __repr__(self) -> str:
         return f"ToxiproxyClient({self.url})"
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; the decoded JSON answer (None for 204).
+    def request(self, method: str, path: str, body: Any = None, text: bool = False) -> Any:
+        """One API call; the decoded JSON answer (None for 204), or the body as text.
 
         Calls reuse kept-alive connections, one per caller at a time, so a fault on many
         proxies can be applied by several threads at once: the link stays cut until its
@@ -199,6 +199,8 @@ class ToxiproxyClient:
             except (ValueError, KeyError, TypeError):
                 message = raw.decode(errors="replace").strip() or response.reason
             raise ToxiproxyError(response.status, message, method, path)
+        if text:
+            return raw.decode(errors="replace")
         if response.status == 204 or not raw:
             return None
         return json.loads(raw)
@@ -225,6 +227,10 @@ class ToxiproxyClient:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.02)
+
+    def metrics(self) -> str:
+        """The Prometheus text of `/metrics` (byte counters per proxy and direction)."""
+        return str(self.request("GET", "/metrics", text=True))
 
     def proxies(self) -> dict[str, Proxy]:
         return {name: self._proxy(p) for name, p in self.request("GET", "/proxies").items()}

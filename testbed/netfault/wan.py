@@ -20,6 +20,7 @@ the scenario history; `residue()` lists whatever is still applied.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,30 @@ class Fault:
     sites: tuple[str, ...]
     proxies: tuple[str, ...]
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+_PROXY_SENT = re.compile(
+    r'^toxiproxy_proxy_sent_bytes_total\{direction="(?P<direction>\w+)",'
+    r'[^}]*proxy="(?P<proxy>[^"]+)"[^}]*\} (?P<value>\d+)',
+    re.MULTILINE,
+)
+_LINK_SENT = re.compile(
+    r'^bc_testbed_link_sent_bytes_total\{link="(?P<link>[^"]+)"\} (?P<value>\d+)', re.MULTILINE
+)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """A snapshot of the WAN proxy's byte counters."""
+
+    proxies: dict[tuple[str, str], int]  # (proxy, "upstream" | "downstream") -> bytes sent
+    links: dict[str, int]  # shared link ("site1->site2") -> bytes sent
+
+    def since(self, earlier: Traffic) -> Traffic:
+        return Traffic(
+            {k: v - earlier.proxies.get(k, 0) for k, v in self.proxies.items()},
+            {k: v - earlier.links.get(k, 0) for k, v in self.links.items()},
+        )
 
 
 class Wan:
@@ -284,6 +309,27 @@ class Wan:
         self._on_each([p for p in proxies if not p.enabled], lambda proxy: proxy.enable())
         sites = (a, b) if a is not None else tuple(sorted(self._sites()))
         self._record("heal", sites, [r.proxy for r in routes])  # type: ignore[arg-type]
+
+    def link_rate(self, source: str, dest: str) -> int | None:
+        """The bandwidth (KB/s) `degrade` set on the `source` -> `dest` way, if any."""
+        for proxy, stream in self.streams_from(source, dest):
+            for toxic in self._proxy(proxy).toxics:
+                if toxic.name == f"{PREFIX}bandwidth-{stream}":
+                    return int(toxic.attributes["rate"])
+        return None
+
+    def traffic(self) -> Traffic:
+        """Bytes sent so far per (proxy, stream) and per shared link, from the proxy's
+        counters; empty when the proxy server keeps none (an older Toxiproxy)."""
+        try:
+            text = self.client.metrics()
+        except ToxiproxyError:
+            return Traffic({}, {})
+        proxies = {
+            (m["proxy"], m["direction"]): int(m["value"]) for m in _PROXY_SENT.finditer(text)
+        }
+        links = {m["link"]: int(m["value"]) for m in _LINK_SENT.finditer(text)}
+        return Traffic(proxies, links)
 
     def residue(self) -> list[str]:
         """Faults still applied, one line each (empty when the WAN is whole)."""

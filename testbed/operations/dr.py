@@ -29,6 +29,7 @@ import psycopg
 
 from testbed.deployment import Deployment
 from testbed.errors import Refused, TestbedError
+from testbed.netfault.wan import Traffic
 from testbed.pipeline.control import Pipeline, source_name
 from testbed.postgres import SUPERUSER, Server, format_lsn, split_address
 from testbed.topology import (
@@ -471,11 +472,21 @@ class Operator:
         via = self.deployment.ensure_route(dst.name, src.name, "replication")
         self._transfers += 1
         name = f"transfer-{self._transfers}-to-{dst.name}"
+        wan = self.deployment.wan
+        crosses = wan is not None and src_spec.site != dst_spec.site
+        traffic_before = wan.traffic() if wan is not None and crosses else None
         lsn_before = src.current_lsn()
         started = time.monotonic()
         path = src.backup(name, via=via)
         copy_s = time.monotonic() - started
         size = _tree_bytes(path)
+        over_wan = (
+            self._wan_share(
+                f"{dst.name}-to-{src.name}", src_spec.site, dst_spec.site, copy_s, traffic_before
+            )
+            if traffic_before is not None
+            else {}
+        )
         lsn_after = src.current_lsn()
         dst.rebuild_from(src, name, via=via).start()
         self._remove_backup(path)
@@ -495,6 +506,8 @@ class Operator:
             "bytes": size,
             "copy_wall_s": round(copy_s, 3),
             "rate_mb_s": round(size / copy_s / 1e6, 2) if copy_s else None,
+            "rate_basis": "backup size on disk",
+            **over_wan,
             "wal_during_copy_bytes": lsn_after - lsn_before,
             "catch_up_bytes": max(0, target - lsn_after),
             "catch_up_wall_s": round(catch_up_s, 3),
@@ -502,6 +515,36 @@ class Operator:
             "gim_stopped": paused,
         }
         self.record("dr", **facts)
+        return facts
+
+    def _wan_share(
+        self, proxy: str, source_site: str, target_site: str, copy_s: float, before: Traffic
+    ) -> dict[str, Any]:
+        """What the copy sent across the WAN and what else shared the link meanwhile.
+
+        The rate is the bytes on the wire over the copy's time: a backup's size on disk
+        is no measure of it (WAL segments are padded to their full size)."""
+        assert self.deployment.wan is not None
+        wan = self.deployment.wan
+        moved = wan.traffic().since(before)
+        copied = moved.proxies.get((proxy, "downstream"))
+        if copied is None or not copy_s:
+            return {}
+        way = f"{source_site}->{target_site}"
+        link_total = moved.links.get(way)
+        others = (
+            sum(moved.proxies.get(pair, 0) for pair in wan.streams_from(source_site, target_site))
+            - copied
+        )
+        facts: dict[str, Any] = {
+            "wan_bytes": copied,
+            "rate_mb_s": round(copied / copy_s / 1e6, 2),
+            "rate_basis": "bytes through the WAN proxy",
+            "link_rate_kb_s": wan.link_rate(source_site, target_site),
+            "link_other_bytes": max(0, others),
+        }
+        if link_total is not None:
+            facts["link_mb_s"] = round(link_total / copy_s / 1e6, 2)
         return facts
 
     @staticmethod

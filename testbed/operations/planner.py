@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import TestbedError
+from testbed.pipeline.icon import BATCH_MAX, FLUSH_AFTER_S
 
 _NUMBER = r"(?P<number>\d+(?:\.\d*)?|\.\d+)"
 
@@ -122,6 +123,9 @@ class MeasuredRates:
     bandwidth_toxic_kb_s: float | None = None
     wal_batch: int | None = None  # events per transaction when WAL per event was measured
     postgres: str | None = None
+    # What ICON's writes move across the WAN: per event, and per batch (one statement).
+    icon_wire_bytes_per_event: float = 0.0
+    icon_wire_bytes_per_batch: float = 0.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MeasuredRates:
@@ -135,6 +139,8 @@ class MeasuredRates:
                 bandwidth_toxic_kb_s=data.get("bandwidth_toxic_kb_s"),
                 wal_batch=data.get("wal_batch"),
                 postgres=data.get("postgres"),
+                icon_wire_bytes_per_event=float(data.get("icon_wire_bytes_per_event", 0.0)),
+                icon_wire_bytes_per_batch=float(data.get("icon_wire_bytes_per_batch", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TestbedError(
@@ -161,6 +167,17 @@ def load_rates(path: str | Path | None = None) -> MeasuredRates:
             f"python bench/transfer.py --write testbed/operations/{RATES_FILE}"
         ) from None
     return MeasuredRates.from_json(data)
+
+
+def icon_bytes_per_s(workload_per_hour: float, rates: MeasuredRates) -> float:
+    """ICON's writes on the wire: each event, and each batch's statement. ICON flushes a
+    batch every `FLUSH_AFTER_S` or at `BATCH_MAX` events, so a busier site sends fewer,
+    fuller batches."""
+    per_second = workload_per_hour / 3600
+    if per_second <= 0:
+        return 0.0
+    batch = min(BATCH_MAX, max(1.0, per_second * FLUSH_AFTER_S))
+    return per_second * (rates.icon_wire_bytes_per_event + rates.icon_wire_bytes_per_batch / batch)
 
 
 def catch_up_seconds(
@@ -191,6 +208,8 @@ class TransferPlan:
     wal_bytes_per_event: float | None = None
     wal_bytes_per_s: float | None = None
     wal_during_transfer_bytes: float | None = None
+    icon_bytes_per_s: float | None = None  # ICON batches crossing the link in the copy's way
+    copy_bytes_per_s: float | None = None  # what is left of the link for the copy
     catch_up_s: float | None = None  # math.inf: never catches up
     total_s: float | None = None  # math.inf: never catches up
     assumptions: list[str] = field(default_factory=list)
@@ -238,7 +257,7 @@ def plan_transfer(
         f"through a bandwidth-limited proxy{paced} ({when}); start-up (checkpoint, "
         "connection) is inside that figure, so long copies do slightly better",
         "the size is what pg_basebackup sends (the whole data directory, indexes included, "
-        "uncompressed), and the link carries nothing else",
+        "uncompressed)",
     ]
     if capped:
         assumptions.append(
@@ -257,19 +276,33 @@ def plan_transfer(
     )
     if workload_per_hour is None:
         assumptions.append(
-            "no workload given: the WAL GIM writes during the copy, and the catch-up on it, "
-            "are not counted (give --workload)"
+            "no workload given: the link carries nothing but the copy; the WAL GIM writes "
+            "during it, the catch-up on it and ICON's traffic are not counted (give --workload)"
         )
         return plan
     wal_rate = workload_per_hour / 3600 * rates.wal_bytes_per_event
+    icon_rate = icon_bytes_per_s(workload_per_hour, rates)
+    left = effective - icon_rate  # the link is one capacity: ICON's batches cross it too
+    transfer_s = size_bytes / left if left > 0 else math.inf
     backlog = wal_rate * transfer_s
-    catch_up = catch_up_seconds(backlog, effective, wal_rate)
+    catch_up = catch_up_seconds(backlog, left, wal_rate) if left > 0 else math.inf
+    plan.transfer_s = transfer_s
     plan.workload_per_hour = workload_per_hour
     plan.wal_bytes_per_event = rates.wal_bytes_per_event
     plan.wal_bytes_per_s = wal_rate
     plan.wal_during_transfer_bytes = backlog
+    plan.icon_bytes_per_s = icon_rate
+    plan.copy_bytes_per_s = max(0.0, left)
     plan.catch_up_s = catch_up
     plan.total_s = transfer_s + catch_up
+    if icon_rate:
+        assumptions.append(
+            f"the link is one capacity: ICON's writes across it take {format_rate(icon_rate)}"
+            f" ({rates.icon_wire_bytes_per_event:.0f} bytes per event plus"
+            f" {rates.icon_wire_bytes_per_batch:.0f} per batch on the wire, measured {when},"
+            " every event crossing once, the way the copy goes), and the WAL streaming to"
+            " the new standby takes its own share; GIM's extraction answers go the other way"
+        )
     assumptions.append(
         f"GIM keeps loading {format_count(workload_per_hour)} events/h throughout, each "
         f"writing {rates.wal_bytes_per_event:.0f} bytes of WAL (measured loading an Info Mart "
@@ -282,8 +315,9 @@ def plan_transfer(
     )
     if math.isinf(catch_up):
         assumptions.append(
-            f"the workload writes WAL at {format_rate(wal_rate)}, at least the "
-            f"{format_rate(effective)} the link delivers: the standby never catches up"
+            f"the workload writes WAL at {format_rate(wal_rate)} and ICON sends"
+            f" {format_rate(icon_rate)}, together at least the {format_rate(effective)} the"
+            " link delivers: the standby never catches up"
         )
     return plan
 
@@ -363,7 +397,8 @@ def render_plan(plan: TransferPlan) -> list[str]:
             (
                 "workload",
                 f"{format_count(plan.workload_per_hour)} events/h, "
-                f"WAL {format_rate(plan.wal_bytes_per_s)}",
+                f"WAL {format_rate(plan.wal_bytes_per_s)}, "
+                f"ICON {format_rate(plan.icon_bytes_per_s or 0.0)} across the link",
             ),
             ("WAL during backup", format_size(plan.wal_during_transfer_bytes)),
             ("catch-up", format_span(plan.catch_up_s)),
