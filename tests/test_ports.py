@@ -23,4 +23,3 @@ def test_a_port_taken_by_a_listener_is_never_chosen() -> None:
         taken = holder.getsockname()[1]
         assert not ports.port_is_free(ports.LOOPBACK, taken)
         assert taken not in ports.free_ports(200)
-
