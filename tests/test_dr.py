@@ -109,6 +109,8 @@ def test_return_to_normal_transfer_then_switchover_keeps_every_row(
     assert moved["wan_bytes"] > 1_000_000
     assert moved["rate_mb_s"] <= 20.0 * 1.05, moved
     assert moved["link_mb_s"] <= 20.0 * 1.05, moved
+    # The route the copy added after the degrade joined the link (it did not bypass it).
+    assert moved["link_mb_s"] >= moved["rate_mb_s"] * 0.95, moved
     with pytest.raises(Refused, match="standby of infomart2 already"):
         testbed_operator.transfer("site2", "site3")
     testbed_wan.heal()
