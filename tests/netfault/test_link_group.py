@@ -4,6 +4,7 @@ bandwidth toxic without one keeps the reference's per-connection limit."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from netfault_support import (
     connect,
     listen_port,
     pattern,
+    round_trip,
     send_in_background,
     sink,
 )
@@ -145,3 +147,23 @@ def test_metrics_show_what_crossed_each_link(api: Api, sink_server: TcpServer) -
     assert sent is not None, text
     assert int(sent.group(1)) == 100_000
     assert 'bc_testbed_link_rate_kilobytes{link="c->d"} 10000' in text
+
+
+def test_a_small_message_does_not_wait_behind_a_bulk_flow(
+    api: Api, sink_server: TcpServer, echo_server: TcpServer
+) -> None:
+    """A query crossing a link that a bulk copy fills waits one short turn per busy
+    connection, as behind a fair-queueing router, not a whole 16 KB piece of the copy's
+    (82 ms at 200 KB/s, which is 5 min of scenario time at 1h = 1s)."""
+    bulk = listen_port(api.create_proxy("bulk", sink_server.address))
+    query = listen_port(api.create_proxy("query", echo_server.address))
+    for proxy in ("bulk", "query"):
+        api.add_toxic(proxy, "bandwidth", stream="upstream", rate=200, group="slow->link")
+    with connect(bulk) as copy, connect(query) as client:
+        writer = send_in_background(copy, pattern(300_000))
+        time.sleep(0.3)  # the copy has the link booked ahead
+        round_trips = sorted(round_trip(client, b"select 1") for _ in range(7))
+        copy.close()
+        with contextlib.suppress(OSError):
+            writer.result()
+    assert round_trips[3] < 0.04, f"median round trip {round_trips[3] * 1000:.0f} ms"
