@@ -220,3 +220,14 @@ def test_sources_stop_and_start_without_loss(pipeline: Callable[..., Pipeline]) 
     assert_each_event_once(p)
     times = [e.ts for e in p.ledger("site2")]
     assert max(b - a for a, b in itertools.pairwise(times)) >= 0.4 * HOUR
+
+
+def test_starting_the_started_fixture_pipeline_does_nothing(testbed_pipeline: Pipeline) -> None:
+    """The fixture hands the pipeline over started; the Python example's `start()` must
+    not fail on it (nor start anything twice)."""
+    pids = {name: p.pid for name, p in testbed_pipeline.processes.items()}
+    assert testbed_pipeline.start() is testbed_pipeline
+    assert {name: p.pid for name, p in testbed_pipeline.processes.items()} == pids
+    running = {n for n, p in testbed_pipeline.processes.items() if p.state() == "running"}
+    assert running == {n for n, pid in pids.items() if pid is not None}
+    assert {"icon1a", "source1"} <= running

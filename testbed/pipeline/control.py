@@ -179,6 +179,7 @@ class Pipeline:
         topo = deployment.topology
         self.icons: dict[str, ManagedProcess] = {}
         self.icon_ports: dict[str, int] = {}
+        self.started = False
         for icon in topo.icons:
             self.icons[icon.name] = self._icon(icon)
         self.gims = {gim.name: self._gim(gim) for gim in topo.gims}
@@ -341,7 +342,14 @@ class Pipeline:
             raise TestbedError(f"no pipeline process '{name}' (known: {known})") from None
 
     def start(self) -> Pipeline:
-        """ICONs first (so no event is missed), then the active GIMs, then the sources."""
+        """ICONs first (so no event is missed), then the active GIMs, then the sources.
+
+        Starting a started pipeline does nothing: the `testbed_pipeline` fixture hands one
+        over started, and a test written from the Python example calls `start()` again.
+        One component is started again through its process (`process(name).start()`)."""
+        if self.started:
+            return self
+        self.started = True
         if self.containers:
             self.deployment.backend.wait_components()  # type: ignore[attr-defined]
         for icon in self.icons.values():
@@ -370,6 +378,7 @@ class Pipeline:
         raise TestbedError(f"{process.name} did not report within {timeout:.0f}s")
 
     def close(self) -> None:
+        self.started = False
         for group in (self.sources, self.gims, self.icons):
             for process in group.values():
                 process.stop()
