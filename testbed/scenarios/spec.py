@@ -94,7 +94,7 @@ def find_scenario(name_or_path: str) -> Path:
         for candidate in (directory / f"{name_or_path}.yaml", directory / f"{name_or_path}.yml"):
             if candidate.exists():
                 return candidate
-    known = ", ".join(sorted(p.stem for d in scenario_dirs() for p in d.glob("*.yaml")))
+    known = ", ".join(sorted({p.stem for d in scenario_dirs() for p in d.glob("*.yaml")}))
     raise InvalidFile(f"unknown scenario '{name_or_path}' (catalog: {known or 'empty'})")
 
 
