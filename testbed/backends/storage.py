@@ -50,17 +50,25 @@ def data_root_for(run_dir: Path, user: ServerUser, storage: Storage) -> Path:
             "use --storage disk"
         )
     if storage in ("auto", "ram") and ram_available():
-        base = RAM_ROOT
+        base = _shared(RAM_ROOT)
     elif user.can_reach(run_dir):
         return _own(run_dir, user)
     else:
-        base = DISK_FALLBACK_ROOT  # e.g. root running under /root, which the account cannot enter
+        base = _shared(DISK_FALLBACK_ROOT)  # root under /root, which the account cannot enter
     base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o755)
+    if base.stat().st_uid == os.getuid():
+        base.chmod(0o755)
     root = base / run_dir.name
     root.mkdir(mode=0o700)
     (run_dir / "data").symlink_to(root)
     return _own(root, user)
+
+
+def _shared(base: Path) -> Path:
+    """`base` for root, which every machine's runs share; `base-<uid>` for anyone else, so
+    that a user's runs never need a folder another account made (and owns)."""
+    uid = os.getuid()
+    return base if uid == 0 else base.with_name(f"{base.name}-{uid}")
 
 
 def _own(path: Path, user: ServerUser) -> Path:
