@@ -122,7 +122,11 @@ def test_a_wrong_expectation_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert "site2: lost window 0s (the rules give 0s on the timeline as written" in loss["message"]
     assert "expected 3h" in loss["message"]
     assert {c["name"] for c in report["checks"] if c["passed"]} >= {"duplicates", "residue"}
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
+    # The page leads with the verdict in plain words, failure and reason included.
+    lead = page.split("<p class=verdict>")[1].split("</p>")[0]
+    assert lead.startswith("No site lost anything;") and "The loss check failed" in lead
 
     again = cli("report", str(out), "--json")
     assert again.returncode == 1

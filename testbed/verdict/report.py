@@ -16,6 +16,7 @@ from rich.table import Table
 from testbed.clock import format_duration
 from testbed.history import of_kind, read_history
 from testbed.verdict.checks import Outcome, evaluate
+from testbed.verdict.summary import verdict_paragraph
 
 HOUR = 3600.0
 
@@ -37,6 +38,7 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
             check.name, "[green]pass[/]" if check.passed else "[red]fail[/]", check.message
         )
     console.print(table)
+    console.print(verdict_paragraph(outcome), highlight=False)
     f = outcome.figures
     ranges = f.get("predicted_lost_range") or {
         site: [n, n] for site, n in f["predicted_lost_events"].items()
@@ -111,6 +113,12 @@ def _plot(out: Path, outcome: Outcome) -> str:
         for s in samples
     ]
     top.plot(times, boundary_lag, "k--", label="reporting delay (now - transform boundary)")
+    run = next(of_kind(history, "run"), {})
+    threshold = (run.get("settings") or {}).get("extract_data_stuck_threshold")
+    if threshold:
+        top.axhline(
+            float(threshold) / HOUR, color="tab:orange", ls="-.", lw=1, label="stuck threshold"
+        )
     top.set_ylabel("scenario hours behind")
     icons = sorted({name for s in samples for name in (s.get("queued_events") or {})})
     for name in icons:
@@ -138,20 +146,91 @@ def _plot(out: Path, outcome: Outcome) -> str:
             va="bottom",
             color="tab:purple",
         )
-    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
-    facts = {row[0] for row in json.loads((out / "final.json").read_text())["facts"]}
-    lost = [e["ts"] / HOUR for e in ledger if e["id"] not in facts]
-    if lost:
-        top.plot(lost, [0] * len(lost), "rx", markersize=3, label=f"lost events ({len(lost)})")
+    _mark_steps(top, history)
+    _mark_losses(top, out, outcome)
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="upper right")
+        axis.legend(fontsize=7, loc="center right" if axis is top else "upper right")
     fig.suptitle(f"{outcome.scenario}: {'PASS' if outcome.passed else 'FAIL'}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _mark_steps(axis: Any, history: list[dict[str, Any]]) -> None:
+    """Every step of the timeline as a labelled tick along the top of the lag chart."""
+    steps = [e for e in of_kind(history, "step") if e["step"]["verb"] != "settle"]
+    if not steps:
+        return
+    xs = [e["t"] / HOUR for e in steps]
+    axis.plot(
+        xs,
+        [1.0] * len(xs),
+        "v",
+        color="tab:blue",
+        markersize=5,
+        transform=axis.get_xaxis_transform(),
+        clip_on=False,
+        label="steps",
+    )
+    for entry, x in zip(steps, xs, strict=True):
+        step = entry["step"]
+        value = step["value"]
+        target = "-".join(value) if isinstance(value, list) else (value or "")
+        axis.annotate(
+            f"{step['verb']} {target}".strip(),
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize=6,
+            rotation=90,
+            va="top",
+            ha="right",
+            color="tab:blue",
+        )
+
+
+def _mark_losses(axis: Any, out: Path, outcome: Outcome) -> None:
+    """Per site, a row for its predicted loss windows (a bar) and one just below for the
+    events actually lost (crosses): a person sees at a glance whether they line up."""
+    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    facts = {row[0] for row in json.loads((out / "final.json").read_text())["facts"]}
+    windows = outcome.figures.get("predicted_windows") or {}
+    low, high = axis.get_ylim()
+    row = 0.04 * (high - low)
+    labelled = set()
+    bottom = low
+    shown = [s for s in sorted({e["site"] for e in ledger} | set(windows))]
+    for index, site in enumerate(shown):
+        lost = [e["ts"] / HOUR for e in ledger if e["site"] == site and e["id"] not in facts]
+        if not lost and not windows.get(site):
+            continue
+        bar, crosses = -(2 * index + 1) * row, -(2 * index + 2) * row
+        for start, end in windows.get(site, []):
+            first = "window" not in labelled
+            labelled.add("window")
+            axis.plot(
+                [start / HOUR, end / HOUR],
+                [bar, bar],
+                color="tab:green",
+                lw=5,
+                solid_capstyle="butt",
+                label="predicted loss window" if first else None,
+            )
+        if lost:
+            axis.plot(
+                lost,
+                [crosses] * len(lost),
+                "rx",
+                markersize=3,
+                label=f"{site}: lost events ({len(lost)})",
+            )
+        axis.annotate(
+            site, (0, bar), xycoords=("axes fraction", "data"), fontsize=7, va="center", ha="right"
+        )
+        bottom = min(bottom, crosses - row)
+    axis.set_ylim(bottom, high)
 
 
 WAN_FAULTS = ("partition", "latency", "bandwidth", "toxic")
@@ -210,8 +289,10 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 tr.pass td:nth-child(2) {{ color: green; }} tr.fail td:nth-child(2) {{ color: red; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow: auto; }}
+p.verdict {{ font-size: 1.15em; }}
 </style></head><body>
 <h1>{html.escape(outcome.scenario)}: {verdict}</h1>
+<p class=verdict>{html.escape(verdict_paragraph(outcome))}</p>
 <table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
 <p>{html.escape(_tolerance_line(outcome.figures))}</p>
 {_wan_list(outcome.figures)}
