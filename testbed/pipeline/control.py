@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,10 +379,16 @@ class Pipeline:
         raise TestbedError(f"{process.name} did not report within {timeout:.0f}s")
 
     def close(self) -> None:
+        """Sources, then GIMs, then ICONs; each group at once (a stop is mostly waiting)."""
         self.started = False
         for group in (self.sources, self.gims, self.icons):
-            for process in group.values():
-                process.stop()
+            running = list(group.values())
+            if len(running) > 1:
+                with ThreadPoolExecutor(max_workers=len(running)) as pool:
+                    list(pool.map(lambda process: process.stop(), running))
+            else:
+                for process in running:
+                    process.stop()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -476,16 +483,7 @@ class Pipeline:
         queued: under a running workload the queues are never all empty at once.)"""
 
         def check(figures: dict[str, Any]) -> bool:
-            boundary = figures["transform_boundary"]
-            counted = {n for n, state in figures["states"].items() if state == "running"} - set(
-                figures["detached"]
-            )
-            oldest = [
-                ts
-                for n, ts in figures["oldest_queued_ts"].items()
-                if n in counted and ts is not None
-            ]
-            missing = any(n in counted and s is None for n, s in figures["queued_events"].items())
+            boundary, oldest, missing = _backlog(figures)
             return (
                 boundary is not None
                 and boundary >= through
@@ -501,6 +499,29 @@ class Pipeline:
             source.stop()
         last = max((e.ts for e in self.ledger()), default=0.0)
         return self.wait_for(self.caught_up(last), timeout, "settled")
+
+
+def reported_before(figures: dict[str, Any]) -> float | None:
+    """The scenario time reporting has caught up to (`Pipeline.caught_up` holds for any time
+    before it): every event emitted earlier is reported, or discarded by the rules. None
+    while a GIM in service has no transform boundary or a running ICON does not report."""
+    boundary, oldest, missing = _backlog(figures)
+    if boundary is None or missing:
+        return None
+    return float(min([boundary, *oldest]))
+
+
+def _backlog(figures: dict[str, Any]) -> tuple[float | None, list[float], bool]:
+    """The transform boundary, the oldest event each running ICON still queues, and whether
+    one of them does not report its queue (detached ICONs do not count)."""
+    counted = {n for n, state in figures["states"].items() if state == "running"} - set(
+        figures["detached"]
+    )
+    oldest = [
+        ts for n, ts in figures["oldest_queued_ts"].items() if n in counted and ts is not None
+    ]
+    missing = any(n in counted and s is None for n, s in figures["queued_events"].items())
+    return figures["transform_boundary"], oldest, missing
 
 
 def _last_line(path: Path) -> str:

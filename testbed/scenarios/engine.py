@@ -9,10 +9,11 @@ report can be re-made (`testbed report DIR`) without running anything again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,11 @@ from testbed.verdict.lineage import lineage
 from testbed.verdict.tolerance import tolerance_for
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
-LEAD_WALL_S = 3.0  # scenario time 0 is this far after the clock starts: components boot first
+# Scenario time 0 is this far after the clock starts, so that the components have booted
+# (the pipeline's start waits for them): about 0.6 s as local processes, seconds as
+# containers. Every run pays what the boot does not use.
+LEAD_WALL_S = {"local": 1.0}
+CONTAINER_LEAD_WALL_S = 3.0
 SAMPLE_WALL_S = 0.05
 FINAL_SETTLE_WALL_S = 90.0
 REPLAY_AGE_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
@@ -104,8 +109,24 @@ class ScenarioRun:
                 f"{s.name} uses operator procedures, which change the environment's roles for"
                 " good: run it on the local or docker backend"
             )
+        history = self.open_history()
+        steps = self.plan(history)
+        try:
+            with self.environment(history, steps) as (deployment, pipeline):
+                self._play(steps, deployment, pipeline, history)
+                self.finish(deployment, pipeline, history)
+        except TestbedError as exc:
+            history.record("aborted", error=str(exc))
+            raise
+        finally:
+            history.close()
+        return self.out
+
+    def open_history(self) -> History:
+        """The output folder and its history, opened with the run's settings and tolerance."""
+        s = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
-        clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
+        clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
         tolerance = tolerance_for(
             s.factor, float(self._settings_dict().get("heartbeat_interval", 60.0))
         )
@@ -122,42 +143,45 @@ class ScenarioRun:
             tolerance_s=tolerance.seconds,
             tolerance_formula=tolerance.formula(),
         )
-        steps = self.plan(history)
-        try:
-            backend = open_backend(
-                self.backend_name, home=self.home, toxiproxy_image=self.toxiproxy_image
-            )
-            with backend:
-                refusal = getattr(backend, "refusal", None)
-                added = tuple(st.value for st in steps if st.verb == "add-site")
-                if refusal is not None and (reason := refusal(list(s.topology.sites), added)):
-                    raise CannotRunHere(f"{s.name} cannot run on this swarm: {reason}")
-                deployment = bring_up(s.topology, backend)
-                history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
-                # Scenario time starts once the servers are up, however long they took (a
-                # container backend takes longer): the lead is for the pipeline to boot.
-                clock = Clock.start(factor=s.factor, at=-LEAD_WALL_S * s.factor)
-                history.clock = clock
-                with Pipeline(
-                    deployment, PipelineSettings(**self._settings_dict()), clock
-                ) as pipeline:
-                    pipeline.start()
-                    history.record("pipeline-started")
-                    placements = getattr(backend, "placements", None)
-                    if placements is not None:  # swarm: the node each task runs on
-                        history.record("placement", nodes=placements())
-                    self.operator = Operator(deployment, pipeline, history.record)
-                    self._play(steps, deployment, pipeline, history)
-                    self._finish(deployment, pipeline, history)
-                pids = [p.pid for p in pipeline.processes.values() if p.pid]
-            left = [p for p in pids if procs.alive(p)] + backend.leftovers()
-            history.record("teardown", leftover_pids=left)
-        except TestbedError as exc:
-            history.record("aborted", error=str(exc))
-            raise
-        finally:
-            history.close()
-        return self.out
+        return history
+
+    @contextlib.contextmanager
+    def environment(
+        self, history: History, steps: list[Step]
+    ) -> Iterator[tuple[Deployment, Pipeline]]:
+        """The topology up and the pipeline started for as long as the block lasts; then
+        every process and server stopped, and what outlived them recorded (`teardown`)."""
+        s = self.scenario
+        backend = open_backend(
+            self.backend_name, home=self.home, toxiproxy_image=self.toxiproxy_image
+        )
+        with backend:
+            refusal = getattr(backend, "refusal", None)
+            added = tuple(st.value for st in steps if st.verb == "add-site")
+            if refusal is not None and (reason := refusal(list(s.topology.sites), added)):
+                raise CannotRunHere(f"{s.name} cannot run on this swarm: {reason}")
+            deployment = bring_up(s.topology, backend)
+            history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
+            # Scenario time starts once the servers are up, however long they took (a
+            # container backend takes longer): the lead is for the pipeline to boot.
+            clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
+            history.clock = clock
+            with Pipeline(deployment, PipelineSettings(**self._settings_dict()), clock) as pipeline:
+                pipeline.start()
+                history.record("pipeline-started")
+                placements = getattr(backend, "placements", None)
+                if placements is not None:  # swarm: the node each task runs on
+                    history.record("placement", nodes=placements())
+                self.operator = Operator(deployment, pipeline, history.record)
+                yield deployment, pipeline
+            pids = [p.pid for p in pipeline.processes.values() if p.pid]
+        left = [p for p in pids if procs.alive(p)] + backend.leftovers()
+        history.record("teardown", leftover_pids=left)
+
+    @property
+    def lead(self) -> float:
+        """Wall seconds from the clock's start to scenario time 0 on this run's backend."""
+        return LEAD_WALL_S.get(self.backend_name, CONTAINER_LEAD_WALL_S)
 
     def _settings_dict(self) -> dict[str, Any]:
         s = self.scenario
@@ -166,22 +190,29 @@ class ScenarioRun:
     def _play(
         self, steps: list[Step], deployment: Deployment, pipeline: Pipeline, history: History
     ) -> None:
-        sampler = _Sampler(pipeline, deployment, history)
+        sampler = Sampler(pipeline, deployment, history)
         sampler.start()
         try:
             for step in steps:
                 pipeline.clock.sleep_until(step.at)
                 self.progress(pipeline.clock.now(), f"{step.verb} {step.value or step.options}")
-                history.record("step", step=step.to_json())
-                try:
-                    self._execute(step, deployment, pipeline, history)
-                    # When it took effect: a heal, a start or a resume is done only now.
-                    history.record("step-done", step=step.to_json())
-                except TestbedError as exc:
-                    self.failures.append(f"step {step.verb} at {step.at:.0f}s: {exc}")
-                    history.record("step-failed", step=step.to_json(), error=str(exc))
+                self.apply(step, deployment, pipeline, history)
         finally:
             sampler.stop()
+
+    def apply(
+        self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
+    ) -> None:
+        """One step, now. A step that fails is recorded and added to `failures`, and the
+        run goes on: the verdict says what it cost."""
+        history.record("step", step=step.to_json())
+        try:
+            self._execute(step, deployment, pipeline, history)
+            # When it took effect: a heal, a start or a resume is done only now.
+            history.record("step-done", step=step.to_json())
+        except TestbedError as exc:
+            self.failures.append(f"step {step.verb} at {step.at:.0f}s: {exc}")
+            history.record("step-failed", step=step.to_json(), error=str(exc))
 
     def _execute(
         self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
@@ -315,7 +346,7 @@ class ScenarioRun:
             )
             history.record("settle-timeout", through=target, limit=step.value)
 
-    def _finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
+    def finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
         wan = deployment.wan
         residue = wan.residue() if wan is not None else []
         history.record("residue", wan=residue)
@@ -345,21 +376,44 @@ class ScenarioRun:
         # The writers stop first: a replica is compared at a pinned LSN that must not move.
         for name in pipeline.active_gims:
             pipeline.gims[name].stop()
+        contents = self.write_contents(self.out, deployment, pipeline)
+        history.record("contents-saved", facts=len(contents["facts"]))
+
+    def write_contents(
+        self,
+        out: Path,
+        deployment: Deployment,
+        pipeline: Pipeline,
+        before: float | None = None,
+    ) -> dict[str, Any]:
+        """What the checks read besides the history: `ledger.jsonl` and `final.json` in `out`.
+
+        With `before`, a verdict so far on a run that goes on: only the events emitted
+        before that scenario time and their facts, and no replica or marks compared, since
+        neither holds still while GIM writes."""
         infomart = pipeline.reporting_infomart
-        with open(self.out / "ledger.jsonl", "w", encoding="utf-8") as ledger:
-            for event in pipeline.ledger():
+        events = [e for e in pipeline.ledger() if before is None or e.ts < before]
+        judged = {e.id for e in events}
+
+        def of_judged(rows: list[Any]) -> list[Any]:
+            return rows if before is None else [row for row in rows if row[0] in judged]
+
+        with open(out / "ledger.jsonl", "w", encoding="utf-8") as ledger:
+            for event in events:
                 ledger.write(json.dumps(dataclasses.asdict(event)) + "\n")
         server = deployment.server(infomart)
         sites = server.execute(
             "SELECT site, discard_before, discarded, returned_at FROM gim_site",
             dbname=INFOMART_DATABASE,
         )
-        facts = pipeline.facts(infomart)
+        facts = of_judged(pipeline.facts(infomart))
         counts = collections.Counter(row[0] for row in facts)
-        suspects = [e for e in pipeline.ledger() if counts[e.id] != 1][:LINEAGE_MAX]
+        suspects = [e for e in events if counts[e.id] != 1][:LINEAGE_MAX]
         gims = {g.name: g for g in deployment.topology.gims}
         others = {
-            gims[name].infomart: sorted({row[0] for row in pipeline.facts(gims[name].infomart)})
+            gims[name].infomart: sorted(
+                {row[0] for row in of_judged(pipeline.facts(gims[name].infomart))}
+            )
             for name in pipeline.active_gims[1:]
             if gims[name].infomart != infomart
         }
@@ -370,18 +424,21 @@ class ScenarioRun:
             "discards": pipeline.discards(infomart),
             "sites": [list(r) for r in sites],
             "other_infomarts": others,  # event ids each other Info Mart in service holds
-            "replica": self._replica(deployment),
+            "replica": self._replica(deployment) if before is None else None,
             "failures": self.failures,
             # Each fact's content, to compare with its ledger event.
-            "fact_contents": server.execute(
-                "SELECT event_id, site, ts, payload FROM fact_interaction",
-                dbname=INFOMART_DATABASE,
+            "fact_contents": of_judged(
+                server.execute(
+                    "SELECT event_id, site, ts, payload FROM fact_interaction",
+                    dbname=INFOMART_DATABASE,
+                )
             ),
-            "marks": marks(deployment, infomart),
-            "leftover": self._leftover(deployment, pipeline, infomart),
         }
-        (self.out / "final.json").write_text(json.dumps(contents))
-        history.record("contents-saved", facts=len(contents["facts"]))
+        if before is None:
+            contents["marks"] = marks(deployment, infomart)
+        contents["leftover"] = self._leftover(deployment, pipeline, infomart)
+        (out / "final.json").write_text(json.dumps(contents))
+        return contents
 
     def _leftover(
         self, deployment: Deployment, pipeline: Pipeline, infomart: str
@@ -427,7 +484,7 @@ class ScenarioRun:
         return {"pairs": pairs, "divergence": splits}
 
 
-class _Sampler(threading.Thread):
+class Sampler(threading.Thread):
     """Samples the pipeline's figures into the history while the timeline plays."""
 
     def __init__(self, pipeline: Pipeline, deployment: Deployment, history: History) -> None:
