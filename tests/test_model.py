@@ -391,3 +391,38 @@ def test_a_slow_partition_may_cut_the_site_off_only_when_it_is_done() -> None:
     assert prediction.windows["site2"] == [(1 * H + 15 * M, 4 * H)]
     assert prediction.verdict("site2", 1 * H + 5 * M) == "either"
     assert prediction.verdict("site2", 1 * H + 30 * M) == "lost"
+
+
+def _congested_prediction(rate_kb_s: int, events_per_hour: float) -> Any:
+    from testbed.verdict.congestion import congested_spans
+
+    history = [
+        step(1 * H, "bandwidth", None, link=["site1", "site2"], rate=rate_kb_s),
+        step(11 * H, "heal", ["site1", "site2"]),
+        {
+            "t": 11 * H,
+            "kind": "step-done",
+            "step": {"verb": "heal", "value": ["site1", "site2"], "options": {}},
+        },
+        end(14 * H),
+    ]
+    spans = congested_spans(history, events_per_hour, factor=3600)
+    return spans, predict(load_topology("active-standby"), history, THRESHOLD, TOL, congested=spans)
+
+
+def test_a_link_too_slow_for_the_workload_leaves_the_remote_site_open() -> None:
+    """50 KB/s at 1300 events/h per site (1h = 1s): less than ICON alone sends across it.
+    The remote site may fall behind past the threshold: its events of the span may go
+    either way; the GIM's own site is untouched."""
+    spans, prediction = _congested_prediction(50, 1300)
+    assert [(set(link), a, b) for link, a, b, _ in spans] == [({"site1", "site2"}, 1 * H, 11 * H)]
+    assert prediction.verdict("site2", 5 * H) == "either"
+    assert prediction.verdict("site1", 5 * H) == "kept"
+    assert prediction.verdict("site2", 12 * H) == "kept"
+    assert any("may fall behind past the threshold" in n for n in prediction.notes)
+
+
+def test_a_link_fast_enough_for_the_workload_changes_nothing() -> None:
+    spans, prediction = _congested_prediction(5000, 600)
+    assert spans == []
+    assert prediction.verdict("site2", 5 * H) == "kept"

@@ -17,6 +17,7 @@ from testbed.history import of_kind, read_history
 from testbed.pipeline.schema import event_digest
 from testbed.pipeline.timing import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
+from testbed.verdict.congestion import congested_spans
 from testbed.verdict.prediction import Prediction, predict_all
 from testbed.verdict.wan_units import wan_toxics
 
@@ -75,7 +76,8 @@ def evaluate(out: Path) -> Outcome:
     ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
     reconnect = RECONNECT_WALL_S * factor
     margins = (priming, rtt, ack_grace, reconnect)
-    predictions = predict_all(initial, history, threshold, tolerance, *margins)
+    congested = congested_spans(history, float(settings.get("rate_per_hour", 600.0)), factor)
+    predictions = predict_all(initial, history, threshold, tolerance, *margins, congested)
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),
@@ -94,6 +96,7 @@ def evaluate(out: Path) -> Outcome:
         threshold,
         tolerance,
         *margins,
+        congested,
     )
     planned = next(
         (p for p in as_planned.values() if p.infomart == prediction.infomart), prediction

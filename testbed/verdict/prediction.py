@@ -240,7 +240,7 @@ def predict(
     history: list[dict[str, Any]],
     threshold: float,
     tolerance: float,
-    **margins: float,
+    **margins: Any,
 ) -> Prediction:
     """The prediction of the first lineage (`predict_all` says what `margins` are)."""
     return next(iter(predict_all(topology, history, threshold, tolerance, **margins).values()))
@@ -255,6 +255,7 @@ def predict_all(
     rtt: float = 0.0,
     ack_grace: float = 0.0,
     reconnect: float = 0.0,
+    congested: list[tuple[frozenset[str], float, float, str]] | None = None,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name). Margins, in scenario seconds: `priming`, what a GIM back in
@@ -277,6 +278,7 @@ def predict_all(
             censuses,
             census_lost,
             reconnect,
+            congested or [],
         )
         last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
         prediction.infomart = timeline._gim(last).infomart if last else None
@@ -295,6 +297,7 @@ def _predict_chain(
     censuses: list[dict[str, Any]],
     census_lost: set[str],
     reconnect: float = 0.0,
+    congested: list[tuple[frozenset[str], float, float, str]] | None = None,
 ) -> Prediction:
     points = timeline.change_points()
     windows: dict[str, list[Window]] = {}
@@ -522,6 +525,14 @@ def _predict_chain(
                 f"{site}: both ICONs down in [{start:.0f}s, {end:.0f}s):"
                 " events emitted then reach no queue"
             )
+        for link, start, end, why in congested or []:
+            home = gim_site(start)
+            if site in link and home in link and site != home:
+                unsure.append((start, end))
+                notes.append(
+                    f"{site}: {why} in [{start:.0f}s, {end:.0f}s): it may fall behind past"
+                    " the threshold, so its events then may go either way"
+                )
         windows[site] = _merge(lost)
         ambiguous[site] = unsure + [
             (a - 1.0, b)

@@ -49,7 +49,8 @@ def _site_loss(site: str, count: int, f: dict[str, Any], as_predicted: bool) -> 
         if at_disaster:
             why = ", as the census of the surviving stores predicts" if as_predicted else ""
             return f"{label} lost {count:,} events in the disaster (what no store kept){why}"
-        return f"{label} lost {count:,} events"
+        why = ", which the rules leave open (see the prediction's notes)" if as_predicted else ""
+        return f"{label} lost {count:,} events{why}"
     span = sum(end - start for start, end in windows)
     where = ", ".join(f"{_minutes(a)} to {_minutes(b)}" for a, b in windows)
     why = ", as the stuck-threshold rule predicts" if as_predicted else ""
