@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from testbed.cli.plan import plan
-from testbed.operations.outage import outage_steps, plan_timeline
 from testbed.pipeline.workload import schedule
+from testbed.scenarios.outage_plan import outage_steps, plan_timeline
 from testbed.scenarios.spec import Step
 from testbed.topology import default_topology, load_topology
 

@@ -38,7 +38,7 @@ def _scenario_command(name: str) -> click.Command:
     @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
     @user_errors
     def scenario_plan(as_json: bool) -> None:
-        from testbed.operations.outage import concrete_steps, plan_timeline
+        from testbed.scenarios.outage_plan import concrete_steps, plan_timeline
         from testbed.scenarios.spec import load_scenario
 
         scenario = load_scenario(name)
@@ -57,7 +57,7 @@ def _scenario_command(name: str) -> click.Command:
 
 
 def _print_outage(result: Any, as_json: bool) -> None:
-    from testbed.operations.outage import render_outage
+    from testbed.scenarios.outage_plan import render_outage
 
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -99,8 +99,8 @@ def outage(
     """
     from testbed.clock import parse_duration
     from testbed.errors import TestbedError
-    from testbed.operations.outage import outage_steps, plan_timeline
     from testbed.operations.planner import parse_workload
+    from testbed.scenarios.outage_plan import outage_steps, plan_timeline
     from testbed.topology import load_topology
 
     length, limit, at = parse_duration(duration), parse_duration(threshold), parse_duration(start)
