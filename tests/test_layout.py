@@ -22,8 +22,10 @@ STAGES = {
     "operations": 2,
     "scenarios": 3,
     "cli": 4,
-    "pytest_plugin": 5,  # entry points: the pytest plugin and `python -m testbed`
+    # Entry points: the pytest plugin, `python -m testbed`, the Chaos Toolkit extension.
+    "pytest_plugin": 5,
     "__main__": 5,
+    "chaostoolkit": 5,
 }
 
 

@@ -399,8 +399,8 @@ class ScenarioRun:
             return rows if before is None else [row for row in rows if row[0] in judged]
 
         with open(out / "ledger.jsonl", "w", encoding="utf-8") as ledger:
-            for event in events:
-                ledger.write(json.dumps(dataclasses.asdict(event)) + "\n")
+            for event in events:  # vars(): the same fields as asdict(), a copy costs more
+                ledger.write(json.dumps(vars(event)) + "\n")
         server = deployment.server(infomart)
         sites = server.execute(
             "SELECT site, discard_before, discarded, returned_at FROM gim_site",

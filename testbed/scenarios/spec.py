@@ -7,6 +7,7 @@ Every mistake is one line naming the file, the line and the field (`InvalidFile`
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,23 @@ def find_scenario(name_or_path: str) -> Path:
 def load_scenario(name_or_path: str | Path) -> Scenario:
     path = find_scenario(str(name_or_path))
     return _Parser(datafile.load(path)).scenario()
+
+
+def scenario_from_data(data: Any, source: str) -> Scenario:
+    """A scenario given as plain data rather than a file (a Chaos Toolkit experiment's
+    settings), checked as a file is, its errors naming `source` and the field."""
+    return _Parser(datafile.DataFile(source, data)).scenario()
+
+
+def parse_step(
+    raw: Any, topology: Topology, failed: Iterable[str] = (), source: str = "step"
+) -> Step:
+    """One step checked against the topology as it is now, for a run driven step by step:
+    the same checks and one-line errors as a step of a file. `failed` are the sites lost
+    so far (an `add-site` replaces one)."""
+    names = _Names(topology)
+    names.failed = list(failed)
+    return _Parser(datafile.DataFile(source, raw)).step(raw, (), names)
 
 
 class _Parser:
