@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ import psycopg
 from testbed.backends.local import LocalBackend
 from testbed.clock import Clock
 from testbed.netfault.client import ToxiproxyClient
+from testbed.netfault.wan import Traffic
 from testbed.pipeline.icon import Icon
 from testbed.pipeline.pqueue import Item
 from testbed.pipeline.schema import IDB_DDL, INFOMART_DDL
@@ -175,8 +175,8 @@ def icon_wire_bytes(backend: LocalBackend, client: ToxiproxyClient, batch: int) 
 
 def _proxy_bytes(client: ToxiproxyClient, proxy: str) -> int:
     """Bytes the proxy sent both ways so far."""
-    pattern = rf'toxiproxy_proxy_sent_bytes_total\{{[^}}]*proxy="{proxy}"[^}}]*\}} (\d+)'
-    return sum(int(m) for m in re.findall(pattern, client.metrics()))
+    sent = Traffic.from_metrics(client.metrics()).proxies
+    return sum(sent.get((proxy, stream), 0) for stream in ("upstream", "downstream"))
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from testbed import procs
+from testbed.backends.local import LocalBackend
 from testbed.backends.runs import list_runs
 from testbed.history import of_kind, read_history
 from testbed.netfault.client import ToxiproxyClient
-from testbed.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHAOS = Path(sys.executable).with_name("chaos")
@@ -294,30 +294,15 @@ def echo_server() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def our_proxy_server(log: Path) -> Iterator[int]:
-    """Our Toxiproxy-compatible server on a free loopback port; its port. Always stopped."""
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "testbed.netfault", "-host", "127.0.0.1", "-port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        ToxiproxyClient(f"http://127.0.0.1:{port}").wait_until_ready(15.0)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+def our_proxy_server(home: Path) -> Iterator[int]:
+    """Our Toxiproxy-compatible server, as a run starts it; its port. Always stopped."""
+    with LocalBackend(home=home) as backend:
+        yield backend.start_proxy().port
 
 
 def test_chaostoolkit_toxiproxy_drives_our_proxy(tmp_path: Path) -> None:
     proxy, toxic = "chaostoxi.proxy", "chaostoxi.toxic"
-    with echo_server() as echo, our_proxy_server(tmp_path / "proxy.log") as port:
+    with echo_server() as echo, our_proxy_server(tmp_path / "home") as port:
         url = f"http://127.0.0.1:{port}"
         seen = {"url": url, "name": "echo"}  # our side: our client, real traffic
         experiment = {

@@ -3,11 +3,9 @@ real replication, every cross-site connection through the run's proxy server."""
 
 from __future__ import annotations
 
-import re
 import statistics
 import threading
 import time
-import urllib.request
 
 import psycopg
 import pytest
@@ -156,16 +154,8 @@ LINK_KB_S = 2000
 def _sent_each_way(wan, source: str, dest: str) -> int:
     """Bytes the proxies sent on every stream that carries `source` -> `dest` traffic,
     from the proxy's own per-proxy counters (not the link's)."""
-    text = urllib.request.urlopen(f"{wan.client.url}/metrics", timeout=5).read().decode()
-    total = 0
-    for proxy, stream in wan.streams_from(source, dest):
-        pattern = (
-            rf'toxiproxy_proxy_sent_bytes_total\{{direction="{stream}",[^}}]*'
-            rf'proxy="{re.escape(proxy)}"[^}}]*\}} (\d+)'
-        )
-        match = re.search(pattern, text)
-        total += int(match.group(1)) if match else 0
-    return total
+    sent = wan.traffic().proxies
+    return sum(sent.get(pair, 0) for pair in wan.streams_from(source, dest))
 
 
 def _pull(deployment: Deployment, client: str, server: str, stop: threading.Event) -> None:

@@ -72,6 +72,14 @@ class Traffic:
     proxies: dict[tuple[str, str], int]  # (proxy, "upstream" | "downstream") -> bytes sent
     links: dict[str, int]  # shared link ("site1->site2") -> bytes sent
 
+    @classmethod
+    def from_metrics(cls, text: str) -> Traffic:
+        """From the Prometheus text of a proxy server's `/metrics`."""
+        proxies = {
+            (m["proxy"], m["direction"]): int(m["value"]) for m in _PROXY_SENT.finditer(text)
+        }
+        return cls(proxies, {m["link"]: int(m["value"]) for m in _LINK_SENT.finditer(text)})
+
     def since(self, earlier: Traffic) -> Traffic:
         return Traffic(
             {k: v - earlier.proxies.get(k, 0) for k, v in self.proxies.items()},
@@ -322,14 +330,9 @@ class Wan:
         """Bytes sent so far per (proxy, stream) and per shared link, from the proxy's
         counters; empty when the proxy server keeps none (an older Toxiproxy)."""
         try:
-            text = self.client.metrics()
+            return Traffic.from_metrics(self.client.metrics())
         except ToxiproxyError:
             return Traffic({}, {})
-        proxies = {
-            (m["proxy"], m["direction"]): int(m["value"]) for m in _PROXY_SENT.finditer(text)
-        }
-        links = {m["link"]: int(m["value"]) for m in _LINK_SENT.finditer(text)}
-        return Traffic(proxies, links)
 
     def residue(self) -> list[str]:
         """Faults still applied, one line each (empty when the WAN is whole)."""
