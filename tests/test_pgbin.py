@@ -113,3 +113,21 @@ def test_embedded_asked_for_but_missing_says_how_to_get_it(no_embedded: None) ->
 def test_a_wrong_explicit_choice_does_not_fall_back(tmp_path: Path) -> None:
     with pytest.raises(MissingBinaries, match="TESTBED_PG_BIN=/nonexistent does not hold"):
         pgbin.find_binaries({"TESTBED_PG_BIN": "/nonexistent"})
+
+
+def test_binaries_the_server_account_cannot_reach_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Root's checkout under a folder only root may enter: embedded binaries there cannot run
+    as the server account. Said before anything starts, not as a failed server start."""
+    import os
+
+    from testbed.backends.local import LocalBackend
+
+    if os.geteuid() != 0:
+        pytest.skip("servers run as the caller itself: every folder it has is reachable")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    bindir = _fake_bindir(hidden / "bin", "18.1")
+    with pytest.raises(MissingBinaries) as refused:
+        LocalBackend(home=tmp_path / "home", bins=pgbin.PgBinaries(bindir, "18"))
+    assert "cannot reach the PostgreSQL binaries" in str(refused.value)
+    assert "\n" not in str(refused.value)

@@ -26,7 +26,7 @@ from testbed.backends.proxyproc import NAME as PROXY_NAME
 from testbed.backends.proxyproc import ProxyProcess
 from testbed.backends.storage import data_root_for, storage_choice
 from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
-from testbed.errors import PortInUse, ServerFailed, TestbedError
+from testbed.errors import MissingBinaries, PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ToxiproxyClient
 from testbed.ports import LOOPBACK, free_port, port_is_free
 from testbed.postgres import Server
@@ -369,6 +369,13 @@ class LocalBackend:
     ) -> None:
         self.bins = bins or find_binaries()
         self.user: ServerUser = server_user()
+        if not self.user.can_reach(self.bins.bindir):
+            raise MissingBinaries(
+                f"the server account '{self.user.name}' cannot reach the PostgreSQL binaries in"
+                f" {self.bins.bindir} (a folder only root may enter, such as /root); put the"
+                " checkout where others can traverse, install a system PostgreSQL, or set"
+                " TESTBED_PG_BIN"
+            )
         self.template = ensure_template(self.bins, self.user)
         self.keep = keep
         home_path = runs.home_dir(home)
