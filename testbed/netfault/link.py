@@ -8,6 +8,9 @@ safe both ways: the fast path is used only while nothing is queued, so order nev
 Backpressure is TCP's own: a direction stops reading from its source while its receiver's
 send buffer is full or too much is queued, so a stalled peer (or a bandwidth toxic) slows
 the sender down instead of growing memory, and no byte is dropped by the proxy itself.
+
+A connection whose proxy has no toxic may be relayed by a worker process instead (see
+`workers`); a toxic added to the proxy brings it back here before the API answers.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 import struct
+import time
 from collections import deque
 from typing import Any, Protocol
 
+from testbed.netfault import workers
 from testbed.netfault.chain import ToxicChain
 from testbed.netfault.links import Link, Links
 from testbed.netfault.toxics import Chunk, Toxic
@@ -56,6 +62,7 @@ class Side(asyncio.Protocol):
         self.conn = conn
         self.role = role
         self.transport: asyncio.Transport | None = None
+        self.feeds: Direction | None = None  # where its bytes go; None until they may go
         self.write_paused = False
         self._holds: set[str] = set()
         self._drain: list[asyncio.Future[None]] = []
@@ -67,7 +74,12 @@ class Side(asyncio.Protocol):
         self.conn.side_made(self)
 
     def data_received(self, data: bytes) -> None:
-        self.conn.received(self, data)
+        # Once per read: every call and lookup saved here is saved on every message.
+        direction = self.feeds
+        if direction is None:
+            self.conn.hold_read(self, data)
+        else:
+            direction.feed(data)
 
     def eof_received(self) -> bool:
         self.conn.eof(self)
@@ -98,8 +110,9 @@ class Side(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def drained(self) -> None:
         if self.write_paused and self.transport is not None:
@@ -131,11 +144,12 @@ class Direction:
         self._wake: asyncio.Future[None] | None = None
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._counters = conn.proxy.counters[stream]
+        self._proxy = conn.proxy
 
     # --- the toxics this connection runs, rolled against their toxicity --------------
 
     def toxics(self) -> list[tuple[Toxic, Any]]:
-        chain = self.conn.proxy.chain
+        chain = self._proxy.chain
         if self._rolled_version != chain.version:
             self._roll(chain.stream(self.stream))
             self._rolled_version = chain.version
@@ -177,7 +191,10 @@ class Direction:
     # --- the Pipe a toxic sees -------------------------------------------------------
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        # The loop's own clock, read to the microsecond: uvloop's `loop.time()` counts whole
+        # milliseconds, which would release a chunk up to a millisecond before its latency.
+        # Its timers may also fire that much early; the toxics wait again for what is left.
+        return time.monotonic()
 
     @property
     def closed(self) -> bool:
@@ -211,10 +228,20 @@ class Direction:
     # --- data in ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        self._counters["received"] += len(data)
-        if not self.pending and self.task is None and not self.toxics():
-            self.dst.write(data)  # the fast path
-            self._counters["sent"] += len(data)
+        size = len(data)
+        counters = self._counters
+        counters["received"] += size
+        # The fast path: nothing queued, no task, no active toxic (rolled again only when
+        # the chain changed since: toxics() is the slower way to the same answer).
+        if (
+            not self.pending
+            and self.task is None
+            and not (
+                self.active if self._rolled_version == self._proxy.chain.version else self.toxics()
+            )
+        ):
+            self.dst.write(data)
+            counters["sent"] += size
             return
         now = self.now()
         for offset in range(0, len(data), TOXIC_CHUNK):  # as the reference reads them
@@ -315,7 +342,12 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
 
 
 class Connection:
-    """A client accepted by a proxy and the connection dialled for it to the upstream."""
+    """A client accepted by a proxy and the connection dialled for it to the upstream.
+
+    While its proxy has no toxic it may be lent to a worker process (`workers`), which
+    relays it; this object then stands for it (counted, recalled, closed) until the worker
+    gives the sockets back, when a new connection takes them over.
+    """
 
     def __init__(self, proxy: Endpoint) -> None:
         self.proxy = proxy
@@ -323,16 +355,22 @@ class Connection:
         self.server = Side(self, "upstream")
         self.up = Direction(self, "upstream", self.client, self.server)
         self.down = Direction(self, "downstream", self.server, self.client)
+        self.server.feeds = self.down
         self.closed = False
+        self.loan: workers.Loan | None = None
         self._dial: asyncio.Task[None] | None = None
-        self._early: list[bytes] | None = []  # client bytes read before the upstream answered
-        self._early_eof = False
+        # Bytes (and EOFs, as None) read while they may not go on yet: before the upstream
+        # answers, and while sockets given back by a worker are being attached.
+        self._held: list[tuple[Side, bytes | None]] | None = []
+        self._lending: list[socket.socket] | None = None  # sockets on their way to a worker
+        self._letting_go = 0  # transports still to report they let go of their sockets
+        self._abort = False
 
     def other(self, side: Side) -> Side:
         return self.server if side is self.client else self.client
 
     def side_made(self, side: Side) -> None:
-        if side is self.client:
+        if side is self.client and self._dial is None:
             # Nothing is read until the upstream answers. Held on the next turn of the loop:
             # a transport paused inside connection_made() never resumes on some Python
             # 3.11 releases (Debian bookworm's 3.11.2), which the proxy image runs.
@@ -361,40 +399,151 @@ class Connection:
         if self.closed:
             self._close_side(self.server)
             return
-        early, self._early = self._early or [], None
-        for data in early:
-            self.up.feed(data)
-        if self._early_eof:
-            self.up.feed_eof()
+        self.client.feeds = self.up
+        self._replay_held()
         self.client.release("dialling")
         self.up.activate()
         self.down.activate()
+        self._lend_if_plain()
 
-    def received(self, side: Side, data: bytes) -> None:
-        if side is self.client and self._early is not None:
-            self._early.append(data)  # before the hold took effect: kept for the upstream
-            return
-        (self.up if side is self.client else self.down).feed(data)
+    def hold_read(self, side: Side, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append((side, data))
+
+    def _replay_held(self) -> None:
+        held, self._held = self._held or [], None
+        for side, data in held:
+            direction = side.feeds
+            if direction is None:
+                continue
+            if data is None:
+                direction.feed_eof()
+            else:
+                direction.feed(data)
 
     def eof(self, side: Side) -> None:
-        if side is self.client and self._early is not None:
-            self._early_eof = True
-            return
-        (self.up if side is self.client else self.down).feed_eof()
+        if self._held is not None:
+            self._held.append((side, None))
+        elif side.feeds is not None:
+            side.feeds.feed_eof()
 
     def lost(self, side: Side) -> None:
+        if self._lending is not None:
+            self._letting_go -= 1
+            if self._letting_go == 0:
+                self._lend()
+            return
         if not self.closed:
             self.close()
 
     def chain_changed(self, stream: str, removed: list[Toxic]) -> None:
+        if self.loan is not None or self._lending is not None:
+            if self.loan is not None and self.proxy.chain.all():
+                self.loan.recall()  # toxics apply to live connections
+            return
         (self.up if stream == "upstream" else self.down).chain_changed(removed)
+
+    # --- lent to a worker --------------------------------------------------------------
+
+    def _lend_if_plain(self) -> None:
+        """Lend the sockets to a worker if the proxy has no toxic and nothing is in flight
+        here; the transports let go of them first (the duplicates keep them open)."""
+        pool = workers.current()
+        if pool is None or not pool.available() or self.closed or self.proxy.chain.all():
+            return
+        if any(d.pending or d.task is not None for d in (self.up, self.down)):
+            return
+        transports = [self.client.transport, self.server.transport]
+        lendable = [t for t in transports if t is not None and not t.is_closing()]
+        if len(lendable) < 2 or any(t.get_write_buffer_size() for t in lendable):
+            return
+        try:
+            self._lending = [_duplicate(t) for t in lendable]
+        except OSError:
+            return
+        self._letting_go = 2
+        for transport in lendable:
+            transport.abort()  # closes its descriptor only: nothing is sent to either peer
+
+    def _lend(self) -> None:
+        socks, self._lending = self._lending or [], None
+        pool = workers.current()
+        if self.proxy.chain.all() or pool is None:  # a toxic came meanwhile: stay here
+            self._given_back(socks[0], socks[1], b"", b"")
+            return
+        counters = (self.up._counters, self.down._counters)
+        self.loan = pool.lend(socks[0], socks[1], counters, self._given_back, self._ended)
+        if self.loan is None:
+            self._given_back(socks[0], socks[1], b"", b"")
+
+    def _given_back(
+        self, client: socket.socket, upstream: socket.socket, to_upstream: bytes, to_client: bytes
+    ) -> None:
+        """The sockets are back (with what the worker still owed each peer): a new
+        connection carries on, through the toxics from now on."""
+        self.loan = None
+        if self.closed:
+            _close_sockets([client, upstream], self._abort)
+            return
+        self.closed = True
+        self.proxy.connections.discard(self)
+        Connection(self.proxy).adopt(client, upstream, to_upstream, to_client)
+
+    def _ended(self) -> None:
+        """The worker closed it: one peer closed or reset its end."""
+        self.loan = None
+        if not self.closed:
+            self.closed = True
+            self.proxy.connections.discard(self)
+
+    def adopt(
+        self, client: socket.socket, upstream: socket.socket, to_upstream: bytes, to_client: bytes
+    ) -> None:
+        """Take over a connected pair of sockets; what was read meanwhile waits in order."""
+        self.proxy.connections.add(self)
+        self.client.feeds = self.server.feeds = None
+        self._dial = asyncio.get_running_loop().create_task(
+            self._attach(client, upstream, to_upstream, to_client)
+        )
+
+    async def _attach(
+        self, client: socket.socket, upstream: socket.socket, to_upstream: bytes, to_client: bytes
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        unattached = [(self.client, client), (self.server, upstream)]
+        try:
+            while unattached and not self.closed:
+                side, sock = unattached[0]
+                await loop.connect_accepted_socket(lambda side=side: side, sock)  # type: ignore[misc]
+                unattached.pop(0)
+        except OSError as exc:
+            log.info("proxy %s: a connection back from a worker failed: %s", self.proxy.name, exc)
+            self.close()
+        finally:
+            _close_sockets([sock for _side, sock in unattached], abort=True)
+        if self.closed:
+            return
+        if to_upstream:
+            self.server.write(to_upstream)  # owed from before: ahead of anything read since
+        if to_client:
+            self.client.write(to_client)
+        self.client.feeds, self.server.feeds = self.up, self.down
+        self._replay_held()
+        self.up.activate()
+        self.down.activate()
 
     def close(self, abort: bool = False) -> None:
         """Close both sockets: gracefully (what was written still goes), or at once."""
         if self.closed:
             return
         self.closed = True
+        self._abort = abort
         self.proxy.connections.discard(self)
+        if self.loan is not None:
+            self.loan.close(abort)
+        if self._lending is not None:
+            _close_sockets(self._lending, abort)
+            self._lending = None
         for side in (self.client, self.server):
             self._close_side(side, abort)
         for direction in (self.up, self.down):
@@ -423,3 +572,15 @@ class Connection:
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                     )
         self.close(abort=True)
+
+
+def _duplicate(transport: asyncio.BaseTransport) -> socket.socket:
+    return socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+
+
+def _close_sockets(socks: list[socket.socket], abort: bool) -> None:
+    for sock in socks:
+        if abort:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()

@@ -15,11 +15,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from testbed.netfault import http
+from testbed.netfault import http, loop, workers
 from testbed.netfault.api import VERSION, Api
 from testbed.netfault.chain import ApiError
 from testbed.netfault.state import ProxyCollection
+from testbed.netfault.toxics.base import Toxic
 
 log = logging.getLogger("testbed.netfault")
 
@@ -28,18 +30,39 @@ DEFAULT_PORT = 8474
 
 
 class ProxyServer:
-    """The API and every proxy on one event loop."""
+    """The API and every proxy on one event loop (plain relaying may be lent to workers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker_count: int = 0) -> None:
         self.proxies = ProxyCollection()
         self.api = Api(self.proxies)
+        self.pool = workers.WorkerPool(worker_count) if worker_count else None
         self._http: list[asyncio.base_events.Server] = []
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        if self.pool is not None:  # ready before the API answers, to take the first clients
+            await self.pool.start()
+            workers.install(self.pool)
         hosts = ["127.0.0.1"] if host == "localhost" else [host]  # clients dial 127.0.0.1
-        for each in hosts:
-            self._http.append(await http.start(self.api, each, port))
+        try:
+            for each in hosts:
+                self._http.append(await http.start(self.handle, each, port))
+        except OSError:
+            await self.close()
+            raise
         return [s.sockets[0].getsockname()[:2] for s in self._http]
+
+    async def handle(self, request: http.Request) -> http.Response:
+        """The API, with the workers in step: counters fetched before they are shown, and
+        connections a change recalls from them back before the change is confirmed."""
+        metrics = urlsplit(request.path).path == "/metrics"
+        if self.pool is not None and metrics:
+            await self.pool.sync_counters()
+        response = await self.api(request)
+        if self.pool is not None:
+            await self.pool.settled()
+            if metrics and response.status == 200:
+                response.body += self.pool.metrics_text().encode()
+        return response
 
     async def populate_file(self, path: Path) -> int:
         try:
@@ -58,6 +81,9 @@ class ProxyServer:
         for server in self._http:
             server.close()
         await self.proxies.close()
+        if self.pool is not None:
+            workers.install(None)
+            await self.pool.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,12 +93,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-host", "--host", default=DEFAULT_HOST, help="API address (localhost)")
     parser.add_argument("-port", "--port", type=int, default=DEFAULT_PORT, help="API port (8474)")
     parser.add_argument("-config", "--config", type=Path, help="JSON file of proxies to create")
+    parser.add_argument(
+        "-workers",
+        "--workers",
+        type=int,
+        default=None,
+        help=f"relay processes for proxies without toxics (0: none; default: "
+        f"${workers.WORKERS_ENV}, else one per core, at most 2)",
+    )
+    parser.add_argument(
+        "-reference",
+        "--reference",
+        action="store_true",
+        help="behave as the reference server: our extensions (a bandwidth toxic's group) are "
+        "dropped as unknown attributes, to test a client's fallback against it",
+    )
     parser.add_argument("-version", "--version", action="version", version=VERSION)
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
-    server = ProxyServer()
+    Toxic.extensions = not args.reference
+    relay_workers = workers.default_count() if args.workers is None else max(0, args.workers)
+    server = ProxyServer(relay_workers)
     try:
         bound = await server.start(args.host, args.port)
     except OSError as exc:
@@ -82,12 +125,17 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     if args.config:
         count = await server.populate_file(args.config)
         log.info("populated %d proxies from %s", count, args.config)
-    print(f"proxy API listening on {', '.join(f'{h}:{p}' for h, p in bound)}", file=sys.stderr)
+    running = asyncio.get_running_loop()
+    listening = ", ".join(f"{h}:{p}" for h, p in bound)
+    relays = f"{relay_workers} relay workers" if relay_workers else "no relay workers"
+    print(
+        f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays})",
+        file=sys.stderr,
+    )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            running.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
     try:
@@ -98,4 +146,4 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(parse_args(argv)))
+    loop.run(serve(parse_args(argv)))

@@ -220,13 +220,20 @@ def server_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def running_toxiproxy(log: Path, *args: str) -> Iterator[ToxiproxyServer]:
-    """Start the server on a free loopback port, wait for /version, always stop it."""
+def running_toxiproxy(
+    log: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[ToxiproxyServer]:
+    """Start the server on a free loopback port (`env` added to ours), wait for /version,
+    always stop it."""
     port = free_port()
     command = [*server_command(), "-host", LOOPBACK, "-port", str(port)]
     with log.open("wb") as out:  # a file, not a pipe: a chatty server must never block on it
         process = subprocess.Popen(
-            [*command, *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            [*command, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=None if env is None else {**os.environ, **env},
         )
     server = ToxiproxyServer(LOOPBACK, port, process, log)
     try:

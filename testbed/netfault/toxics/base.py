@@ -45,6 +45,10 @@ class Toxic:
     attribute_names: ClassVar[tuple[str, ...]] = ()
     # Our extensions: optional text attributes, kept (and shown) only when given.
     text_attribute_names: ClassVar[tuple[str, ...]] = ()
+    # False in a server started with `-reference`: it then ignores our extensions exactly
+    # as the reference does (unknown attributes dropped), so the testbed's fallback to a
+    # real Toxiproxy can be tested against a server at hand.
+    extensions: ClassVar[bool] = True
     # Removing a toxic normally flushes what it held; a `timeout` instead closes the connection.
     closes_on_removal: ClassVar[bool] = False
 
@@ -71,7 +75,7 @@ class Toxic:
             if value < 0:
                 raise AttributeError_(f"attribute {key} must not be negative ({value})")
             values[key] = int(value)
-        for key in cls.text_attribute_names:
+        for key in cls.text_attribute_names if Toxic.extensions else ():
             text = raw.get(key)
             if text is None or text == "":
                 continue  # absent (or cleared by an update): the reference's behaviour

@@ -1,0 +1,188 @@
+"""A relay worker process: copies the bytes of the connections the proxy server lends it,
+both ways, and gives them back (with what it still owed each peer) when asked.
+
+Started by the server (`workers.WorkerPool`) as `python -m testbed.netfault.relay FD [CPU]`;
+it ends when the server closes the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from testbed.netfault import loop as loops
+from testbed.netfault.channel import MAX_PAYLOAD, Channel, resolve
+
+RECV_SIZE = 256 << 10  # one read (uvloop's own size): less than that cost a tenth of a stream
+CLOSE_GRACE_S = 5.0  # as for the server's own connections: a peer that never reads
+UP, DOWN = 0, 1  # client -> upstream, upstream -> client
+
+
+class Relay:
+    """One lent connection inside a worker: read, write; what a socket will not take yet
+    waits here (and its source is not read meanwhile), so a recall knows what is owed."""
+
+    def __init__(self, worker: WorkerLoop, loan_id: int, socks: list[socket.socket]) -> None:
+        self.worker = worker
+        self.id = loan_id
+        self.socks = socks  # client, upstream
+        self.owed = [bytearray(), bytearray()]  # per direction: read, not yet written
+        self.counts = [0, 0]
+        self.closed = False
+        for sock in socks:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for direction in (UP, DOWN):
+            worker.loop.add_reader(self._source(direction), self._readable, direction)
+
+    def _source(self, direction: int) -> socket.socket:
+        return self.socks[direction]
+
+    def _sink(self, direction: int) -> socket.socket:
+        return self.socks[1 - direction]
+
+    def _readable(self, direction: int) -> None:
+        view = self.worker.view
+        try:
+            size = self._source(direction).recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            size = 0
+        if not size:
+            self.end()  # no half-close: an EOF (or a reset) on one side closes the other
+            return
+        self.counts[direction] += size
+        try:
+            sent = self._sink(direction).send(view[:size])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.end()
+            return
+        if sent < size:
+            self.owed[direction] += view[sent:size]
+            self.worker.loop.remove_reader(self._source(direction))
+            self.worker.loop.add_writer(self._sink(direction), self._writable, direction)
+
+    def _writable(self, direction: int) -> None:
+        owed = self.owed[direction]
+        try:
+            sent = self._sink(direction).send(owed)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            owed.clear()
+            if self.closed:
+                self._give_up(self._sink(direction))
+            else:
+                self.end()
+            return
+        del owed[:sent]
+        if not owed:
+            self.worker.loop.remove_writer(self._sink(direction))
+            if self.closed:
+                self._sink(direction).close()
+            else:
+                self.worker.loop.add_reader(self._source(direction), self._readable, direction)
+
+    def _detach(self) -> None:
+        self.worker.relays.pop(self.id, None)
+        for sock in self.socks:
+            self.worker.loop.remove_reader(sock)
+            self.worker.loop.remove_writer(sock)
+
+    def give_back(self) -> None:
+        """Stop, and send the sockets back after what is still owed to each peer."""
+        self._detach()
+        for direction, owed in enumerate(self.owed):
+            for offset in range(0, len(owed), MAX_PAYLOAD):
+                header = {"op": "owed", "id": self.id, "direction": direction}
+                self.worker.channel.send(header, bytes(owed[offset : offset + MAX_PAYLOAD]))
+        header = {"op": "returned", "id": self.id, "counts": self.counts}
+        self.worker.channel.send(header, socks=self.socks)
+
+    def end(self, abort: bool = False, tell: bool = True) -> None:
+        """Close both sockets; what is owed to one is still written first (unless aborting),
+        for a few seconds at most."""
+        if self.closed:
+            return
+        self.closed = True
+        self._detach()
+        if tell:
+            self.worker.channel.send({"op": "ended", "id": self.id, "counts": self.counts})
+        for direction in (UP, DOWN):
+            sink = self._sink(direction)
+            if abort:
+                with contextlib.suppress(OSError):
+                    sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if self.owed[direction] and not abort:
+                self.worker.loop.add_writer(sink, self._writable, direction)
+                self.worker.loop.call_later(CLOSE_GRACE_S, self._give_up, sink)
+            else:
+                sink.close()
+
+    def _give_up(self, sink: socket.socket) -> None:
+        if sink.fileno() != -1:
+            self.worker.loop.remove_writer(sink)
+            sink.close()
+
+
+class WorkerLoop:
+    """A worker process: relays what it is lent until the server closes the channel."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.view = memoryview(bytearray(RECV_SIZE))
+        self.relays: dict[int, Relay] = {}
+        self.stopped = self.loop.create_future()
+        self.channel = Channel(sock, self._message, lambda: resolve(self.stopped))
+
+    def _message(self, header: dict[str, Any], payload: bytes, socks: list[socket.socket]) -> None:
+        op = header["op"]
+        if op == "lend" and len(socks) == 2:
+            self.relays[header["id"]] = Relay(self, header["id"], socks)
+        elif op == "lend":
+            for sock in socks:
+                sock.close()
+            self.channel.send({"op": "ended", "id": header["id"], "counts": [0, 0]})
+        elif op == "recall":
+            if (relay := self.relays.get(header["id"])) is not None:
+                relay.give_back()
+        elif op == "close":
+            if (relay := self.relays.get(header["id"])) is not None:
+                relay.end(abort=header["abort"])
+        elif op == "count":
+            counts = {str(i): r.counts for i, r in self.relays.items()}
+            self.channel.send({"op": "counts", "counts": counts})
+
+    async def run(self) -> None:
+        self.channel.send({"op": "ready"})
+        await self.stopped
+        for relay in list(self.relays.values()):
+            relay.end(abort=True, tell=False)
+
+
+async def _worker_main(fd: int) -> None:
+    await WorkerLoop(socket.socket(fileno=fd)).run()
+
+
+def worker_main(fd: int, cpu: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    if cpu is not None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, {cpu})
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    loops.run(_worker_main(fd))
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
