@@ -62,6 +62,12 @@ def _live_processes() -> Iterator[tuple[int, int, int]]:
 
 def group_alive(pgid: int) -> bool:
     """True while any non-zombie process of the group remains."""
+    try:
+        os.killpg(pgid, 0)  # cheap: "no such group" settles it without reading /proc
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's group: only /proc can tell
     return any(group == pgid for _, _, group in _live_processes())
 
 

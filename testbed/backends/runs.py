@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -144,8 +145,39 @@ class RunDir:
         return procs.alive(self.manifest.owner_pid)
 
     def remove(self) -> None:
-        shutil.rmtree(self.data_root, ignore_errors=True)
+        """The run's folder is deleted now; its server data, when kept outside it (in RAM,
+        say), is moved aside and deleted in the background: data directories are
+        thousands of files, and a fuzz campaign removes hundreds of them. The run's folder
+        may be in the caller's own temporary folder, which it may delete next."""
+        if not self.data_root.is_relative_to(self.path):
+            discard(self.data_root)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+DISCARDED = ".discarded"
+
+
+def discard(folder: Path) -> None:
+    """Move `folder` aside in its parent (a rename: gone at once), then delete it in a
+    process of its own, which finishes even if this one exits first; inline where that
+    cannot be done."""
+    if not folder.exists():
+        return
+    aside = folder.with_name(f"{DISCARDED}-{folder.name}-{secrets.token_hex(3)}")
+    try:
+        folder.rename(aside)
+    except OSError:
+        aside = folder
+    try:
+        subprocess.Popen(
+            ["rm", "-rf", "--", str(aside)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def list_runs(home: Path) -> list[RunDir]:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
 from testbed.deployment import Deployment
 from testbed.errors import TestbedError
+from testbed.pipeline import launcher
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
 from testbed.ports import free_port
@@ -65,7 +65,7 @@ class ManagedProcess:
         self.run = run
         self.config_path = workdir / "config.json"
         self.log = workdir / "process.log"
-        self._proc: subprocess.Popen | None = None
+        self._proc: launcher.Launched | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(config, indent=2))
 
@@ -85,15 +85,8 @@ class ManagedProcess:
         if self.state() != "stopped":
             raise TestbedError(f"{self.name} is already {self.state()}")
         (self.workdir / "status.json").unlink(missing_ok=True)
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                env={**os.environ, **self.clock.to_env()},
-            )
+        env = {**os.environ, **self.clock.to_env()}
+        self._proc = launcher.start(self.module, self.config_path, env, self.log)
         if self.run is not None:
             self.run.record_process(ProcessRecord(self.name, self._proc.pid, str(self.config_path)))
         return self
@@ -382,13 +375,7 @@ class Pipeline:
         """Sources, then GIMs, then ICONs; each group at once (a stop is mostly waiting)."""
         self.started = False
         for group in (self.sources, self.gims, self.icons):
-            running = list(group.values())
-            if len(running) > 1:
-                with ThreadPoolExecutor(max_workers=len(running)) as pool:
-                    list(pool.map(lambda process: process.stop(), running))
-            else:
-                for process in running:
-                    process.stop()
+            _each_at_once([process.stop for process in group.values()])
 
     def __enter__(self) -> Pipeline:
         return self
@@ -495,10 +482,19 @@ class Pipeline:
 
     def settle(self, timeout: float = 60.0) -> dict[str, Any]:
         """Stop the sources, then wait until everything they emitted is reported."""
-        for source in self.sources.values():
-            source.stop()
+        _each_at_once([source.stop for source in self.sources.values()])
         last = max((e.ts for e in self.ledger()), default=0.0)
         return self.wait_for(self.caught_up(last), timeout, "settled")
+
+
+def _each_at_once(jobs: list[Callable[[], None]]) -> None:
+    """Run every job at the same time (a stop is mostly waiting for a process to exit)."""
+    if len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            list(pool.map(lambda job: job(), jobs))
+    else:
+        for job in jobs:
+            job()
 
 
 def reported_before(figures: dict[str, Any]) -> float | None:

@@ -26,6 +26,7 @@ from testbed.history import History, of_kind, read_history
 from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
+from testbed.pipeline import launcher
 from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.pipeline.timing import STOP_PATIENCE_WALL_S
 from testbed.postgres import Server
@@ -160,6 +161,7 @@ class ScenarioRun:
             added = tuple(st.value for st in steps if st.verb == "add-site")
             if refusal is not None and (reason := refusal(list(s.topology.sites), added)):
                 raise CannotRunHere(f"{s.name} cannot run on this swarm: {reason}")
+            launcher.prewarm()  # the components' fork server boots while the servers do
             deployment = bring_up(s.topology, backend)
             history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
             # Scenario time starts once the servers are up, however long they took (a

@@ -1,0 +1,161 @@
+"""The fork server components are started from: it imports them once, then forks one child
+per request, each of which becomes what `python -m MODULE CONFIG` would have been.
+
+Started by `launcher` as `python -m testbed.pipeline.zygote FD`, it reads requests (one JSON
+object per line) from the socket FD and answers each with the child's pid; it reaps its
+children and reports each one's exit status (as `subprocess` would give it: -N for a
+signal). It ends when the other end of the socket closes; its children go on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+PRELOAD = ("testbed.pipeline.icon", "testbed.pipeline.gim", "testbed.pipeline.workload")
+
+
+def serve(sock: socket.socket) -> None:
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ, "request")
+    selector.register(wake_r, selectors.EVENT_READ, "child")
+    pending = b""
+    while True:
+        for key, _ in selector.select():
+            if key.data == "child":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+                _reap(sock)
+                continue
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return  # the launcher is gone: so are we (our children go on)
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(_become(request, [sock.fileno(), wake_r, wake_w]))
+                _send(sock, {"id": request["id"], "pid": pid})
+        _reap(sock)  # a child that exited while a request was being read
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # the launcher went away: nobody to tell
+        sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _become(request: dict[str, Any], inherited: list[int]) -> int:
+    """In the child: the component, started as a new interpreter would have started it.
+    Returns the exit status."""
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as the interpreter sets it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in inherited:
+            os.close(fd)
+        os.setsid()
+        out = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        for target, source in ((0, null), (1, out), (2, out)):
+            os.dup2(source, target)
+        os.close(null)
+        os.close(out)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:] = [request["cwd"], *extra, *[p for p in sys.path[1:] if p not in extra]]
+        module, config = request["module"], request["config"]
+        import setproctitle
+
+        setproctitle.setproctitle(f"{sys.executable} -m {module} {config}")
+        sys.argv = [module, config]
+    except BaseException:  # nothing above may return into the server loop
+        traceback.print_exc()
+        return 1
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:  # reported as the interpreter would, then exit 1
+        traceback.print_exc()
+        code = 1
+    return _finish(code)
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _finish(code: int) -> int:
+    """What the interpreter does at exit and a forked child would skip: wait for the
+    threads that are not daemons, run the exit handlers, flush."""
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            with contextlib.suppress(BaseException):
+                thread.join()
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the run; it stops us
+    for module in PRELOAD:
+        importlib.import_module(module)
+    import setproctitle
+
+    # Set up here, while the environment is whole: it makes room for a longer command line
+    # by moving the environment, and the children's titles go in that room.
+    setproctitle.setproctitle(f"{sys.executable} -m testbed.pipeline.zygote {sys.argv[1]}")
+
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    _send(sock, {"ready": True})
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()
