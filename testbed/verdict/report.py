@@ -152,7 +152,9 @@ def _plot(out: Path, outcome: Outcome) -> str:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="center right" if axis is top else "upper right")
     fig.suptitle(f"{outcome.scenario}: {'PASS' if outcome.passed else 'FAIL'}")
-    fig.tight_layout()
+    # Fixed margins for the fixed figure size: tight_layout() measures every label by
+    # drawing the figure once more, which was half the cost of every run's report.
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.93, hspace=0.06)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
