@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.history import read_history
-from testbed.pipeline.launcher import LAUNCH_ENV
+from testbed.launcher import LAUNCH_ENV
 from testbed.scenarios.engine import ScenarioRun
 from testbed.scenarios.spec import load_scenario
 from testbed.verdict.report import write_reports

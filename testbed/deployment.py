@@ -174,10 +174,23 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
             server.create_database(database)
         say(f"{spec.name} ({spec.describe_role()}) ready on {server.address}")
 
+    # Where every server starts as a copy of one template (the local backend), a standby of
+    # a primary started here is a copy made before the primary first ran: the same cluster
+    # at the same checkpoint, which needs no base backup, and is copied while the primaries
+    # start. It streams everything the primary writes from then on.
+    cloned = bool(getattr(backend, "clones_one_template", False))
+    fresh = {spec.name for spec in primaries}
+    clones = {
+        spec.name: backend.new_server(spec.name, spec.site, spec.role, spec.port)
+        for spec in standbys
+        if cloned and spec.standby_of in fresh
+    }
+
     routes = topology.cross_site_routes()
     jobs: list[Callable[[], object]] = [
         functools.partial(start_primary, spec) for spec in primaries
     ]
+    jobs += [clone.init for clone in clones.values()]
     if routes:
         jobs.append(backend.start_proxy)  # a process of its own: starts while servers do
     _in_parallel(jobs)
@@ -190,10 +203,14 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
         assert spec.standby_of is not None  # only standbys come here
         primary = backend.servers[spec.standby_of]
         via = deployment.address_for(spec.name, primary.name)
-        backup = f"{INITIAL_BACKUP}-for-{spec.name}"
-        primary.backup(backup, via=via)
-        standby = backend.new_server(spec.name, spec.site, spec.role, spec.port)
-        standby.init_from_backup(primary, backup, streaming=True, via=via).start()
+        if spec.name in clones:
+            standby = clones[spec.name].follow(primary, via=via)
+        else:
+            backup = f"{INITIAL_BACKUP}-for-{spec.name}"
+            primary.backup(backup, via=via)
+            standby = backend.new_server(spec.name, spec.site, spec.role, spec.port)
+            standby.init_from_backup(primary, backup, streaming=True, via=via)
+        standby.start()
         say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address} via {via}")
 
     _in_parallel([functools.partial(start_standby, spec) for spec in standbys])

@@ -282,7 +282,9 @@ class Server:
 
     def follow(self, root: Server, via: str | None = None) -> Server:
         """Configure this stopped server as a streaming standby of `root`, keeping its data:
-        right for a primary shut down cleanly after `root` replayed all of its WAL."""
+        right for a primary shut down cleanly after `root` replayed all of its WAL, and for
+        a copy of the template `root` was copied from, made before `root` first started
+        (the same cluster at the same checkpoint: it replays all `root` writes after it)."""
         if self.state() != "stopped":
             raise ServerFailed(f"{self.name} is {self.state()}; stop it before it follows")
         self.node.configure(primary_conninfo=self._primary_conninfo(root, via))

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed import procs
+from testbed import launcher, procs
 from testbed.errors import TestbedError
-from testbed.pipeline import launcher
 
 PROBE = "launch_probe"
 
@@ -32,7 +31,7 @@ def launch(tmp_path: Path, **config: object) -> tuple[launcher.Launched, Path, P
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"report": str(report), **config}))
     log = tmp_path / "process.log"
-    return launcher.start(PROBE, path, dict(os.environ), log), report, log
+    return launcher.start(PROBE, [str(path)], dict(os.environ), log), report, log
 
 
 def wait_for(path: Path) -> dict:

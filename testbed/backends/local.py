@@ -443,6 +443,10 @@ class LocalBackend:
         self.servers[name] = server
         return server
 
+    # Every server's data starts as a copy of one cached template (`LocalNode.init`), so a
+    # copy made before a primary first starts can follow it as a standby (`bring_up`).
+    clones_one_template = True
+
     def start_proxy(self) -> ToxiproxyClient:
         """The run's WAN proxy server (started on first use) and a client for its API."""
         if self.attached_proxy is not None:

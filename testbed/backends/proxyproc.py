@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from testbed import procs
+from testbed import launcher, procs
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.errors import TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
@@ -28,7 +26,7 @@ class ProxyProcess:
         self.port = port
         self.external = os.environ.get("TESTBED_TOXIPROXY_URL")
         self.client = ToxiproxyClient(self.external or f"http://127.0.0.1:{port}")
-        self._proc: subprocess.Popen | None = None
+        self._proc: launcher.Launched | None = None
 
     @property
     def logfile(self) -> Path:
@@ -38,19 +36,8 @@ class ProxyProcess:
         if self.external:
             self.client.wait_until_ready(5.0)
             return self.client
-        argv = [
-            sys.executable,
-            "-m",
-            "testbed.netfault",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(self.port),
-        ]
-        with open(self.logfile, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+        args = ["-host", "127.0.0.1", "-port", str(self.port)]
+        self._proc = launcher.start("testbed.netfault", args, dict(os.environ), self.logfile)
         self.run.record_process(
             ProcessRecord(NAME, self._proc.pid, "testbed.netfault", self.client.url)
         )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,10 +33,12 @@ DEFAULT_PORT = 8474
 class ProxyServer:
     """The API and every proxy on one event loop (plain relaying may be lent to workers)."""
 
-    def __init__(self, worker_count: int = 0) -> None:
+    def __init__(
+        self, worker_count: int = 0, forked: list[workers.Preforked] | None = None
+    ) -> None:
         self.proxies = ProxyCollection()
         self.api = Api(self.proxies)
-        self.pool = workers.WorkerPool(worker_count) if worker_count else None
+        self.pool = workers.WorkerPool(worker_count, forked) if worker_count else None
         self._http: list[asyncio.base_events.Server] = []
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
@@ -112,10 +115,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+def worker_count(args: argparse.Namespace) -> int:
+    return workers.default_count() if args.workers is None else max(0, args.workers)
+
+
+async def serve(
+    args: argparse.Namespace,
+    ready: asyncio.Event | None = None,
+    forked: list[workers.Preforked] | None = None,
+) -> None:
+    """The server until SIGINT or SIGTERM; its relay workers are `forked` already (by
+    `main`), or started here as new interpreters."""
     Toxic.extensions = not args.reference
-    relay_workers = workers.default_count() if args.workers is None else max(0, args.workers)
-    server = ProxyServer(relay_workers)
+    relay_workers = len(forked) if forked is not None else worker_count(args)
+    server = ProxyServer(relay_workers, forked)
     try:
         bound = await server.start(args.host, args.port)
     except OSError as exc:
@@ -146,4 +159,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    loop.run(serve(parse_args(argv)))
+    args = parse_args(argv)
+    count = worker_count(args)
+    forked = workers.prefork(count) if count and hasattr(os, "fork") else None
+    loop.run(serve(args, forked=forked))

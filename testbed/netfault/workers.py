@@ -21,14 +21,16 @@ The guarantees hold because a lent connection is only ever a plain relay:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from testbed.netfault.channel import Channel, resolve
 
@@ -87,23 +89,108 @@ class Loan:
                 self.counters[direction]["sent"] += delta  # a relay sends all it reads
 
 
+class Process(Protocol):
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self) -> int: ...
+
+
+@dataclass
+class Forked:
+    """A worker forked by the server before its event loop started (see `prefork`)."""
+
+    pid: int
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = -1
+        return self.returncode
+
+
+Preforked = tuple[socket.socket, Forked]  # the server's end of the channel, the process
+
+
+def prefork(count: int) -> list[Preforked]:
+    """Fork `count` workers now, while the server is one thread with no event loop: a fork
+    costs a millisecond, where a new interpreter costs a tenth of a second of a core that
+    a run bringing its servers up needs. Call it before the loop starts; `WorkerPool`
+    takes the result. Where Unix sockets cannot carry sockets, none (relaying in the
+    server)."""
+    from testbed.netfault import relay  # the workers' code, imported before the fork
+
+    made: list[Preforked] = []
+    for number, cpu in enumerate(_placement(count)):
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except (OSError, AttributeError) as exc:  # no SEQPACKET sockets (macOS)
+            log.warning("proxy worker %d not started (%s): relaying in the server", number, exc)
+            break
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                mine.close()
+                for other, _process in made:
+                    other.close()
+                relay.worker_main(theirs.detach(), cpu)
+            except BaseException:
+                logging.getLogger("testbed.netfault").exception("proxy worker %d failed", number)
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        made.append((mine, Forked(pid)))
+    return made
+
+
+def _placement(count: int) -> list[int | None]:
+    """The core each worker keeps to: its own when there is one per core, else free."""
+    cpus = sorted(_usable_cpus())
+    return [cpus[number] if count == len(cpus) else None for number in range(count)]
+
+
 class Worker:
     """The server's handle on one worker process."""
 
-    def __init__(self, pool: WorkerPool, number: int, cpu: int | None) -> None:
+    def __init__(
+        self, pool: WorkerPool, number: int, cpu: int | None, forked: Preforked | None = None
+    ) -> None:
         self.pool = pool
         self.number = number
         self.loans: dict[int, Loan] = {}
         self.ready = False
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._counts: list[asyncio.Future[None]] = []
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [sys.executable, "-m", "testbed.netfault.relay", str(theirs.fileno())]
-        argv += [] if cpu is None else [str(cpu)]
-        with theirs:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),)
-            )
+        self.process: Process
+        if forked is not None:
+            mine, self.process = forked
+        else:  # a server embedded in a running loop: a new interpreter per worker
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            argv = [sys.executable, "-m", "testbed.netfault.relay", str(theirs.fileno())]
+            argv += [] if cpu is None else [str(cpu)]
+            with theirs:
+                self.process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),)
+                )
         self.channel = Channel(mine, self._message, self._gone)
 
     def _message(self, header: dict[str, Any], payload: bytes, socks: list[socket.socket]) -> None:
@@ -165,8 +252,9 @@ class Worker:
 class WorkerPool:
     """The worker processes of one proxy server."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, forked: list[Preforked] | None = None) -> None:
         self.count = count
+        self.forked = forked
         self.workers: list[Worker] = []
         self.closing = False
         self._next_id = 0
@@ -181,13 +269,18 @@ class WorkerPool:
         workers made 5 to 25% more transactions than through two free ones, busy machine
         or not). On a larger machine they stay free: which cores to take is not ours to
         guess."""
-        cpus = sorted(_usable_cpus())
-        for number in range(self.count):
-            cpu = cpus[number] if self.count == len(cpus) else None
-            try:
-                self.workers.append(Worker(self, number, cpu))
-            except (OSError, AttributeError) as exc:  # no SEQPACKET sockets (macOS): none
-                log.warning("proxy worker %d not started (%s): relaying in the server", number, exc)
+        if self.forked is not None:
+            self.workers = [
+                Worker(self, number, None, forked) for number, forked in enumerate(self.forked)
+            ]
+        else:
+            for number, cpu in enumerate(_placement(self.count)):
+                try:
+                    self.workers.append(Worker(self, number, cpu))
+                except (OSError, AttributeError) as exc:  # no SEQPACKET sockets (macOS)
+                    log.warning(
+                        "proxy worker %d not started (%s): relaying in the server", number, exc
+                    )
         if self.workers:
             await _bounded([w.started for w in self.workers], "start", START_TIMEOUT_S)
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import procs
+from testbed import launcher, procs
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
 from testbed.deployment import Deployment
 from testbed.errors import TestbedError
-from testbed.pipeline import launcher
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
 from testbed.ports import free_port
@@ -86,7 +85,7 @@ class ManagedProcess:
             raise TestbedError(f"{self.name} is already {self.state()}")
         (self.workdir / "status.json").unlink(missing_ok=True)
         env = {**os.environ, **self.clock.to_env()}
-        self._proc = launcher.start(self.module, self.config_path, env, self.log)
+        self._proc = launcher.start(self.module, [str(self.config_path)], env, self.log)
         if self.run is not None:
             self.run.record_process(ProcessRecord(self.name, self._proc.pid, str(self.config_path)))
         return self

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from testbed import procs
+from testbed import launcher, procs
 from testbed.backends.choose import open_backend
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
@@ -26,7 +26,6 @@ from testbed.history import History, of_kind, read_history
 from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
-from testbed.pipeline import launcher
 from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.pipeline.timing import STOP_PATIENCE_WALL_S
 from testbed.postgres import Server

@@ -1,7 +1,8 @@
-"""The fork server components are started from: it imports them once, then forks one child
-per request, each of which becomes what `python -m MODULE CONFIG` would have been.
+"""The fork server a run's Python processes are started from: it imports them once, then
+forks one child per request, each of which becomes what `python -m MODULE ARGS...` would
+have been.
 
-Started by `launcher` as `python -m testbed.pipeline.zygote FD`, it reads requests (one JSON
+Started by `launcher` as `python -m testbed.zygote FD`, it reads requests (one JSON
 object per line) from the socket FD and answers each with the child's pid; it reaps its
 children and reports each one's exit status (as `subprocess` would give it: -N for a
 signal). It ends when the other end of the socket closes; its children go on.
@@ -23,7 +24,12 @@ import threading
 import traceback
 from typing import Any
 
-PRELOAD = ("testbed.pipeline.icon", "testbed.pipeline.gim", "testbed.pipeline.workload")
+# Imported before the first request is taken: the WAN proxy, which a run starts first.
+PRELOAD = ("testbed.netfault.server",)
+OPTIONAL = ("uvloop",)  # the proxy's loop when installed
+# Imported between requests (psycopg takes a few hundred ms): a child forked before its
+# module is in imports what is missing itself, as a new interpreter would.
+PRELOAD_LATER = ("testbed.pipeline.icon", "testbed.pipeline.gim", "testbed.pipeline.workload")
 
 
 def serve(sock: socket.socket) -> None:
@@ -35,8 +41,13 @@ def serve(sock: socket.socket) -> None:
     selector.register(sock, selectors.EVENT_READ, "request")
     selector.register(wake_r, selectors.EVENT_READ, "child")
     pending = b""
+    later = list(PRELOAD_LATER)
     while True:
-        for key, _ in selector.select():
+        ready = selector.select(timeout=0 if later else None)
+        if not ready and later:
+            importlib.import_module(later.pop(0))
+            continue
+        for key, _ in ready:
             if key.data == "child":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)
@@ -98,11 +109,11 @@ def _become(request: dict[str, Any], inherited: list[int]) -> int:
         os.environ.update(request["env"])
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:] = [request["cwd"], *extra, *[p for p in sys.path[1:] if p not in extra]]
-        module, config = request["module"], request["config"]
+        module, args = request["module"], request["args"]
         import setproctitle
 
-        setproctitle.setproctitle(f"{sys.executable} -m {module} {config}")
-        sys.argv = [module, config]
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", module, *args]))
+        sys.argv = [module, *args]
     except BaseException:  # nothing above may return into the server loop
         traceback.print_exc()
         return 1
@@ -146,11 +157,14 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the run; it stops us
     for module in PRELOAD:
         importlib.import_module(module)
+    for module in OPTIONAL:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     import setproctitle
 
     # Set up here, while the environment is whole: it makes room for a longer command line
     # by moving the environment, and the children's titles go in that room.
-    setproctitle.setproctitle(f"{sys.executable} -m testbed.pipeline.zygote {sys.argv[1]}")
+    setproctitle.setproctitle(f"{sys.executable} -m testbed.zygote {sys.argv[1]}")
 
     sock = socket.socket(fileno=int(sys.argv[1]))
     _send(sock, {"ready": True})

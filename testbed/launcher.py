@@ -1,13 +1,14 @@
-"""How a component process is started: forked from a warm fork server, or executed afresh.
+"""How the Python processes of a run (the pipeline's components, the WAN proxy) are
+started: forked from a warm fork server, or executed afresh.
 
 A component's own work at start is a few milliseconds; a new interpreter importing psycopg
-(its C library included) is a few hundred, and a run starts seven of them at once on a
-machine with two cores. So components are forked from a fork server (`zygote`) that has
-imported them once. Each is a real process all the same: a session of its own, the command
-line a freshly executed one would show (so `testbed down` and `ps` see no difference), its
-output in its log, the environment and working folder of the moment, and an exit status
-like any child's. The server starts in the background at the first `prewarm()`, while the
-servers come up, and serves every run of this process.
+(its C library included) is a few hundred, and a run starts eight such processes on a
+machine with two cores. So they are forked from a fork server (`zygote`) that has imported
+them once. Each is a real process all the same: a session of its own, the command line a
+freshly executed one would show (so `testbed down` and `ps` see no difference), its output
+in its log, the environment and working folder of the moment, and an exit status like any
+child's. The server starts in the background at the first `prewarm()`, while the servers
+come up, and serves every run of this process.
 
 The standard library's forkserver would do the forking, but it imports the caller's main
 script again in every child: a user's script that runs a scenario at top level would run
@@ -64,19 +65,19 @@ def prewarm() -> None:
         _server()
 
 
-def start(module: str, config: Path, env: dict[str, str], log: Path) -> Launched:
-    """`python -m module config` with `env`, output appended to `log`, in a new session."""
+def start(module: str, args: list[str], env: dict[str, str], log: Path) -> Launched:
+    """`python -m module *args` with `env`, output appended to `log`, in a new session."""
     if launch_mode() == "exec":
         with open(log, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", module, str(config)],
+                [sys.executable, "-m", module, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
                 env=env,
             )
-    return _server().fork(module, str(config), env, str(log))
+    return _server().fork(module, args, env, str(log))
 
 
 class _Forked:
@@ -111,7 +112,7 @@ class _ForkServer:
         mine, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "testbed.pipeline.zygote", str(theirs.fileno())],
+                [sys.executable, "-m", "testbed.zygote", str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # a Ctrl-C is for the run, which then stops it
@@ -130,14 +131,14 @@ class _ForkServer:
     def running(self) -> bool:
         return not self.gone and self.process.poll() is None
 
-    def fork(self, module: str, config: str, env: dict[str, str], log: str) -> _Forked:
+    def fork(self, module: str, args: list[str], env: dict[str, str], log: str) -> _Forked:
         if not self.ready.wait(READY_TIMEOUT_S) or self.gone:
             raise TestbedError(f"the components' fork server did not start: {self._why()}")
         request_id = next(self.ids)
         request = {
             "id": request_id,
             "module": module,
-            "config": config,
+            "args": args,
             "env": env,
             "log": log,
             "cwd": os.getcwd(),
