@@ -17,7 +17,8 @@ def proxy() -> None:
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def proxy_serve(args: tuple[str, ...]) -> None:
-    """Run a proxy server: [-host H] [-port P] [-config FILE] (Toxiproxy's flags)."""
+    """Run a proxy server: [-host H] [-port P] [-config FILE] (Toxiproxy's flags), and ours:
+    [-workers N] [-reference]."""
     from testbed.netfault.server import main as serve
 
     serve(list(args))
