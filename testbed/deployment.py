@@ -211,6 +211,8 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
             standby = backend.new_server(spec.name, spec.site, spec.role, spec.port)
             standby.init_from_backup(primary, backup, streaming=True, via=via)
         standby.start()
+        if spec.name in clones:  # as a base backup would have: it holds what the primary did
+            primary.wait_for_catchup(standby, timeout=60)
         say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address} via {via}")
 
     _in_parallel([functools.partial(start_standby, spec) for spec in standbys])

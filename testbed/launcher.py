@@ -24,10 +24,12 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +38,8 @@ from testbed.errors import TestbedError
 
 LAUNCH_ENV = "TESTBED_COMPONENT_LAUNCH"
 CHOICES = ("fork", "exec")
+TITLE_ROOM = "-" * 4096
+WAIT_SLICE_S = 0.5  # a wait with no end still notices a fork server that died
 READY_TIMEOUT_S = 30.0  # the server's imports, on a machine busy bringing servers up
 ANSWER_TIMEOUT_S = 10.0  # one fork
 
@@ -90,13 +94,19 @@ class _Forked:
         self.code: int | None = None
 
     def poll(self) -> int | None:
-        if self.code is None and not self.server.running() and not procs.alive(self.pid):
+        # Only once the server's last report has been read (`gone`): until then its exit
+        # status may still be on the way.
+        if self.code is None and self.server.gone and not procs.alive(self.pid):
             self._ended(-1)  # the server died before telling: the status is lost
         return self.code
 
     def wait(self, timeout: float | None = None) -> int:
-        if not self.exited.wait(timeout) and self.poll() is None:
-            raise subprocess.TimeoutExpired(f"component {self.pid}", timeout or 0.0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(f"component {self.pid}", timeout or 0.0)
+            self.exited.wait(min(left, WAIT_SLICE_S))
         assert self.code is not None
         return self.code
 
@@ -112,7 +122,9 @@ class _ForkServer:
         mine, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "testbed.zygote", str(theirs.fileno())],
+                # The room a child's command line is written into (setproctitle reuses the
+                # server's own argv and environment, which may be short: `env -i`, cron).
+                [sys.executable, "-m", "testbed.zygote", str(theirs.fileno()), TITLE_ROOM],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # a Ctrl-C is for the run, which then stops it
@@ -125,6 +137,8 @@ class _ForkServer:
         self.answered = threading.Condition()
         self.children: dict[int, _Forked] = {}
         self.early_exits: dict[int, int] = {}  # reported before the fork's answer was read
+        self.abandoned: set[int] = set()  # requests given up on: a late child is killed
+        self.unwanted: set[int] = set()  # the pids of those, until their exit is reported
         self.gone = False
         threading.Thread(target=self._read, name="fork-server", daemon=True).start()
 
@@ -155,6 +169,7 @@ class _ForkServer:
                 )
                 or request_id not in self.answers
             ):
+                self.abandoned.add(request_id)
                 raise TestbedError(f"the components' fork server did not fork: {self._why()}")
             pid = self.answers.pop(request_id)["pid"]
             child = _Forked(self, pid)
@@ -188,10 +203,16 @@ class _ForkServer:
         with self.answered:
             if "exited" in message:
                 child = self.children.pop(message["exited"], None)
-                if child is None:
+                if message["exited"] in self.unwanted:
+                    self.unwanted.discard(message["exited"])
+                elif child is None:
                     self.early_exits[message["exited"]] = message["code"]
                 else:
                     child._ended(message["code"])
+            elif message["id"] in self.abandoned:  # its caller gave up: nobody runs it
+                self.abandoned.discard(message["id"])
+                self.unwanted.add(message["pid"])
+                procs.signal_group(message["pid"], signal.SIGKILL)
             else:
                 self.answers[message["id"]] = message
                 self.answered.notify_all()

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 # Imported before the first request is taken: the WAN proxy, which a run starts first.
@@ -40,12 +41,14 @@ def serve(sock: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "request")
     selector.register(wake_r, selectors.EVENT_READ, "child")
+    inherited = [sock.fileno(), wake_r, wake_w, selector.fileno()]  # closed in children
     pending = b""
     later = list(PRELOAD_LATER)
     while True:
         ready = selector.select(timeout=0 if later else None)
         if not ready and later:
-            importlib.import_module(later.pop(0))
+            with contextlib.suppress(Exception):  # the child that needs it will say why
+                importlib.import_module(later.pop(0))
             continue
         for key, _ in ready:
             if key.data == "child":
@@ -63,11 +66,23 @@ def serve(sock: socket.socket) -> None:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 request = json.loads(line)
-                pid = os.fork()
-                if pid == 0:
-                    os._exit(_become(request, [sock.fileno(), wake_r, wake_w]))
-                _send(sock, {"id": request["id"], "pid": pid})
+                _send(sock, {"id": request["id"], "pid": _fork(request, inherited)})
         _reap(sock)  # a child that exited while a request was being read
+
+
+def _fork(request: dict[str, Any], inherited: list[int]) -> int:
+    """A child for `request`; its pid once it leads a session of its own, so that a signal
+    to its group right after the answer reaches it (as with `Popen`)."""
+    session_r, session_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(session_r)
+        os._exit(_become(request, [*inherited, session_w], session_w))
+    os.close(session_w)
+    with contextlib.suppress(OSError):
+        os.read(session_r, 1)  # one byte once the session is made; nothing if it failed
+    os.close(session_r)
+    return pid
 
 
 def _reap(sock: socket.socket) -> None:
@@ -86,10 +101,12 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
         sock.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _become(request: dict[str, Any], inherited: list[int]) -> int:
+def _become(request: dict[str, Any], inherited: list[int], session_made: int) -> int:
     """In the child: the component, started as a new interpreter would have started it.
     Returns the exit status."""
     try:
+        os.setsid()
+        os.write(session_made, b"s")
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -97,7 +114,6 @@ def _become(request: dict[str, Any], inherited: list[int]) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in inherited:
             os.close(fd)
-        os.setsid()
         out = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         for target, source in ((0, null), (1, out), (2, out)):
@@ -112,20 +128,42 @@ def _become(request: dict[str, Any], inherited: list[int]) -> int:
         module, args = request["module"], request["args"]
         import setproctitle
 
-        setproctitle.setproctitle(" ".join([sys.executable, "-m", module, *args]))
+        title = " ".join([sys.executable, "-m", module, *args])
+        setproctitle.setproctitle(title)
+        if _own_cmdline() != title:  # `testbed down` finds a component by its command line
+            print(f"warning: command line shortened to {_own_cmdline()!r}", file=sys.stderr)
         sys.argv = [module, *args]
+        # As `python -m` runs it: fresh, as __main__ (not the module the server imported).
+        for name in (module, f"{module}.__main__"):
+            sys.modules.pop(name, None)
     except BaseException:  # nothing above may return into the server loop
         traceback.print_exc()
         return 1
     code = 0
+    interrupted = False
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = _exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
     except BaseException:  # reported as the interpreter would, then exit 1
         traceback.print_exc()
         code = 1
-    return _finish(code)
+    code = _finish(code)
+    if interrupted:  # an interpreter stopped by SIGINT ends by it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _own_cmdline() -> str:
+    try:
+        raw = Path("/proc/self/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
 
 
 def _exit_code(value: object) -> int:
@@ -140,11 +178,14 @@ def _exit_code(value: object) -> int:
 def _finish(code: int) -> int:
     """What the interpreter does at exit and a forked child would skip: wait for the
     threads that are not daemons, run the exit handlers, flush."""
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            with contextlib.suppress(BaseException):
-                thread.join()
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter calls at exit
+    with contextlib.suppress(BaseException):
+        if shutdown is not None:
+            shutdown()
+        else:
+            for thread in threading.enumerate():
+                if thread is not threading.current_thread() and not thread.daemon:
+                    thread.join()
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

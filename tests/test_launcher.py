@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,9 @@ def wait_for(path: Path) -> dict:
 def test_a_component_has_its_own_session_log_and_command_line(mode: str, tmp_path: Path) -> None:
     process, report, log = launch(tmp_path, sleep=30)
     try:
+        # Its own session as soon as start() returns: a kill or pause of its group at once
+        # reaches it (and nothing else).
+        assert os.getsid(process.pid) == process.pid
         facts = wait_for(report)
         assert facts["pid"] == process.pid
         assert facts["pgid"] == facts["sid"] == process.pid  # signals reach its group alone
@@ -101,3 +106,29 @@ def test_an_unknown_launch_mode_is_refused_in_one_line(monkeypatch: pytest.Monke
     monkeypatch.setenv(launcher.LAUNCH_ENV, "spawn")
     with pytest.raises(TestbedError, match="TESTBED_COMPONENT_LAUNCH=spawn is not one of"):
         launcher.launch_mode()
+
+
+def test_the_command_line_fits_whatever_the_environment(tmp_path: Path) -> None:
+    """A launcher in a bare environment (`env -i`, cron) leaves the fork server little room
+    for its children's command lines; the whole of it must show, config path included."""
+    folder = tmp_path / ("a-long-folder-name-" * 12)
+    folder.mkdir()
+    config = folder / "config.json"
+    report = folder / "report.json"
+    config.write_text(json.dumps({"report": str(report)}))
+    log = tmp_path / "log"
+    script = (
+        "import os; from pathlib import Path; from testbed import launcher\n"
+        f"p = launcher.start({PROBE!r}, [{str(config)!r}], dict(os.environ), Path({str(log)!r}))\n"
+        "assert p.wait(timeout=20) == 0\n"
+    )
+    probe_dir = str(Path(__file__).parent)
+    repo = str(Path(__file__).parent.parent)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{repo}:{probe_dir}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    facts = wait_for(report)
+    assert facts["argv"][1:] == [str(config)]
+    assert "shortened" not in log.read_text()

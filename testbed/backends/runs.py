@@ -163,20 +163,20 @@ def discard(folder: Path) -> None:
     cannot be done."""
     if not folder.exists():
         return
-    aside = folder.with_name(f"{DISCARDED}-{folder.name}-{secrets.token_hex(3)}")
+    # Named without the run's id: a process whose command line names a run is one of its.
+    aside = folder.with_name(f"{DISCARDED}-{secrets.token_hex(6)}")
     try:
         folder.rename(aside)
     except OSError:
         aside = folder
-    try:
-        subprocess.Popen(
-            ["rm", "-rf", "--", str(aside)],
+    try:  # `sh` starts `rm` in the background and ends: `rm` is nobody's child to wait for
+        subprocess.run(
+            ["sh", "-c", 'rm -rf -- "$1" >/dev/null 2>&1 &', "discard", str(aside)],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            check=True,
             start_new_session=True,
         )
-    except OSError:
+    except (OSError, subprocess.CalledProcessError):
         shutil.rmtree(aside, ignore_errors=True)
 
 
