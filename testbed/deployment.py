@@ -193,7 +193,7 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
     jobs += [clone.init for clone in clones.values()]
     if routes:
         jobs.append(backend.start_proxy)  # a process of its own: starts while servers do
-    _in_parallel(jobs)
+    in_parallel(jobs)
     deployment = Deployment(topology, backend)
     if routes:
         deployment.wan, deployment.route_addresses = _wire_wan(routes, backend)
@@ -215,7 +215,7 @@ def bring_up(topology: Topology, backend: Backend, progress: Progress | None = N
             primary.wait_for_catchup(standby, timeout=60)
         say(f"{spec.name} ({spec.describe_role()}) streaming on {standby.address} via {via}")
 
-    _in_parallel([functools.partial(start_standby, spec) for spec in standbys])
+    in_parallel([functools.partial(start_standby, spec) for spec in standbys])
     return deployment
 
 
@@ -239,9 +239,10 @@ def _wire_wan(
     return wan, addresses
 
 
-def _in_parallel(jobs: list[Callable[[], object]]) -> None:
-    """Run every job; all finish (or fail) before the first error is raised, so the backend
-    knows about every server started before it cleans up."""
+def in_parallel(jobs: list[Callable[[], object]]) -> None:
+    """Run every job at once (starting or stopping is mostly waiting); all finish (or fail)
+    before the first error is raised, so the backend knows about every server started
+    before it cleans up, and no stop is left undone."""
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         futures = [pool.submit(job) for job in jobs]
     for future in futures:

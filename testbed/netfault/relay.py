@@ -1,8 +1,8 @@
 """A relay worker process: copies the bytes of the connections the proxy server lends it,
 both ways, and gives them back (with what it still owed each peer) when asked.
 
-Started by the server (`workers.WorkerPool`) as `python -m testbed.netfault.relay FD [CPU]`;
-it ends when the server closes the channel.
+Forked by the server (`workers.prefork`) before its event loop starts; it ends when the
+server closes the channel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import struct
-import sys
 from typing import Any
 
 from testbed.netfault import loop as loops
@@ -182,7 +181,3 @@ def worker_main(fd: int, cpu: int | None) -> None:
             os.sched_setaffinity(0, {cpu})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     loops.run(_worker_main(fd))
-
-
-if __name__ == "__main__":
-    worker_main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -33,12 +32,10 @@ DEFAULT_PORT = 8474
 class ProxyServer:
     """The API and every proxy on one event loop (plain relaying may be lent to workers)."""
 
-    def __init__(
-        self, worker_count: int = 0, forked: list[workers.Preforked] | None = None
-    ) -> None:
+    def __init__(self, forked: list[workers.Preforked] | None = None) -> None:
         self.proxies = ProxyCollection()
         self.api = Api(self.proxies)
-        self.pool = workers.WorkerPool(worker_count, forked) if worker_count else None
+        self.pool = workers.WorkerPool(forked) if forked else None
         self._http: list[asyncio.base_events.Server] = []
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
@@ -124,11 +121,10 @@ async def serve(
     ready: asyncio.Event | None = None,
     forked: list[workers.Preforked] | None = None,
 ) -> None:
-    """The server until SIGINT or SIGTERM; its relay workers are `forked` already (by
-    `main`), or started here as new interpreters."""
+    """The server until SIGINT or SIGTERM, with the relay workers `main` forked."""
     Toxic.extensions = not args.reference
-    relay_workers = len(forked) if forked is not None else worker_count(args)
-    server = ProxyServer(relay_workers, forked)
+    relay_workers = len(forked or ())
+    server = ProxyServer(forked)
     try:
         bound = await server.start(args.host, args.port)
     except OSError as exc:
@@ -160,6 +156,4 @@ async def serve(
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    count = worker_count(args)
-    forked = workers.prefork(count) if count and hasattr(os, "fork") else None
-    loop.run(serve(args, forked=forked))
+    loop.run(serve(args, forked=workers.prefork(worker_count(args))))

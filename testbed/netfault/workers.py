@@ -26,11 +26,9 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from testbed.netfault.channel import Channel, resolve
 
@@ -89,14 +87,6 @@ class Loan:
                 self.counters[direction]["sent"] += delta  # a relay sends all it reads
 
 
-class Process(Protocol):
-    def poll(self) -> int | None: ...
-
-    def kill(self) -> None: ...
-
-    def wait(self) -> int: ...
-
-
 @dataclass
 class Forked:
     """A worker forked by the server before its event loop started (see `prefork`)."""
@@ -138,6 +128,8 @@ def prefork(count: int) -> list[Preforked]:
     from testbed.netfault import relay  # the workers' code, imported before the fork
 
     made: list[Preforked] = []
+    if not hasattr(os, "fork"):
+        return made
     for number, cpu in enumerate(_placement(count)):
         try:
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -163,7 +155,13 @@ def prefork(count: int) -> list[Preforked]:
 
 
 def _placement(count: int) -> list[int | None]:
-    """The core each worker keeps to: its own when there is one per core, else free."""
+    """The core each worker keeps to: its own when there is one per core, else free.
+
+    Left to move, the two workers of a two-core machine often share one core while the
+    other runs the peers, and each then waits for the other (measured there: pgbench
+    through two pinned workers made 5 to 25% more transactions than through two free
+    ones, busy machine or not). On a larger machine they stay free: which cores to take
+    is not ours to guess."""
     cpus = sorted(_usable_cpus())
     return [cpus[number] if count == len(cpus) else None for number in range(count)]
 
@@ -171,26 +169,14 @@ def _placement(count: int) -> list[int | None]:
 class Worker:
     """The server's handle on one worker process."""
 
-    def __init__(
-        self, pool: WorkerPool, number: int, cpu: int | None, forked: Preforked | None = None
-    ) -> None:
+    def __init__(self, pool: WorkerPool, number: int, forked: Preforked) -> None:
         self.pool = pool
         self.number = number
         self.loans: dict[int, Loan] = {}
         self.ready = False
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._counts: list[asyncio.Future[None]] = []
-        self.process: Process
-        if forked is not None:
-            mine, self.process = forked
-        else:  # a server embedded in a running loop: a new interpreter per worker
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            argv = [sys.executable, "-m", "testbed.netfault.relay", str(theirs.fileno())]
-            argv += [] if cpu is None else [str(cpu)]
-            with theirs:
-                self.process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),)
-                )
+        mine, self.process = forked
         self.channel = Channel(mine, self._message, self._gone)
 
     def _message(self, header: dict[str, Any], payload: bytes, socks: list[socket.socket]) -> None:
@@ -252,35 +238,16 @@ class Worker:
 class WorkerPool:
     """The worker processes of one proxy server."""
 
-    def __init__(self, count: int, forked: list[Preforked] | None = None) -> None:
-        self.count = count
+    def __init__(self, forked: list[Preforked]) -> None:
         self.forked = forked
         self.workers: list[Worker] = []
         self.closing = False
         self._next_id = 0
 
     async def start(self) -> None:
-        """Start the workers and wait (briefly) until they are ready, so that connections
-        made as soon as the server answers are lent too.
-
-        When there is one worker per core, each keeps to its own: left to move, the two
-        workers of a two-core machine often share one core while the other runs the peers,
-        and each then waits for the other (measured there: pgbench through two pinned
-        workers made 5 to 25% more transactions than through two free ones, busy machine
-        or not). On a larger machine they stay free: which cores to take is not ours to
-        guess."""
-        if self.forked is not None:
-            self.workers = [
-                Worker(self, number, None, forked) for number, forked in enumerate(self.forked)
-            ]
-        else:
-            for number, cpu in enumerate(_placement(self.count)):
-                try:
-                    self.workers.append(Worker(self, number, cpu))
-                except (OSError, AttributeError) as exc:  # no SEQPACKET sockets (macOS)
-                    log.warning(
-                        "proxy worker %d not started (%s): relaying in the server", number, exc
-                    )
+        """Take over the workers `prefork` made and wait (briefly) until they are ready, so
+        that connections made as soon as the server answers are lent too."""
+        self.workers = [Worker(self, number, each) for number, each in enumerate(self.forked)]
         if self.workers:
             await _bounded([w.started for w in self.workers], "start", START_TIMEOUT_S)
 

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from testbed import launcher, procs
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
-from testbed.deployment import Deployment
+from testbed.deployment import Deployment, in_parallel
 from testbed.errors import TestbedError
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
@@ -374,7 +373,7 @@ class Pipeline:
         """Sources, then GIMs, then ICONs; each group at once (a stop is mostly waiting)."""
         self.started = False
         for group in (self.sources, self.gims, self.icons):
-            _each_at_once([process.stop for process in group.values()])
+            in_parallel([process.stop for process in group.values()])
 
     def __enter__(self) -> Pipeline:
         return self
@@ -481,19 +480,9 @@ class Pipeline:
 
     def settle(self, timeout: float = 60.0) -> dict[str, Any]:
         """Stop the sources, then wait until everything they emitted is reported."""
-        _each_at_once([source.stop for source in self.sources.values()])
+        in_parallel([source.stop for source in self.sources.values()])
         last = max((e.ts for e in self.ledger()), default=0.0)
         return self.wait_for(self.caught_up(last), timeout, "settled")
-
-
-def _each_at_once(jobs: list[Callable[[], None]]) -> None:
-    """Run every job at the same time (a stop is mostly waiting for a process to exit)."""
-    if len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            list(pool.map(lambda job: job(), jobs))
-    else:
-        for job in jobs:
-            job()
 
 
 def reported_before(figures: dict[str, Any]) -> float | None:
