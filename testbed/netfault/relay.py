@@ -2,7 +2,9 @@
 both ways, and gives them back (with what it still owed each peer) when asked.
 
 Forked by the server (`workers.prefork`) before its event loop starts; it ends when the
-server closes the channel.
+server closes the channel. Each connection is relayed either by the C loop on a thread of
+its own (see `relayloop`) or by Python on the worker's event loop; the control messages,
+recalls and endings are the same Python code either way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import os
 import signal
 import socket
 import struct
+import threading
+from array import array
+from types import ModuleType
 from typing import Any
 
 from testbed.netfault import loop as loops
@@ -22,25 +27,84 @@ from testbed.netfault.channel import MAX_PAYLOAD, Channel, resolve
 RECV_SIZE = 256 << 10  # one read (uvloop's own size): less than that cost a tenth of a stream
 CLOSE_GRACE_S = 5.0  # as for the server's own connections: a peer that never reads
 UP, DOWN = 0, 1  # client -> upstream, upstream -> client
+NATIVE_STOP_TIMEOUT_S = 1.0  # a C loop, woken, returns at once; longer means it is stuck
 
 
 class Relay:
     """One lent connection inside a worker: read, write; what a socket will not take yet
-    waits here (and its source is not read meanwhile), so a recall knows what is owed."""
+    waits here (and its source is not read meanwhile), so a recall knows what is owed.
+
+    With the C loop, the copying runs on a thread until the connection ends or a request
+    (recall, close) wakes it; what it still owed comes back here, and from then on this
+    relay goes on exactly as a Python one (it writes what is owed, gives back, closes)."""
 
     def __init__(self, worker: WorkerLoop, loan_id: int, socks: list[socket.socket]) -> None:
         self.worker = worker
         self.id = loan_id
         self.socks = socks  # client, upstream
         self.owed = [bytearray(), bytearray()]  # per direction: read, not yet written
-        self.counts = [0, 0]
+        self.counts = array("Q", [0, 0])  # bytes read per direction (the C loop writes here)
         self.closed = False
+        self.thread: threading.Thread | None = None
+        self._wake = (-1, -1)
+        self._pending: tuple[str, bool, bool] | None = None  # what to do once the C loop stops
         for sock in socks:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if worker.native is not None:
+            self._wake = os.pipe()
+            self.thread = threading.Thread(
+                target=self._run_native, args=(worker.native,), name=f"relay-{loan_id}"
+            )
+            self.thread.daemon = True
+            self.thread.start()
+            return
         for direction in (UP, DOWN):
             worker.loop.add_reader(self._source(direction), self._readable, direction)
+
+    def _run_native(self, native: ModuleType) -> None:
+        """The thread: the C loop, then back to the event loop with what it still owed."""
+        client, upstream = (sock.fileno() for sock in self.socks)
+        try:
+            reason, up, down = native.relay(client, upstream, self._wake[0], self.counts)
+        except Exception:  # out of memory in the loop: end the connection, not the worker
+            logging.getLogger("testbed.netfault").exception("relay loop %d failed", self.id)
+            reason, up, down = native.ENDED, b"", b""
+        ended = reason == native.ENDED
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
+            self.worker.loop.call_soon_threadsafe(self._native_stopped, ended, up, down)
+
+    def _native_stopped(self, ended: bool, up: bytes, down: bytes) -> None:
+        self.thread = None
+        for fd in self._wake:
+            os.close(fd)
+        self.owed[UP] += up
+        self.owed[DOWN] += down
+        pending, self._pending = self._pending, None
+        if pending is None or ended:
+            self.end()  # the connection ended (a request meanwhile finds it gone, as in Python)
+        elif pending[0] == "recall":
+            self.give_back()
+        else:
+            self.end(abort=pending[1], tell=pending[2])
+
+    def _stop_native(self, request: tuple[str, bool, bool]) -> bool:
+        """True when a C loop still runs: it is woken, and `request` is carried out once it
+        has stopped (the sockets are not touched before)."""
+        if self.thread is None:
+            return False
+        if self._pending is None:
+            self._pending = request
+            os.write(self._wake[1], b"x")
+        return True
+
+    def stop_now(self) -> None:
+        """Stop a running C loop and wait for it (the worker is ending, its loop with it)."""
+        if self.thread is not None:
+            thread = self.thread
+            self._stop_native(("close", True, False))
+            thread.join(NATIVE_STOP_TIMEOUT_S)
 
     def _source(self, direction: int) -> socket.socket:
         return self.socks[direction]
@@ -101,23 +165,25 @@ class Relay:
 
     def give_back(self) -> None:
         """Stop, and send the sockets back after what is still owed to each peer."""
+        if self._stop_native(("recall", False, True)):
+            return
         self._detach()
         for direction, owed in enumerate(self.owed):
             for offset in range(0, len(owed), MAX_PAYLOAD):
                 header = {"op": "owed", "id": self.id, "direction": direction}
                 self.worker.channel.send(header, bytes(owed[offset : offset + MAX_PAYLOAD]))
-        header = {"op": "returned", "id": self.id, "counts": self.counts}
+        header = {"op": "returned", "id": self.id, "counts": list(self.counts)}
         self.worker.channel.send(header, socks=self.socks)
 
     def end(self, abort: bool = False, tell: bool = True) -> None:
         """Close both sockets; what is owed to one is still written first (unless aborting),
         for a few seconds at most."""
-        if self.closed:
+        if self.closed or self._stop_native(("close", abort, tell)):
             return
         self.closed = True
         self._detach()
         if tell:
-            self.worker.channel.send({"op": "ended", "id": self.id, "counts": self.counts})
+            self.worker.channel.send({"op": "ended", "id": self.id, "counts": list(self.counts)})
         for direction in (UP, DOWN):
             sink = self._sink(direction)
             if abort:
@@ -138,8 +204,9 @@ class Relay:
 class WorkerLoop:
     """A worker process: relays what it is lent until the server closes the channel."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, native: ModuleType | None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.native = native  # the C relay loop, or None to relay in Python
         self.view = memoryview(bytearray(RECV_SIZE))
         self.relays: dict[int, Relay] = {}
         self.stopped = self.loop.create_future()
@@ -160,24 +227,27 @@ class WorkerLoop:
             if (relay := self.relays.get(header["id"])) is not None:
                 relay.end(abort=header["abort"])
         elif op == "count":
-            counts = {str(i): r.counts for i, r in self.relays.items()}
+            counts = {str(i): list(r.counts) for i, r in self.relays.items()}
             self.channel.send({"op": "counts", "counts": counts})
 
     async def run(self) -> None:
         self.channel.send({"op": "ready"})
         await self.stopped
         for relay in list(self.relays.values()):
+            relay.stop_now()
+        await asyncio.sleep(0)  # the stopped C loops' hand-overs, which abort their sockets
+        for relay in list(self.relays.values()):
             relay.end(abort=True, tell=False)
 
 
-async def _worker_main(fd: int) -> None:
-    await WorkerLoop(socket.socket(fileno=fd)).run()
+async def _worker_main(fd: int, native: ModuleType | None) -> None:
+    await WorkerLoop(socket.socket(fileno=fd), native).run()
 
 
-def worker_main(fd: int, cpu: int | None) -> None:
+def worker_main(fd: int, cpu: int | None, native: ModuleType | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
     if cpu is not None:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, {cpu})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    loops.run(_worker_main(fd))
+    loops.run(_worker_main(fd, native))

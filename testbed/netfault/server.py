@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from testbed.netfault import http, loop, workers
+from testbed.netfault import http, loop, relayloop, workers
 from testbed.netfault.api import VERSION, Api
 from testbed.netfault.chain import ApiError
 from testbed.netfault.state import ProxyCollection
@@ -120,6 +120,7 @@ async def serve(
     args: argparse.Namespace,
     ready: asyncio.Event | None = None,
     forked: list[workers.Preforked] | None = None,
+    relay_name: str = "Python",
 ) -> None:
     """The server until SIGINT or SIGTERM, with the relay workers `main` forked."""
     Toxic.extensions = not args.reference
@@ -136,7 +137,9 @@ async def serve(
         log.info("populated %d proxies from %s", count, args.config)
     running = asyncio.get_running_loop()
     listening = ", ".join(f"{h}:{p}" for h, p in bound)
-    relays = f"{relay_workers} relay workers" if relay_workers else "no relay workers"
+    relays = (
+        f"{relay_workers} relay workers in {relay_name}" if relay_workers else "no relay workers"
+    )
     print(
         f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays})",
         file=sys.stderr,
@@ -156,4 +159,6 @@ async def serve(
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    loop.run(serve(args, forked=workers.prefork(worker_count(args))))
+    native = relayloop.native()
+    forked = workers.prefork(worker_count(args), native)
+    loop.run(serve(args, forked=forked, relay_name=relayloop.name(native)))

@@ -28,6 +28,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from testbed.netfault.channel import Channel, resolve
@@ -119,18 +120,18 @@ class Forked:
 Preforked = tuple[socket.socket, Forked]  # the server's end of the channel, the process
 
 
-def prefork(count: int) -> list[Preforked]:
+def prefork(count: int, native: ModuleType | None = None) -> list[Preforked]:
     """Fork `count` workers now, while the server is one thread with no event loop: a fork
     costs a millisecond, where a new interpreter costs a tenth of a second of a core that
     a run bringing its servers up needs. Call it before the loop starts; `WorkerPool`
     takes the result. Where Unix sockets cannot carry sockets, none (relaying in the
-    server)."""
+    server). `native`: the C relay loop the workers use (see `relayloop`), or None."""
     from testbed.netfault import relay  # the workers' code, imported before the fork
 
     made: list[Preforked] = []
     if not hasattr(os, "fork"):
         return made
-    for number, cpu in enumerate(_placement(count)):
+    for number, cpu in enumerate(_placement(count, pinned=native is None)):
         try:
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except (OSError, AttributeError) as exc:  # no SEQPACKET sockets (macOS)
@@ -143,7 +144,7 @@ def prefork(count: int) -> list[Preforked]:
                 mine.close()
                 for other, _process in made:
                     other.close()
-                relay.worker_main(theirs.detach(), cpu)
+                relay.worker_main(theirs.detach(), cpu, native)
             except BaseException:
                 logging.getLogger("testbed.netfault").exception("proxy worker %d failed", number)
                 code = 1
@@ -154,16 +155,21 @@ def prefork(count: int) -> list[Preforked]:
     return made
 
 
-def _placement(count: int) -> list[int | None]:
-    """The core each worker keeps to: its own when there is one per core, else free.
+def _placement(count: int, pinned: bool) -> list[int | None]:
+    """The core each worker keeps to: its own when there is one per core and it relays in
+    Python, else free.
 
     Left to move, the two workers of a two-core machine often share one core while the
     other runs the peers, and each then waits for the other (measured there: pgbench
     through two pinned workers made 5 to 25% more transactions than through two free
     ones, busy machine or not). On a larger machine they stay free: which cores to take
-    is not ours to guess."""
+    is not ours to guess. With the C loop each connection has a thread of its own, which
+    the scheduler places best beside the connection's peers: pinned, every thread of a
+    worker would share its one core (measured: about a fifth fewer select-only
+    transactions through C threads kept to one core than through free ones)."""
     cpus = sorted(_usable_cpus())
-    return [cpus[number] if count == len(cpus) else None for number in range(count)]
+    keep = pinned and count == len(cpus)
+    return [cpus[number] if keep else None for number in range(count)]
 
 
 class Worker:

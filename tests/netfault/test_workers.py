@@ -1,7 +1,8 @@
 """Relay workers: a connection through a proxy without toxics is relayed by a worker process,
 and that changes nothing a client can see: a toxic added to the proxy holds from the next
 byte, nothing is lost when the connection comes back, the counters stay exact, a delete
-cuts it, and a worker that dies takes only its own connections."""
+cuts it, and a worker that dies takes only its own connections. Each holds for the C relay
+loop and for the Python relay on either event loop."""
 
 from __future__ import annotations
 
@@ -30,18 +31,28 @@ from netfault_support import (
 )
 
 from testbed.netfault.loop import LOOP_ENV
+from testbed.netfault.relayloop import RELAY_ENV
 
 WORKERS = 2
+C_LOOP_BUILT = importlib.util.find_spec("testbed.netfault._relayloop") is not None
 
 
-@pytest.fixture(scope="module", params=["auto", "asyncio"])
+@pytest.fixture(
+    scope="module",
+    params=[("auto", "c"), ("auto", "python"), ("asyncio", "python")],
+    ids=["c", "python-auto", "python-asyncio"],
+)
 def toxiproxy(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ToxiproxyServer]:
-    """The server with relay workers whatever the machine's core count, on each event loop
-    it may run on (uvloop when installed, and the standard library's)."""
+    """The server with relay workers whatever the machine's core count, relaying with the C
+    loop, and in Python on each event loop it may run on (uvloop when installed, and the
+    standard library's)."""
+    loop, relay = request.param
+    if relay == "c" and not C_LOOP_BUILT:
+        pytest.skip("the C relay loop is not built here (no compiler at install)")
     log = tmp_path_factory.mktemp("workers") / "server.log"
-    env = {LOOP_ENV: request.param}
+    env = {LOOP_ENV: loop, RELAY_ENV: relay}
     with running_toxiproxy(log, "-workers", str(WORKERS), env=env) as server:
         yield server
 
@@ -192,11 +203,37 @@ def test_the_workers_stop_with_the_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) != WORKERS, reason="pinned with one per core")
-def test_with_one_worker_per_core_each_keeps_to_its_own(toxiproxy: ToxiproxyServer) -> None:
+def test_with_one_worker_per_core_each_keeps_to_its_own_unless_relaying_in_c(
+    toxiproxy: ToxiproxyServer, request: pytest.FixtureRequest
+) -> None:
+    """Python relays keep a worker to each core; C threads, one per connection, go free."""
     cores = [os.sched_getaffinity(pid) for pid in workers_of(toxiproxy)]
     assert len(cores) == WORKERS
+    if request.node.callspec.params["toxiproxy"][1] == "c":
+        assert all(each == os.sched_getaffinity(0) for each in cores)
+        return
     assert all(len(each) == 1 for each in cores)
     assert len(set.union(*cores)) == WORKERS
+
+
+def test_a_lent_connection_runs_on_a_thread_of_its_own_with_the_c_loop(
+    toxiproxy: ToxiproxyServer, request: pytest.FixtureRequest, api: Api, echo_proxy: dict
+) -> None:
+    """So that the tests above cover the C loop: a worker's thread count follows its
+    connections there, and never does with the Python relay."""
+
+    def threads() -> int:
+        return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in workers_of(toxiproxy))
+
+    before = threads()
+    with connect(listen_port(echo_proxy)) as client:
+        assert round_trip(client) < 1.0
+        wait_until(lambda: lent(api) == 1)
+        during = threads()
+    wait_until(lambda: lent(api) == 0)
+    wait_until(lambda: threads() == before)
+    in_c = request.node.callspec.params["toxiproxy"][1] == "c"
+    assert during == before + (1 if in_c else 0)
 
 
 def test_with_no_workers_the_server_relays_everything_itself(
@@ -217,9 +254,11 @@ def test_with_no_workers_the_server_relays_everything_itself(
 def test_the_server_runs_on_the_loop_asked_for(
     toxiproxy: ToxiproxyServer, request: pytest.FixtureRequest
 ) -> None:
-    """So that the tests above cover the standard library's loop as well as uvloop."""
-    asked = request.node.callspec.params["toxiproxy"]
+    """So that the tests above cover the standard library's loop as well as uvloop, and the
+    C relay loop as well as the Python relay."""
+    asked, relay = request.node.callspec.params["toxiproxy"]
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     expected = "uvloop" if asked == "auto" and has_uvloop else "asyncio"
+    relays = "C" if relay == "c" else "Python"
     line = next(ln for ln in toxiproxy.log_tail().splitlines() if "listening on" in ln)
-    assert f"({expected}, {WORKERS} relay workers)" in line, line
+    assert f"({expected}, {WORKERS} relay workers in {relays})" in line, line
