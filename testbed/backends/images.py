@@ -42,12 +42,15 @@ class ImageSpec:
     files: tuple[tuple[str, Path], ...]
 
     def inputs(self) -> list[tuple[str, Path]]:
-        """Every file of the context, in a stable order (the tag hashes them)."""
+        """Every file of the context, in a stable order (the tag hashes them). Not what a
+        local install compiled (the proxy's C relay loop): it was built for this machine's
+        Python, not the image's, and the image relays in Python."""
         found = []
         for target, source in self.files:
             if source.is_dir():
                 for path in sorted(source.rglob("*")):
-                    if path.is_file() and "__pycache__" not in path.parts:
+                    built = path.suffix in (".so", ".pyd")
+                    if path.is_file() and "__pycache__" not in path.parts and not built:
                         found.append((f"{target}/{path.relative_to(source)}", path))
             else:
                 found.append((target, source))
