@@ -43,13 +43,15 @@ class ImageSpec:
 
     def inputs(self) -> list[tuple[str, Path]]:
         """Every file of the context, in a stable order (the tag hashes them). Not what a
-        local install compiled (the proxy's C relay loop): it was built for this machine's
-        Python, not the image's, and the image relays in Python."""
+        local install compiled into our own package (the proxy's C relay loop): it was
+        built for this machine's Python, not the image's, and the image relays in Python.
+        Installed packages copied in (psycopg's binary build) keep theirs."""
         found = []
         for target, source in self.files:
+            ours = f"{target}/".startswith("testbed/")
             if source.is_dir():
                 for path in sorted(source.rglob("*")):
-                    built = path.suffix in (".so", ".pyd")
+                    built = ours and path.suffix in (".so", ".pyd")
                     if path.is_file() and "__pycache__" not in path.parts and not built:
                         found.append((f"{target}/{path.relative_to(source)}", path))
             else:
