@@ -13,7 +13,9 @@
  *   counts: a writable buffer of two native uint64 (bytes read from client, from upstream),
  *           updated as it goes, so the worker can report them without stopping the loop.
  *   reason: 0 = the connection ended (EOF, reset or error on either side),
- *           1 = woken (the caller decides: give back, or close).
+ *           1 = woken (the caller decides: give back, or close),
+ *           -errno = the loop itself failed (poll, or no memory for what is owed): the
+ *           caller logs it and ends the connection, still with what is owed.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,15 +56,17 @@ static int flush(int sink, owed_t *owed) {
 }
 
 /* Read once from `source` and pass it on; what the sink will not take yet is kept in
- * `owed`. 0 while the connection lives, -1 when it ended, -2 when out of memory. */
-static int pass(int source, int sink, char *buffer, uint64_t *count, owed_t *owed) {
-    ssize_t size = recv(source, buffer, BUFFER_SIZE, 0);
+ * `owed`. 0 while the connection lives, -1 when it ended, -2 when out of memory: then the
+ * read buffer itself becomes what is owed (nothing read is dropped) and the loop stops. */
+static int pass(int source, int sink, char **buffer, uint64_t *count, owed_t *owed) {
+    ssize_t size = recv(source, *buffer, BUFFER_SIZE, 0);
     if (size < 0)
         return is_transient(errno) ? 0 : -1;
     if (size == 0)
         return -1; /* no half-close: an EOF on one side closes the other, as in Python */
-    *count += (uint64_t)size;
-    ssize_t sent = send(sink, buffer, (size_t)size, MSG_NOSIGNAL);
+    /* The worker reads the counts while this thread runs: whole stores, never torn. */
+    __atomic_store_n(count, *count + (uint64_t)size, __ATOMIC_RELAXED);
+    ssize_t sent = send(sink, *buffer, (size_t)size, MSG_NOSIGNAL);
     if (sent < 0) {
         if (!is_transient(errno))
             return -1;
@@ -70,16 +74,21 @@ static int pass(int source, int sink, char *buffer, uint64_t *count, owed_t *owe
     }
     if (sent < size) {
         owed->data = malloc((size_t)(size - sent));
-        if (owed->data == NULL)
+        if (owed->data == NULL) {
+            owed->data = *buffer;
+            owed->start = (size_t)sent;
+            owed->end = (size_t)size;
+            *buffer = NULL;
             return -2;
-        memcpy(owed->data, buffer + sent, (size_t)(size - sent));
+        }
+        memcpy(owed->data, *buffer + sent, (size_t)(size - sent));
         owed->start = 0;
         owed->end = (size_t)(size - sent);
     }
     return 0;
 }
 
-static PyObject *relay(PyObject *self, PyObject *args) {
+static PyObject *relay(PyObject *Py_UNUSED(self), PyObject *args) {
     int fds[2], wake;
     Py_buffer counts_view;
     if (!PyArg_ParseTuple(args, "iiiw*", &fds[0], &fds[1], &wake, &counts_view))
@@ -96,7 +105,7 @@ static PyObject *relay(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     owed_t owed[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
-    int reason = ENDED, failed = 0;
+    int reason = ENDED;
 
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
@@ -114,7 +123,8 @@ static PyObject *relay(PyObject *self, PyObject *args) {
         if (poll(polled, 3, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            break; /* ENDED */
+            reason = -errno;
+            break;
         }
         if (polled[2].revents) {
             reason = WOKEN;
@@ -127,22 +137,18 @@ static PyObject *relay(PyObject *self, PyObject *args) {
             if (owed[d].data)
                 result = flush(fds[1 - d], &owed[d]);
             else
-                result = pass(fds[d], fds[1 - d], buffer, &counts[d], &owed[d]);
+                result = pass(fds[d], fds[1 - d], &buffer, &counts[d], &owed[d]);
         }
         if (result == -2)
-            failed = 1;
+            reason = -ENOMEM;
         if (result != 0)
-            break; /* ENDED */
+            break;
     }
     Py_END_ALLOW_THREADS
 
     free(buffer);
     PyBuffer_Release(&counts_view);
-    PyObject *out = NULL;
-    if (failed)
-        PyErr_NoMemory();
-    else
-        out = Py_BuildValue(
+    PyObject *out = Py_BuildValue(
             "(iy#y#)", reason,
             owed[0].data ? owed[0].data + owed[0].start : "",
             (Py_ssize_t)(owed[0].end - owed[0].start),

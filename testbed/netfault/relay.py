@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from array import array
 from types import ModuleType
 from typing import Any
@@ -27,7 +28,9 @@ from testbed.netfault.channel import MAX_PAYLOAD, Channel, resolve
 RECV_SIZE = 256 << 10  # one read (uvloop's own size): less than that cost a tenth of a stream
 CLOSE_GRACE_S = 5.0  # as for the server's own connections: a peer that never reads
 UP, DOWN = 0, 1  # client -> upstream, upstream -> client
-NATIVE_STOP_TIMEOUT_S = 1.0  # a C loop, woken, returns at once; longer means it is stuck
+NATIVE_STOP_TIMEOUT_S = 0.5  # for all C loops of a worker, woken, to return (at once)
+
+log = logging.getLogger("testbed.netfault")
 
 
 class Relay:
@@ -46,39 +49,50 @@ class Relay:
         self.counts = array("Q", [0, 0])  # bytes read per direction (the C loop writes here)
         self.closed = False
         self.thread: threading.Thread | None = None
-        self._wake = (-1, -1)
+        self._wake: tuple[int, ...] = ()  # the C loop's wake-up: an eventfd (or a pipe)
         self._pending: tuple[str, bool, bool] | None = None  # what to do once the C loop stops
         for sock in socks:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if worker.native is not None:
-            self._wake = os.pipe()
-            self.thread = threading.Thread(
-                target=self._run_native, args=(worker.native,), name=f"relay-{loan_id}"
-            )
-            self.thread.daemon = True
-            self.thread.start()
+        if worker.native is not None and self._start_native(worker.native):
             return
         for direction in (UP, DOWN):
             worker.loop.add_reader(self._source(direction), self._readable, direction)
+
+    def _start_native(self, native: ModuleType) -> bool:
+        """The C loop on a thread of its own; False (this connection relayed in Python)
+        when the worker cannot have one more descriptor or thread."""
+        try:
+            self._wake = (os.eventfd(0),) if hasattr(os, "eventfd") else os.pipe()
+            self.thread = threading.Thread(
+                target=self._run_native, args=(native,), name=f"relay-{self.id}", daemon=True
+            )
+            self.thread.start()
+        except (OSError, RuntimeError) as exc:
+            log.warning("relay %d in Python: no thread for the C loop (%s)", self.id, exc)
+            self.thread = None
+            self._close_wake()
+            return False
+        return True
 
     def _run_native(self, native: ModuleType) -> None:
         """The thread: the C loop, then back to the event loop with what it still owed."""
         client, upstream = (sock.fileno() for sock in self.socks)
         try:
             reason, up, down = native.relay(client, upstream, self._wake[0], self.counts)
-        except Exception:  # out of memory in the loop: end the connection, not the worker
-            logging.getLogger("testbed.netfault").exception("relay loop %d failed", self.id)
+        except Exception:  # no memory for its answer: end the connection, not the worker
+            log.exception("relay loop %d failed", self.id)
             reason, up, down = native.ENDED, b"", b""
-        ended = reason == native.ENDED
+        if reason < 0:
+            log.warning("relay loop %d stopped (%s): ending it", self.id, os.strerror(-reason))
+        ended = reason != native.WOKEN
         with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
             self.worker.loop.call_soon_threadsafe(self._native_stopped, ended, up, down)
 
     def _native_stopped(self, ended: bool, up: bytes, down: bytes) -> None:
         self.thread = None
-        for fd in self._wake:
-            os.close(fd)
+        self._close_wake()
         self.owed[UP] += up
         self.owed[DOWN] += down
         pending, self._pending = self._pending, None
@@ -89,6 +103,11 @@ class Relay:
         else:
             self.end(abort=pending[1], tell=pending[2])
 
+    def _close_wake(self) -> None:
+        for fd in self._wake:
+            os.close(fd)
+        self._wake = ()
+
     def _stop_native(self, request: tuple[str, bool, bool]) -> bool:
         """True when a C loop still runs: it is woken, and `request` is carried out once it
         has stopped (the sockets are not touched before)."""
@@ -96,15 +115,15 @@ class Relay:
             return False
         if self._pending is None:
             self._pending = request
-            os.write(self._wake[1], b"x")
+            os.write(self._wake[-1], (1).to_bytes(8, "little"))  # eventfd: 8 bytes; pipe: any
         return True
 
-    def stop_now(self) -> None:
-        """Stop a running C loop and wait for it (the worker is ending, its loop with it)."""
-        if self.thread is not None:
-            thread = self.thread
-            self._stop_native(("close", True, False))
-            thread.join(NATIVE_STOP_TIMEOUT_S)
+    def wake_to_close(self) -> threading.Thread | None:
+        """Wake a running C loop to abort the connection (the worker is ending); its thread,
+        to wait for."""
+        thread = self.thread
+        self._stop_native(("close", True, False))
+        return thread
 
     def _source(self, direction: int) -> socket.socket:
         return self.socks[direction]
@@ -233,8 +252,10 @@ class WorkerLoop:
     async def run(self) -> None:
         self.channel.send({"op": "ready"})
         await self.stopped
-        for relay in list(self.relays.values()):
-            relay.stop_now()
+        threads = [t for r in list(self.relays.values()) if (t := r.wake_to_close())]
+        deadline = time.monotonic() + NATIVE_STOP_TIMEOUT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         await asyncio.sleep(0)  # the stopped C loops' hand-overs, which abort their sockets
         for relay in list(self.relays.values()):
             relay.end(abort=True, tell=False)
@@ -244,8 +265,20 @@ async def _worker_main(fd: int, native: ModuleType | None) -> None:
     await WorkerLoop(socket.socket(fileno=fd), native).run()
 
 
+def _all_descriptors_allowed() -> None:
+    """A connection on a C loop holds three descriptors in its worker (its two sockets and
+    the loop's wake-up): the soft limit of a login (often 1024) goes up to the hard one."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def worker_main(fd: int, cpu: int | None, native: ModuleType | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    _all_descriptors_allowed()
     if cpu is not None:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, {cpu})
