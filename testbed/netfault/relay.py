@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import struct
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -50,7 +52,7 @@ class Relay:
         self.closed = False
         self.thread: threading.Thread | None = None
         self._wake: tuple[int, ...] = ()  # the C loop's wake-up: an eventfd (or a pipe)
-        self._pending: tuple[str, bool, bool] | None = None  # what to do once the C loop stops
+        self._then: Callable[[], None] | None = None  # what to do once the C loop stops
         for sock in socks:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -95,26 +97,23 @@ class Relay:
         self._close_wake()
         self.owed[UP] += up
         self.owed[DOWN] += down
-        pending, self._pending = self._pending, None
-        if pending is None or ended:
-            self.end()  # the connection ended (a request meanwhile finds it gone, as in Python)
-        elif pending[0] == "recall":
-            self.give_back()
-        else:
-            self.end(abort=pending[1], tell=pending[2])
+        then, self._then = self._then, None
+        if then is None or ended:
+            then = self.end  # it ended: a request meanwhile finds it gone, as in Python
+        then()
 
     def _close_wake(self) -> None:
         for fd in self._wake:
             os.close(fd)
         self._wake = ()
 
-    def _stop_native(self, request: tuple[str, bool, bool]) -> bool:
-        """True when a C loop still runs: it is woken, and `request` is carried out once it
-        has stopped (the sockets are not touched before)."""
+    def _stop_native(self, then: Callable[[], None]) -> bool:
+        """True when a C loop still runs: it is woken, and `then` is called once it has
+        stopped (the sockets are not touched before); the first request wins."""
         if self.thread is None:
             return False
-        if self._pending is None:
-            self._pending = request
+        if self._then is None:
+            self._then = then
             os.write(self._wake[-1], (1).to_bytes(8, "little"))  # eventfd: 8 bytes; pipe: any
         return True
 
@@ -122,7 +121,7 @@ class Relay:
         """Wake a running C loop to abort the connection (the worker is ending); its thread,
         to wait for."""
         thread = self.thread
-        self._stop_native(("close", True, False))
+        self._stop_native(functools.partial(self.end, abort=True, tell=False))
         return thread
 
     def _source(self, direction: int) -> socket.socket:
@@ -184,7 +183,7 @@ class Relay:
 
     def give_back(self) -> None:
         """Stop, and send the sockets back after what is still owed to each peer."""
-        if self._stop_native(("recall", False, True)):
+        if self._stop_native(self.give_back):
             return
         self._detach()
         for direction, owed in enumerate(self.owed):
@@ -197,7 +196,7 @@ class Relay:
     def end(self, abort: bool = False, tell: bool = True) -> None:
         """Close both sockets; what is owed to one is still written first (unless aborting),
         for a few seconds at most."""
-        if self.closed or self._stop_native(("close", abort, tell)):
+        if self.closed or self._stop_native(functools.partial(self.end, abort, tell)):
             return
         self.closed = True
         self._detach()
