@@ -25,24 +25,19 @@ from testbed.errors import CannotRunHere, TestbedError
 @click.command("list")
 def list_scenarios() -> None:
     """The scenario catalog: name and description."""
-    from testbed.scenarios.spec import scenario_dirs
+    import yaml
+
+    from testbed.scenarios.spec import catalog
 
     table = Table(title="scenarios", title_justify="left")
     table.add_column("name")
     table.add_column("description", overflow="fold")
-    seen = set()
-    for directory in scenario_dirs():
-        for path in sorted(directory.glob("*.yaml")):
-            if path.stem in seen:
-                continue
-            seen.add(path.stem)
-            try:
-                import yaml
-
-                description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
-            except Exception as exc:  # a broken file still shows up, with why
-                description = f"(unreadable: {exc})"
-            table.add_row(path.stem, str(description))
+    for name, path in catalog().items():
+        try:
+            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except Exception as exc:  # a broken file still shows up, with why
+            description = f"(unreadable: {exc})"
+        table.add_row(name, str(description))
     out.print(table)
 
 
@@ -86,12 +81,12 @@ def run(
     from rich.progress import BarColumn, Progress, TextColumn
 
     from testbed.scenarios.engine import ScenarioRun
-    from testbed.scenarios.spec import load_scenario, scenario_dirs
+    from testbed.scenarios.spec import catalog, load_scenario
     from testbed.verdict.report import print_summary, write_reports
 
     names = list(scenarios)
     if every:
-        names += sorted({p.stem for d in scenario_dirs() for p in d.glob("*.yaml")})
+        names += list(catalog())
     if not names:
         raise TestbedError("name a scenario (see testbed list) or use --all")
     loaded = [load_scenario(name) for name in names]  # every file checked before any runs

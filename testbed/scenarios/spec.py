@@ -79,10 +79,30 @@ class Scenario:
 
 
 def scenario_dirs() -> list[Path]:
-    """Where named scenarios are found: ./scenarios, then the catalog shipped with us."""
-    here = Path("scenarios")
-    shipped = Path(__file__).resolve().parents[2] / "scenarios"
-    return [d for d in (here, shipped) if d.is_dir()]
+    """Where named scenarios are found, the first folder holding a name winning: the user's
+    own `./scenarios`, then the catalog of the checkout this package runs from (so an edit
+    shows at once), then the copy a wheel ships inside the package (so an installed
+    `testbed` finds the catalog from any folder)."""
+    package = Path(__file__).resolve().parents[1]
+    folders = [Path("scenarios")]
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file():  # not some other `scenarios` in site-packages
+        folders.append(checkout / "scenarios")
+    folders.append(package / "catalog")
+    unique: list[Path] = []
+    for folder in folders:
+        if folder.is_dir() and all(not folder.samefile(seen) for seen in unique):
+            unique.append(folder)
+    return unique
+
+
+def catalog() -> dict[str, Path]:
+    """Every scenario that can be named: name -> file, in name order."""
+    found: dict[str, Path] = {}
+    for folder in scenario_dirs():
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
 
 
 def find_scenario(name_or_path: str) -> Path:
@@ -91,11 +111,10 @@ def find_scenario(name_or_path: str) -> Path:
         if not path.exists():
             raise InvalidFile(f"{path}: no such file")
         return path
-    for directory in scenario_dirs():
-        for candidate in (directory / f"{name_or_path}.yaml", directory / f"{name_or_path}.yml"):
-            if candidate.exists():
-                return candidate
-    known = ", ".join(sorted({p.stem for d in scenario_dirs() for p in d.glob("*.yaml")}))
+    named = catalog()
+    if name_or_path in named:
+        return named[name_or_path]
+    known = ", ".join(named)
     raise InvalidFile(f"unknown scenario '{name_or_path}' (catalog: {known or 'empty'})")
 
 
