@@ -285,6 +285,22 @@ def test_another_info_mart_with_other_events_fails_converged(
     assert failed(broken(passed_run, tmp_path, edit_final(corrupt))) == ["converged"]
 
 
+def test_an_event_counted_twice_in_another_info_mart_fails_duplicates(
+    passed_run: Path, tmp_path: Path
+) -> None:
+    """Active-active: the second Info Mart holds the same events, one of them twice."""
+
+    def corrupt(final: dict[str, Any]) -> None:
+        ids = sorted(r[0] for r in final["facts"])
+        final["other_infomarts"] = {"infomart9": sorted([*ids, ids[0]])}
+
+    outcome = broken(passed_run, tmp_path, edit_final(corrupt))
+    assert failed(outcome) == ["duplicates"]
+    (check,) = (c for c in outcome.checks if c.name == "duplicates")
+    assert "infomart9: 1" in check.message
+    assert outcome.figures["by_infomart"]["infomart9"]["duplicates"] == 1
+
+
 def test_a_census_that_counts_loaded_events_lost_fails_disaster_loss(
     passed_run: Path, tmp_path: Path
 ) -> None:

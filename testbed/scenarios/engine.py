@@ -415,9 +415,9 @@ class ScenarioRun:
         counts = collections.Counter(row[0] for row in facts)
         suspects = [e for e in events if counts[e.id] != 1][:LINEAGE_MAX]
         gims = {g.name: g for g in deployment.topology.gims}
-        others = {
+        others = {  # a doubled event stays doubled: the duplicates check counts them
             gims[name].infomart: sorted(
-                {row[0] for row in of_judged(pipeline.facts(gims[name].infomart))}
+                row[0] for row in of_judged(pipeline.facts(gims[name].infomart))
             )
             for name in pipeline.active_gims[1:]
             if gims[name].infomart != infomart

@@ -18,6 +18,7 @@ from testbed.pipeline.schema import event_digest
 from testbed.pipeline.timing import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.congestion import congested_spans
+from testbed.verdict.infomarts import loss_by_infomart
 from testbed.verdict.prediction import Prediction, predict_all
 from testbed.verdict.wan_units import wan_toxics
 
@@ -105,10 +106,16 @@ def evaluate(out: Path) -> Outcome:
     expect = run["expect"]
 
     lineage = final.get("lineage", {})
+    # Each other Info Mart in service (active-active): its event ids, a doubled one twice.
+    others = final.get("other_infomarts") or {}
     checks = [
         _completed(final),
         _loss(ledger, facts, prediction, topology.sites, expect.get("loss", {}), lineage, planned),
-        _duplicates(facts, int(expect.get("duplicates", 0))),
+        _duplicates(
+            {final["infomart"]: facts}
+            | {name: collections.Counter(ids) for name, ids in others.items()},
+            int(expect.get("duplicates", 0)),
+        ),
         _hwm_monotonic(history),
         _residue(history, final.get("leftover"), expect.get("stuck_at_end", [])),
     ]
@@ -119,7 +126,6 @@ def evaluate(out: Path) -> Outcome:
     if prediction.censuses:
         checks.append(_census_loss(ledger, facts, prediction))
     checks.append(_single_active(history, topology.mode, final.get("replica")))
-    others = final.get("other_infomarts") or {}
     same_rules = []
     for name, events in others.items():
         theirs = next((p for p in predictions.values() if p.infomart == name), None)
@@ -208,6 +214,18 @@ def evaluate(out: Path) -> Outcome:
         "lineage_sample": dict(list(lineage.items())[:20]),
         "stopped_at": dict(collections.Counter(h["stopped_at"] for h in lineage.values())),
         "prediction_notes": prediction.notes,
+        "by_infomart": loss_by_infomart(
+            ledger,
+            topology.sites,
+            {final["infomart"]: facts}
+            | {name: collections.Counter(ids) for name, ids in others.items()},
+            {final["infomart"]: prediction}
+            | {
+                name: next((p for p in predictions.values() if p.infomart == name), prediction)
+                for name in others
+            },
+            {c.name: c.passed for c in checks},
+        ),
     }
     return Outcome(run["scenario"], all(c.passed for c in checks), checks, figures)
 
@@ -360,12 +378,25 @@ def _fmt_range(bounds: tuple[float, float]) -> str:
     return f"{format_duration(low)} to {format_duration(high)}"
 
 
-def _duplicates(facts: collections.Counter, expected: int) -> Check:
-    doubled = sorted(event_id for event_id, n in facts.items() if n > 1)
-    ok = len(doubled) == expected
-    detail = f", e.g. {doubled[:3]}" if doubled else ""
+def _duplicates(held: dict[str, collections.Counter], expected: int) -> Check:
+    """Events counted twice in every Info Mart in service (the reporting one first), their
+    total against what the scenario expects."""
+    doubled = {
+        name: sorted(event_id for event_id, n in facts.items() if n > 1)
+        for name, facts in held.items()
+    }
+    total = sum(len(ids) for ids in doubled.values())
+    example = next((ids[:3] for ids in doubled.values() if ids), None)
+    detail = f", e.g. {example}" if example else ""
+    where = (
+        " (" + ", ".join(f"{name}: {len(ids)}" for name, ids in doubled.items()) + ")"
+        if len(doubled) > 1
+        else ""
+    )
     return Check(
-        "duplicates", ok, f"{len(doubled)} events counted twice, expected {expected}{detail}"
+        "duplicates",
+        total == expected,
+        f"{total} events counted twice{where}, expected {expected}{detail}",
     )
 
 

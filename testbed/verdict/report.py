@@ -40,6 +40,24 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
     console.print(table)
     console.print(verdict_paragraph(outcome), highlight=False)
     f = outcome.figures
+    by_infomart = f.get("by_infomart") or {}
+    if len(by_infomart) > 1:  # active-active: each Info Mart's own loss and prediction
+        lost = "; ".join(f"{name} {_lost_and_predicted(im)}" for name, im in by_infomart.items())
+        duplicates = sum(int(im.get("duplicates") or 0) for im in by_infomart.values())
+    else:
+        lost, duplicates = _lost_and_predicted(f), f["duplicates"]
+    console.print(
+        f"lost {lost}, duplicates {duplicates}, rto {_h(f['rto_s'])},"
+        f" rpo {_h(f['rpo_s'])}; report: {out}",
+        highlight=False,
+    )
+    console.print(_tolerance_line(f), highlight=False)
+    for toxic in f.get("wan_toxics") or []:
+        console.print(f"WAN at {_at(toxic['at'])}: {toxic['text']}", highlight=False)
+
+
+def _lost_and_predicted(f: dict[str, Any]) -> str:
+    """`{'site1': 0, 'site2': 1813} (predicted site1: 0, site2: 1790-1830)`."""
     ranges = f.get("predicted_lost_range") or {
         site: [n, n] for site, n in f["predicted_lost_events"].items()
     }
@@ -47,14 +65,35 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
         f"{site}: {low}" if low == high else f"{site}: {low}-{high}"
         for site, (low, high) in ranges.items()
     )
-    console.print(
-        f"lost {f['lost_events']} (predicted {predicted}), duplicates"
-        f" {f['duplicates']}, rto {_h(f['rto_s'])}, rpo {_h(f['rpo_s'])}; report: {out}",
-        highlight=False,
+    return f"{f['lost_events']} (predicted {predicted})"
+
+
+def _infomart_table(figures: dict[str, Any]) -> str:
+    """Active-active: each Info Mart's loss beside its own prediction, a row per site."""
+    by_infomart = figures.get("by_infomart") or {}
+    if len(by_infomart) < 2:
+        return ""
+    rows = []
+    for name, im in by_infomart.items():
+        for site, lost in im["lost_events"].items():
+            low, high = im["predicted_lost_range"][site]
+            windows = ", ".join(
+                f"{format_duration(a)} to {format_duration(b)}"
+                for a, b in im["predicted_windows"].get(site) or []
+            )
+            verdict = {True: "as predicted", False: "FAIL", None: "-"}[im.get("as_predicted")]
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(site)}</td><td>{lost:,}</td>"
+                f"<td>{low:,}{'' if low == high else f' to {high:,}'}</td>"
+                f"<td>{html.escape(windows or '-')}</td>"
+                f"<td>{html.escape(str(im.get('loss_check') or '-'))}: {verdict}</td></tr>"
+            )
+    return (
+        "<h2>Loss per Info Mart</h2><p>Each GIM fills its own Info Mart and judges stuck"
+        " sites on its own: each Info Mart against its own prediction.</p>"
+        "<table><tr><th>Info Mart</th><th>site</th><th>lost</th><th>predicted</th>"
+        "<th>predicted windows</th><th>check</th></tr>" + "".join(rows) + "</table>"
     )
-    console.print(_tolerance_line(f), highlight=False)
-    for toxic in f.get("wan_toxics") or []:
-        console.print(f"WAN at {_at(toxic['at'])}: {toxic['text']}", highlight=False)
 
 
 def _at(scenario_time: float | None) -> str:
@@ -296,6 +335,7 @@ p.verdict {{ font-size: 1.15em; }}
 <h1>{html.escape(outcome.scenario)}: {verdict}</h1>
 <p class=verdict>{html.escape(verdict_paragraph(outcome))}</p>
 <table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
+{_infomart_table(outcome.figures)}
 <p>{html.escape(_tolerance_line(outcome.figures))}</p>
 {_wan_list(outcome.figures)}
 <h2>Timeline</h2>

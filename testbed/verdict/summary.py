@@ -17,34 +17,59 @@ def verdict_paragraph(outcome: Outcome) -> str:
     f = outcome.figures
     checks = {c.name: c for c in outcome.checks}
     loss_ok = checks["loss"].passed if "loss" in checks else None
-    sentences = []
-    lost = {site: n for site, n in (f.get("lost_events") or {}).items() if n}
-    if lost:
-        parts = [_site_loss(site, n, f, bool(loss_ok)) for site, n in sorted(lost.items())]
-        sentences.append("; ".join(parts))
-    elif loss_ok is False:
-        sentences.append("No site lost anything")
+    by_infomart = f.get("by_infomart") or {}
+    if len(by_infomart) > 1:
+        # Active-active: each Info Mart is its own answer, each said in full.
+        sentences = [
+            f"{_infomart_label(name)}: {_loss_sentence(figures, f, figures.get('as_predicted'))}"
+            for name, figures in by_infomart.items()
+        ]
+        duplicates = sum(int(figures.get("duplicates") or 0) for figures in by_infomart.values())
     else:
-        sentences.append("No site lost anything, as the rules predict")
-    duplicates = int(f.get("duplicates") or 0)
+        sentences = [_loss_sentence(f, f, loss_ok)]
+        duplicates = int(f.get("duplicates") or 0)
     sentences[-1] += "; nothing doubled" if not duplicates else f"; {duplicates:,} events doubled"
-    failed = [c.name for c in outcome.checks if not c.passed and c.name != "loss"]
-    text = sentences[0] + "."
-    if loss_ok is False:
-        text += f" The loss check failed: {checks['loss'].message}."
+    failed = [
+        c.name
+        for c in outcome.checks
+        if not c.passed and c.name != "loss" and not c.name.startswith("loss:")
+    ]
+    text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
+    for check in outcome.checks:
+        if (check.name == "loss" or check.name.startswith("loss:")) and not check.passed:
+            text += f" The {check.name} check failed: {check.message}."
     if failed:
         text += f" Failed: {', '.join(failed)}."
     elif outcome.passed:
         text += " Every check passed."
-    return text[0].upper() + text[1:]
+    return text
 
 
-def _site_loss(site: str, count: int, f: dict[str, Any], as_predicted: bool) -> str:
-    windows = (f.get("predicted_windows") or {}).get(site) or []
+def _loss_sentence(own: dict[str, Any], run: dict[str, Any], as_predicted: bool | None) -> str:
+    """What one Info Mart lost, per site. `own` holds its loss and predicted windows; `run`
+    the run's figures (the disaster census is the run's, whichever Info Mart reports)."""
+    lost = {site: n for site, n in (own.get("lost_events") or {}).items() if n}
+    if lost:
+        windows = own.get("predicted_windows") or {}
+        census = run.get("disaster_census") or []
+        return "; ".join(
+            _site_loss(site, n, windows.get(site) or [], census, bool(as_predicted))
+            for site, n in sorted(lost.items())
+        )
+    if as_predicted is False:
+        return "no site lost anything"
+    return "no site lost anything, as the rules predict"
+
+
+def _infomart_label(name: str) -> str:
+    return name.replace("infomart", "Info Mart ") if name.startswith("infomart") else name
+
+
+def _site_loss(
+    site: str, count: int, windows: list, census: list[dict[str, Any]], as_predicted: bool
+) -> str:
     label = site.replace("site", "site ") if site.startswith("site") else site
-    at_disaster = sum(
-        c.get("lost", 0) for c in f.get("disaster_census") or [] if c.get("site") == site
-    )
+    at_disaster = sum(c.get("lost", 0) for c in census if c.get("site") == site)
     if not windows:
         if at_disaster:
             why = ", as the census of the surviving stores predicts" if as_predicted else ""
