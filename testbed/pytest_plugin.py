@@ -6,7 +6,8 @@
 - Scenario files in a `scenarios/` folder are collected as tests (`pytest scenarios/`); a
   failure shows the failed checks, the chaos seed and where the report is; the figures are
   attached to the JUnit XML as properties.
-- Options: `--testbed-backend`, `--chaos-seed`.
+- Options: `--testbed-backend`, `--chaos-seed`, `--testbed-reports DIR` (each scenario
+  file's run folder under DIR, to keep as a CI artifact).
 
 Every fixture is a context manager underneath: a failing or interrupted test still stops
 every server and process it started.
@@ -37,6 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="local",
         choices=list(BACKENDS),
         help="where PostgreSQL runs (default: local processes; docker: containers)",
+    )
+    group.addoption(
+        "--testbed-reports",
+        metavar="DIR",
+        default=None,
+        help="write each scenario file's run folder (report.html, report.json, history) to"
+        " DIR/<scenario>, to keep as a CI artifact (default: pytest's temporary folder)",
     )
     group.addoption(
         "--chaos-seed",
@@ -166,12 +174,28 @@ class ScenarioItem(pytest.Item):
 
     def runtest(self) -> None:
         seed = self.config.getoption("--chaos-seed")
-        out = self.config._tmp_path_factory.mktemp(f"scenario-{self.name}")  # type: ignore[attr-defined]
+        out = self._out()
         home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
         backend = self.config.getoption("--testbed-backend")
         outcome = _run(self.path, out, home, seed, self.user_properties, backend)
         if not outcome.passed:
             raise ScenarioFailed(outcome, out, seed)
+
+    def _out(self) -> Path:
+        """A new folder for this run: under --testbed-reports, named after the scenario
+        (`-2`, `-3` when it is run again into the same folder: nothing is overwritten)."""
+        keep = self.config.getoption("--testbed-reports")
+        if keep is None:
+            return self.config._tmp_path_factory.mktemp(f"scenario-{self.name}")  # type: ignore[attr-defined]
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 1000):
+            out = Path(keep) / (self.name if attempt == 1 else f"{self.name}-{attempt}")
+            try:
+                out.mkdir()
+                return out
+            except FileExistsError:
+                continue
+        raise pytest.UsageError(f"--testbed-reports {keep}: too many runs of {self.name}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ScenarioFailed):
