@@ -116,7 +116,8 @@ def test_active_active_lost_line_and_html_give_each_info_marts_figures(tmp_path:
     console = Console(file=io.StringIO(), width=400)
     print_summary(outcome, tmp_path, console)
     lines = console.file.getvalue().splitlines()
-    assert lines[-2].startswith(
+    assert lines[-1] == verdict_paragraph(outcome)
+    assert lines[-3].startswith(
         "lost infomart1 {'site1': 0, 'site2': 1249} (predicted site1: 0, site2: 1249-1289);"
         " infomart2 {'site1': 1320, 'site2': 0} (predicted site1: 1320-1360, site2: 0),"
         " duplicates 0,"

@@ -38,7 +38,6 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
             check.name, "[green]pass[/]" if check.passed else "[red]fail[/]", check.message
         )
     console.print(table)
-    console.print(verdict_paragraph(outcome), highlight=False)
     f = outcome.figures
     by_infomart = f.get("by_infomart") or {}
     if len(by_infomart) > 1:  # active-active: each Info Mart's own loss and prediction
@@ -54,6 +53,8 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
     console.print(_tolerance_line(f), highlight=False)
     for toxic in f.get("wan_toxics") or []:
         console.print(f"WAN at {_at(toxic['at'])}: {toxic['text']}", highlight=False)
+    # Last, so a terminal's screen ends with the answer.
+    console.print(verdict_paragraph(outcome), highlight=False)
 
 
 def _lost_and_predicted(f: dict[str, Any]) -> str:
