@@ -485,3 +485,9 @@ class _Parser:
                 raise self.fail(("wan", i), "a WAN link joins two different sites")
             links.append((a, b))
         return tuple(links)
+
+
+def source_name(site: str) -> str:
+    """`site2` -> `source2` (the names scenarios use); other site names -> `source_<site>`."""
+    match = re.fullmatch(r"site(\d+)", site)
+    return f"source{match.group(1)}" if match else f"source_{site}"

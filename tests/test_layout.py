@@ -9,6 +9,8 @@ a dependency upward.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,58 @@ def test_a_circle_is_caught_even_through_type_checking(fake_package: Path) -> No
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from testbed.pipeline import a\n"
     )
     assert cycles(import_graph(fake_package)) == [["testbed.pipeline.a", "testbed.pipeline.b"]]
+
+
+# The judge stands alone: the model and the checks read the documented rules, the
+# documented periods and a run's recorded folder, never the code they judge, and never a
+# live server. Transitively: a helper imported on the way counts.
+JUDGE = "testbed.verdict"
+NOT_FOR_THE_JUDGE = (
+    "testbed.pipeline",
+    "testbed.postgres",
+    "testbed.deployment",
+    "testbed.backends",
+    "testbed.netfault",
+)
+
+
+def judge_leans_on(graph: dict[str, set[str]]) -> list[str]:
+    """Each module the judge reaches that it must not, with the path it is reached by."""
+    wrong = []
+    for start in sorted(m for m in graph if m == JUDGE or m.startswith(JUDGE + ".")):
+        seen, queue = {start: [start]}, [start]
+        while queue:
+            module = queue.pop(0)
+            for target in sorted(graph.get(module, ())):
+                if target in seen:
+                    continue
+                seen[target] = [*seen[module], target]
+                if target.startswith(NOT_FOR_THE_JUDGE):
+                    wrong.append(" -> ".join(seen[target]))
+                else:
+                    queue.append(target)
+    return wrong
+
+
+def test_the_model_and_checks_import_nothing_of_what_they_judge() -> None:
+    assert judge_leans_on(import_graph(PACKAGE)) == []
+
+
+def test_a_judge_reaching_the_pipeline_through_a_helper_is_caught(fake_package: Path) -> None:
+    (fake_package / "helper.py").write_text("from testbed.pipeline import gim\n")
+    (fake_package / "verdict" / "checks.py").write_text("from testbed import helper\n")
+    assert judge_leans_on(import_graph(fake_package)) == [
+        "testbed.verdict.checks -> testbed.helper -> testbed.pipeline.gim"
+    ]
+
+
+def test_the_model_loads_without_a_database_driver() -> None:
+    """The proof the static rule stands for: with psycopg unimportable, the reference
+    model, the checks and the reports still load."""
+    probe = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "import testbed.verdict.prediction, testbed.verdict.checks, testbed.verdict.report\n"
+        "assert 'psycopg' not in {m for m in sys.modules if sys.modules[m] is not None}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

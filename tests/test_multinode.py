@@ -49,8 +49,7 @@ def cluster():
 def test_each_site_runs_on_its_own_node_and_loses_what_local_loses(
     cluster, run_scenario, tmp_path: Path
 ) -> None:
-    from testbed.pipeline.control import source_name
-    from testbed.topology import load_topology
+    from testbed.topology import load_topology, source_name
 
     with cluster.environment():
         swarm = run_scenario("wan-outage-long", backend="swarm")

@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 
 from testbed.deployment import Deployment
+from testbed.digests import EVENTS_DIGEST_SQL
 from testbed.errors import TestbedError
-from testbed.pipeline.schema import EVENTS_DIGEST_SQL
 from testbed.postgres import Server, format_lsn, parse_lsn
 from testbed.topology import INFOMART_DATABASE
 

@@ -30,13 +30,14 @@ import psycopg
 from testbed.deployment import Deployment
 from testbed.errors import Refused, TestbedError
 from testbed.netfault.wan import Traffic
-from testbed.pipeline.control import Pipeline, source_name
+from testbed.pipeline.control import Pipeline
 from testbed.postgres import SUPERUSER, Server, format_lsn, split_address
 from testbed.topology import (
     INFOMART_DATABASE,
     GimSpec,
     ServerSpec,
     Topology,
+    source_name,
     topology_to_dict,
     with_replacement_site,
 )

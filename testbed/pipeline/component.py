@@ -20,10 +20,8 @@ from typing import Any
 import psycopg
 
 from testbed.clock import Clock
+from testbed.periods import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S
 from testbed.postgres import SUPERUSER, split_address
-
-CONNECT_TIMEOUT_S = 2  # libpq's smallest useful connect_timeout
-STATEMENT_TIMEOUT_S = 3.0
 
 
 def load_config() -> dict[str, Any]:

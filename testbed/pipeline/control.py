@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ from testbed.errors import TestbedError
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
 from testbed.ports import free_port
-from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec
+from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec, source_name
 
 
 @dataclass
@@ -140,12 +139,6 @@ class ManagedProcess:
 
     def last_log_line(self) -> str:
         return _last_line(self.log)
-
-
-def source_name(site: str) -> str:
-    """`site2` -> `source2` (the names scenarios use); other site names -> `source_<site>`."""
-    match = re.fullmatch(r"site(\d+)", site)
-    return f"source{match.group(1)}" if match else f"source_{site}"
 
 
 class Pipeline:

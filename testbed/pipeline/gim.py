@@ -40,9 +40,8 @@ from typing import Any
 import psycopg
 
 from testbed.clock import Clock, format_duration
+from testbed.periods import CONNECT_TIMEOUT_S, GIM_CYCLE_S, STATEMENT_TIMEOUT_S
 from testbed.pipeline.component import (
-    CONNECT_TIMEOUT_S,
-    STATEMENT_TIMEOUT_S,
     connect,
     exit_on_sigterm,
     load_config,
@@ -51,7 +50,6 @@ from testbed.pipeline.component import (
     write_status,
 )
 from testbed.pipeline.schema import INFOMART_DDL
-from testbed.pipeline.timing import GIM_CYCLE_S
 from testbed.postgres import deadline
 
 CYCLE_S = GIM_CYCLE_S  # wall seconds between cycles at most
@@ -415,7 +413,7 @@ class Gim:
     def _fresh(self, source: Source) -> bool:
         """Heard from since service resumed: rows, or a failure (a source behind a
         black-holed WAN fails once its connection or statement deadline passes, see
-        `timing.PRIMING_WALL_S`; a slow one is still answering, and must not be taken for
+        `periods.PRIMING_WALL_S`; a slow one is still answering, and must not be taken for
         a lagging one)."""
         heard = max(t for t in (source.answered_at, source.pending_at, -INF) if t is not None)
         return heard >= self.serving_since

@@ -34,8 +34,8 @@ import psycopg
 
 from testbed.clock import Clock
 from testbed.errors import TestbedError
+from testbed.periods import STATEMENT_TIMEOUT_S, retry_cap
 from testbed.pipeline.component import (
-    STATEMENT_TIMEOUT_S,
     connect,
     exit_on_sigterm,
     load_config,
@@ -44,12 +44,11 @@ from testbed.pipeline.component import (
 )
 from testbed.pipeline.pqueue import Item, PersistentQueue
 from testbed.pipeline.schema import IDB_DDL
-from testbed.pipeline.timing import retry_cap
 from testbed.postgres import deadline
 
 BATCH_MAX = 500
 FLUSH_AFTER_S = 5.0  # scenario seconds
-BACKOFF_START_S = 0.005  # wall seconds; doubling up to `timing.retry_cap`: retry soon after a heal
+BACKOFF_START_S = 0.005  # wall seconds; doubling up to `periods.retry_cap`: retry soon after a heal
 STATUS_EVERY_S = 0.05
 
 

@@ -8,8 +8,6 @@ other site after a promotion continues exactly where the replicated state says.
 
 from __future__ import annotations
 
-import hashlib
-
 IDB_DDL = """
 CREATE TABLE IF NOT EXISTS events (
     event_id  text PRIMARY KEY,
@@ -91,15 +89,3 @@ CREATE TABLE IF NOT EXISTS gim_discard (
     discarded_ts double precision NOT NULL
 );
 """
-
-# The distinct event ids of an Info Mart's facts, counted and digested (sorted by code
-# point, comma-joined, md5): `event_digest` computes the same from a set of ids.
-EVENTS_DIGEST_SQL = (
-    "SELECT count(*),"
-    """ coalesce(md5(string_agg(event_id, ',' ORDER BY event_id COLLATE "C")), md5(''))"""
-    " FROM (SELECT DISTINCT event_id FROM fact_interaction) AS e"
-)
-
-
-def event_digest(events: set[str]) -> str:
-    return hashlib.md5(",".join(sorted(events)).encode()).hexdigest()

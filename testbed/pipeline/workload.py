@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock
+from testbed.periods import ack_timeout
 from testbed.pipeline.component import load_config, setup_logging, write_status
-from testbed.pipeline.timing import ack_timeout
 
 TICK_S = 0.01  # wall seconds between batches
 
@@ -88,7 +88,7 @@ class IconLink(threading.Thread):
 
     Batches go out in order, one awaiting its acknowledgement at a time. One that does not
     come within `ack_timeout` (a heartbeat interval scaled to the clock, see
-    `timing.ack_timeout`) marks the ICON unreachable: the connection is dropped, and every
+    `periods.ack_timeout`) marks the ICON unreachable: the connection is dropped, and every
     batch that waits until the ICON answers again is a miss (the real data source caches
     only briefly); the partner covers it. Outcomes go to the deliveries log, one line per
     batch and ICON."""

@@ -26,13 +26,13 @@ from testbed.history import History, of_kind, read_history
 from testbed.netfault.wan import Wan
 from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
+from testbed.periods import STOP_PATIENCE_WALL_S
 from testbed.pipeline.control import Pipeline, PipelineSettings
-from testbed.pipeline.timing import STOP_PATIENCE_WALL_S
 from testbed.postgres import Server
 from testbed.scenarios import chaos
+from testbed.scenarios.lineage import lineage
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
-from testbed.verdict.lineage import lineage
 from testbed.verdict.tolerance import tolerance_for
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop

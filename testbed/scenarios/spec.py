@@ -16,8 +16,7 @@ from testbed import datafile
 from testbed.clock import DEFAULT_FACTOR, parse_duration, parse_factor
 from testbed.errors import InvalidFile, TestbedError
 from testbed.netfault.toxics import REGISTRY
-from testbed.pipeline.control import source_name
-from testbed.topology import Topology, load_topology, with_replacement_site
+from testbed.topology import Topology, load_topology, source_name, with_replacement_site
 from testbed.verdict.tolerance import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_THRESHOLD_S,

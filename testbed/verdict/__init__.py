@@ -1,4 +1,4 @@
-"""A run judged: the model of the documented rules, the checks, the lineage of lost events,
-and the reports. Pure functions of a run's folder wherever possible, so a verdict can be
-re-made and traced from recorded data alone.
+"""A run judged: the model of the documented rules, the checks and the reports. Pure
+functions of a run's folder, so a verdict can be re-made and traced from recorded data
+alone; nothing here imports the pipeline it judges (the layout tests hold it to that).
 """

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock, format_duration
+from testbed.digests import event_digest
 from testbed.history import of_kind, read_history
-from testbed.pipeline.schema import event_digest
-from testbed.pipeline.timing import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
+from testbed.periods import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.congestion import congested_spans
 from testbed.verdict.infomarts import loss_by_infomart

@@ -39,8 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from testbed.pipeline.control import source_name
-from testbed.topology import GimSpec, Topology, topology_from_dict
+from testbed.topology import GimSpec, Topology, source_name, topology_from_dict
 
 Window = tuple[float, float]
 INF = float("inf")

@@ -4,8 +4,8 @@ A fault takes effect, and the pipeline acts on it, a little after the step that 
 an ICON notices an unreachable IDB at its next attempt, a data source an unanswering ICON
 after one acknowledgement wait, GIM a site's return at its next cycle. Completeness moves
 by heartbeats. So every edge of a predicted window is uncertain by one heartbeat interval
-plus the longest of those delays at the run's clock (`timing.detection_delay`, which the
-components' own waits are derived from). The formula is printed in every report.
+plus the longest of those delays at the run's clock (`testbed.periods.detection_delay`, the
+documented periods the components obey). The formula is printed in every report.
 
 At the default clock (1h = 1s, heartbeat 1m) it is 1m + max(1m, 0.1 s x 3600) = 7m, 1.5 %
 of the default 8h threshold. A scenario whose tolerance would exceed `MAX_SHARE` of its
@@ -14,10 +14,11 @@ threshold, or of a window it states, cannot be judged and is refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from testbed.clock import format_duration
-from testbed.pipeline.timing import DETECTION_WALL_S, detection_delay
+from testbed.periods import DETECTION_WALL_S, detection_delay
 
 MAX_SHARE = 0.05  # beyond this share of a window, the check could no longer fail
 DEFAULT_HEARTBEAT_S = 60.0
@@ -48,13 +49,42 @@ def tolerance_for(factor: float, heartbeat_interval: float = DEFAULT_HEARTBEAT_S
 
 def refusal(tolerance: Tolerance, windows: dict[str, float]) -> str | None:
     """Why a scenario cannot be judged (None if it can): a named window (the threshold, a
-    stated loss window) that the tolerance would swallow too much of."""
+    stated loss window) that the tolerance would swallow too much of. The advice is
+    computed: the fastest clock that would be accepted, or, where no clock is slow enough
+    (the heartbeat alone is too long for the window), what else would do."""
     for name, window in windows.items():
         if window > 0 and tolerance.seconds > MAX_SHARE * window:
             return (
                 f"at this clock the verdict's tolerance is {format_duration(tolerance.seconds)}"
                 f" ({tolerance.formula()}), more than {MAX_SHARE:.0%} of the"
-                f" {format_duration(window)} {name}: slow the clock down (e.g. 1h = 1s)"
-                " or state longer windows"
+                f" {format_duration(window)} {name}: {_advice(tolerance.heartbeat, window, name)}"
             )
     return None
+
+
+def accepted_clock(heartbeat: float, window: float) -> float | None:
+    """The fastest clock (scenario seconds per wall second) whose tolerance is within
+    `MAX_SHARE` of `window`, a readable figure ("1h = 3s"); None if no clock is: the
+    tolerance is never less than two heartbeats."""
+    room = MAX_SHARE * window - heartbeat  # what the detection delay may take
+    if room < heartbeat:
+        return None
+    wall_per_hour = 3600.0 * DETECTION_WALL_S / room  # wall seconds per scenario hour
+    readable = (
+        math.ceil(wall_per_hour * 10) / 10 if wall_per_hour < 10 else math.ceil(wall_per_hour)
+    )
+    return 3600.0 / readable
+
+
+def _advice(heartbeat: float, window: float, name: str) -> str:
+    factor = accepted_clock(heartbeat, window)
+    if factor is None:
+        return (
+            f"no clock is slow enough with a {format_duration(heartbeat)} heartbeat: make the"
+            f" {name} at least {format_duration(2 * heartbeat / MAX_SHARE)}, or set"
+            f" heartbeat_interval to at most {format_duration(MAX_SHARE * window / 2)}"
+        )
+    return (
+        f"slow the clock down to `clock: 1h = {3600.0 / factor:g}s` (or slower), or make"
+        f" the {name} longer"
+    )

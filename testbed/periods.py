@@ -1,17 +1,24 @@
-"""How long a component may wait, in wall seconds, at a given clock.
+"""The documented periods: how long the pipeline waits before it notices a fault, at a
+given clock. The stubs (sources, ICONs, GIM) obey them and the reference model reads them;
+neither owns them, so the model never reads a stub's code or tuning, and a stub that waits
+longer than documented disagrees with its judge instead of widening it. They are written
+out for users in scenarios/README.md ("Periods").
 
 The compression trap: at 1h = 1s a 10 s timeout is 10 scenario hours. Every wait that
 decides when a fault is noticed (an acknowledgement, a retry back-off) is therefore written
 in scenario time, the heartbeat interval being its unit, and turned into wall time here:
 never shorter than a floor that real processes and servers need, never longer than what
-serves at slow clocks. The verdict's tolerance is derived from the same figures
-(`testbed.verdict.tolerance`), so the two cannot drift apart.
+serves at slow clocks.
 """
 
 from __future__ import annotations
 
 from testbed.clock import Clock
-from testbed.pipeline.component import CONNECT_TIMEOUT_S, STATEMENT_TIMEOUT_S
+
+# How long a connection attempt and a statement may take, in wall seconds, before a
+# component gives up on a server (libpq's connect_timeout, the server's statement_timeout).
+CONNECT_TIMEOUT_S = 2  # libpq's smallest useful connect_timeout
+STATEMENT_TIMEOUT_S = 3.0
 
 # Floors: a busy 2-core machine still answers within these (wall seconds).
 # A data source's wait for an ICON's acknowledgement: long enough that a live ICON busy
