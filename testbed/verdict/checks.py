@@ -17,6 +17,7 @@ from testbed.digests import event_digest
 from testbed.history import of_kind, read_history
 from testbed.periods import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
+from testbed.verdict.bands import either_figures
 from testbed.verdict.congestion import congested_spans
 from testbed.verdict.infomarts import loss_by_infomart
 from testbed.verdict.prediction import Prediction, predict_all
@@ -214,6 +215,7 @@ def evaluate(out: Path) -> Outcome:
         "lineage_sample": dict(list(lineage.items())[:20]),
         "stopped_at": dict(collections.Counter(h["stopped_at"] for h in lineage.values())),
         "prediction_notes": prediction.notes,
+        **either_figures(ledger, topology.sites, prediction),
         "by_infomart": loss_by_infomart(
             ledger,
             topology.sites,

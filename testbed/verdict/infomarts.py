@@ -10,6 +10,7 @@ import collections
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from testbed.verdict.bands import either_figures
 from testbed.verdict.prediction import Prediction
 
 
@@ -46,6 +47,7 @@ def loss_by_infomart(
             "predicted_windows": {
                 s: [[a, b] for a, b in prediction.windows.get(s, [])] for s in sites
             },
+            **either_figures(ledger, sites, prediction),
             "duplicates": sum(1 for n in facts.values() if n > 1),
             "loss_check": check if check in passed else None,
             "as_predicted": passed.get(check),

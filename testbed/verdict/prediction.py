@@ -42,7 +42,20 @@ from typing import Any
 from testbed.topology import GimSpec, Topology, source_name, topology_from_dict
 
 Window = tuple[float, float]
+Band = tuple[float, float, str]  # a span whose events may go either way, and why
 INF = float("inf")
+
+# Why events may go either way: the bands a report names with their share of a site's
+# events (`report.json`: `either_bands`).
+EDGE = "edge tolerance"  # a window's edges, the tolerance either side
+SLOW_WAN = "slow WAN (data in flight when the flow stopped)"
+LATE_RETURN = "return noticed late (reconnection, heal spread)"
+PRIMING = "GIM priming (a GIM back in service hears every source anew)"
+STUCK_EDGE = "stuck or not, within the tolerance"
+CUT_SPREAD = "partition spread (routes cut one after the other)"
+FROZEN_OR_STOPPING = "frozen ICON's acknowledgement wait, or a graceful stop"
+CONGESTION = "congested link"
+SOURCE_DOWN = "data source down"
 
 
 @dataclass
@@ -57,6 +70,7 @@ class Prediction:
     # Per failed site: spans in which a healthy partner wrote to a surviving IDB; its
     # events there must survive the disaster, whatever the census says (the census's bound).
     must_keep: dict[str, list[Window]] = field(default_factory=dict)
+    bands: dict[str, list[Band]] = field(default_factory=dict)  # `ambiguous`, with why
 
     def verdict(self, site: str, ts: float, event_id: str | None = None) -> str:
         """'lost', 'kept' or 'either' for an event of `site` at scenario time `ts`."""
@@ -72,6 +86,17 @@ class Prediction:
             if start - tol <= ts < end + tol:
                 return "either"
         return "kept"
+
+    def why_either(self, site: str, ts: float) -> set[str]:
+        """The bands that make an event at `ts` go either way (empty when it does not)."""
+        tol = self.tolerance
+        why = {
+            EDGE
+            for start, end in self.windows.get(site, [])
+            if start - tol <= ts < start + tol or end - tol <= ts < end + tol
+        }
+        why |= {name for a, b, name in self.bands.get(site, []) if a - tol <= ts < b + tol}
+        return why
 
 
 class _Timeline:
@@ -301,6 +326,7 @@ def _predict_chain(
     points = timeline.change_points()
     windows: dict[str, list[Window]] = {}
     ambiguous: dict[str, list[Window]] = {}
+    bands: dict[str, list[Band]] = {}
     notes: list[str] = []
     last_gim_site: dict[float, str | None] = {}
 
@@ -427,7 +453,7 @@ def _predict_chain(
 
         failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
-        unsure: list[Window] = []
+        unsure: list[Band] = []  # what may go either way, and why
         segments = _segments(points, serving)
         for start, end in _intervals(points, lambda t, f=flows: not f(t)):
             if start >= failed_at:
@@ -471,19 +497,26 @@ def _predict_chain(
                 if cut + reconnect + slow + tol <= complete - slow:
                     continue
                 if slow:
-                    unsure.append((complete - slow, min(complete, cut)))
+                    unsure.append((complete - slow, min(complete, cut), SLOW_WAN))
                 # GIM notices the return through a new connection and a snapshot, which may
                 # come late but never before the route is back (by a reconnection, and over
                 # a slow WAN by the round trips they take): the cut may pass the predicted
                 # one by that much.
-                unsure.append((max(cut - early, complete), max(cut + reconnect + slow, complete)))
+                unsure.append(
+                    (max(cut - early, complete), max(cut + reconnect + slow, complete), LATE_RETURN)
+                )
                 if cut - early <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
                     # the gap's start by that much (the verdict widens this by the tolerance).
                     continue
                 cut -= early  # what is surely lost ends where the earliest return cuts
                 if sure is None:
-                    unsure.append((complete, cut))
+                    # Surely stuck but for a GIM back in service hearing its sources anew,
+                    # or stuck only within the tolerance.
+                    primed = _stuck_at(
+                        segments, lag_sure, threshold + tol, until - tol, tol, 0.0, since
+                    )
+                    unsure.append((complete, cut, PRIMING if primed is not None else STUCK_EDGE))
                     notes.append(
                         f"{site}: no new data for {until - lag_from:.0f}s from"
                         f" t={lag_from:.0f}s; whether a GIM in service saw it stuck is within"
@@ -495,7 +528,7 @@ def _predict_chain(
                 # up until it was done: what is surely lost starts there.
                 spread = timeline.cutting.get(complete, complete) - complete
                 if spread > 0:
-                    unsure.append((complete, min(complete + spread, cut)))
+                    unsure.append((complete, min(complete + spread, cut), CUT_SPREAD))
                     if complete + spread >= cut:
                         continue
                 lost.append((complete + spread, cut))
@@ -518,7 +551,11 @@ def _predict_chain(
                 continue
             certain = [(a, b) for a, b in _intervals(graced, both_surely_down) if start <= a < end]
             edges = [start, *(x for window in certain for x in window), end]
-            unsure += [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b > a]
+            unsure += [
+                (a, b, FROZEN_OR_STOPPING)
+                for a, b in zip(edges[::2], edges[1::2], strict=True)
+                if b > a
+            ]
             lost += certain
             notes.append(
                 f"{site}: both ICONs down in [{start:.0f}s, {end:.0f}s):"
@@ -527,17 +564,19 @@ def _predict_chain(
         for link, start, end, why in congested or []:
             home = gim_site(start)
             if site in link and home in link and site != home:
-                unsure.append((start, end))
+                unsure.append((start, end, CONGESTION))
                 notes.append(
                     f"{site}: {why} in [{start:.0f}s, {end:.0f}s): it may fall behind past"
                     " the threshold, so its events then may go either way"
                 )
         windows[site] = _merge(lost)
-        ambiguous[site] = unsure + [
-            (a - 1.0, b)
+        restarted = [
+            (a - 1.0, b, SOURCE_DOWN)
             for a, b in timeline.down.get(source_name(site), [])
             if a < timeline.failed.get(site, INF)
         ]
+        bands[site] = unsure + restarted
+        ambiguous[site] = [(a, b) for a, b, _ in bands[site]]
     must_keep = {
         site: _saved_by_partner(timeline, site, failed_at, tol + 3 * rtt)
         for site, failed_at in timeline.failed.items()
@@ -549,7 +588,9 @@ def _predict_chain(
             f" {census['only_in_surviving_infomart']} only in the surviving Info Mart;"
             f" {len(census['lost'])} were nowhere else: lost"
         )
-    return Prediction(windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep)
+    return Prediction(
+        windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep, bands=bands
+    )
 
 
 # Round trips a site's data may be behind when its flow stops over a slow WAN: an ICON's

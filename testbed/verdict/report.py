@@ -51,6 +51,8 @@ def print_summary(outcome: Outcome, out: Path, console: Console) -> None:
         highlight=False,
     )
     console.print(_tolerance_line(f), highlight=False)
+    for line in _either_lines(f):
+        console.print(line, highlight=False)
     for toxic in f.get("wan_toxics") or []:
         console.print(f"WAN at {_at(toxic['at'])}: {toxic['text']}", highlight=False)
     # Last, so a terminal's screen ends with the answer.
@@ -94,6 +96,40 @@ def _infomart_table(figures: dict[str, Any]) -> str:
         " sites on its own: each Info Mart against its own prediction.</p>"
         "<table><tr><th>Info Mart</th><th>site</th><th>lost</th><th>predicted</th>"
         "<th>predicted windows</th><th>check</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _either_lines(f: dict[str, Any]) -> list[str]:
+    """What the prediction leaves open, per site with a share (per Info Mart in
+    active-active), its bands named: "either way: site2 5.4% (edge tolerance 3.7%, ...)"."""
+    by_infomart = f.get("by_infomart") or {}
+    answers = by_infomart.items() if len(by_infomart) > 1 else [(None, f)]
+    lines = []
+    for name, figures in answers:
+        parts = []
+        for site, share in (figures.get("either_share") or {}).items():
+            if not share:
+                continue
+            bands = (figures.get("either_bands") or {}).get(site) or {}
+            named = ", ".join(
+                f"{why.split(' (')[0]} {part:.1%}"
+                for why, part in sorted(bands.items(), key=lambda b: -b[1])
+            )
+            parts.append(f"{site} {share:.1%} ({named})")
+        if parts:
+            lines.append(f"either way{f' in {name}' if name else ''}: " + "; ".join(parts))
+    return lines
+
+
+def _either_table(f: dict[str, Any]) -> str:
+    lines = _either_lines(f)
+    if not lines:
+        return "<p>Every event has a definite prediction: lost or kept.</p>"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (
+        "<h2>What may go either way</h2><p>Events the prediction leaves open, as a share of"
+        " each site's events, and the bands that leave them open (an event in two bands"
+        f" counts in both).</p><ul>{items}</ul>"
     )
 
 
@@ -337,6 +373,7 @@ p.verdict {{ font-size: 1.15em; }}
 <p class=verdict>{html.escape(verdict_paragraph(outcome))}</p>
 <table><tr><th>check</th><th>result</th><th>figure</th></tr>{rows}</table>
 {_infomart_table(outcome.figures)}
+{_either_table(outcome.figures)}
 <p>{html.escape(_tolerance_line(outcome.figures))}</p>
 {_wan_list(outcome.figures)}
 <h2>Timeline</h2>
