@@ -71,6 +71,35 @@ def test_a_forced_promotion_during_an_outage_is_split_brain(
     assert len(split["first_rows_only_in"]["infomart1"]) == 5
 
 
+def test_a_split_whose_gims_loaded_the_same_facts_still_diverged(
+    testbed_deployment: Deployment, testbed_operator: Operator, testbed_wan: Wan
+) -> None:
+    """Two GIMs in service on a split that happen to load the same facts in the same
+    order (the same keys): their Info Marts still differ in what each GIM wrote of its own
+    state, and the split is reported as such, not as two equal Info Marts."""
+    _load_schema(testbed_deployment)
+    testbed_wan.partition("site1", "site2", mode="reset")
+    testbed_operator.promote("site2", force=True)
+    old, new = testbed_deployment.server("infomart1"), testbed_deployment.server("infomart2")
+    same_keys = (
+        "INSERT INTO fact_interaction (interaction_key, event_id, site, ts, payload, source,"
+        " loaded_ts) SELECT 1000 + g, 'e' || g, 'site1', g, 'p', 'icon1a', 0"
+        " FROM generate_series(101, 150) g"
+    )
+    for server, cycles in ((old, 7), (new, 3)):
+        server.execute(same_keys, dbname=INFOMART_DATABASE)
+        server.execute(
+            "INSERT INTO gim_state (id, cycles, updated_ts) VALUES (1, %s, 0)",
+            (cycles,),
+            dbname=INFOMART_DATABASE,
+        )
+    testbed_wan.heal()
+    split = divergence(old, new)
+    assert split["fact_rows_only_in"] == {"infomart1": 0, "infomart2": 0}
+    assert split["differing_tables"] == ["gim_state"]
+    assert split["diverged"]
+
+
 def test_after_a_site_fails_promotion_is_allowed_and_roles_change(
     testbed_deployment: Deployment, testbed_operator: Operator
 ) -> None:

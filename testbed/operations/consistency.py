@@ -8,7 +8,9 @@ folder alone.
   Info Mart table, facts and GIM's state alike, is checksummed on both. Callers stop the
   writers first, or the primary moves past the pin while the sums are taken.
 - `divergence`: two Info Marts that are both primaries, one promoted while the other still
-  ran (split brain). Each has rows the other lacks, and the promoted one's timeline forked
+  ran (split brain). Their tables differ (fact rows, or at least what each GIM wrote of its
+  own state: two GIMs may load the same facts in the same order), and the promoted one's
+  timeline forked
   from the other's WAL at an LSN the other has written past: neither can stream from the
   other again without rewinding one of them, which throws away what it loaded on its own.
 """
@@ -135,6 +137,11 @@ def divergence(old: Server, promoted: Server) -> dict[str, Any]:
     events = {name: {r.split(" key ")[0] for r in found} for name, found in rows.items()}
     only_old = sorted(rows[old.name] - rows[promoted.name])
     only_promoted = sorted(rows[promoted.name] - rows[old.name])
+    # Every table GIM writes, as the replica comparison sums them: two GIMs that each ran
+    # cycles on their own Info Mart leave different state (marks, cycles, site judgements)
+    # even when they happened to load the same facts in the same order.
+    sums = {s.name: _sums(s) for s in (old, promoted)}
+    differing = [t for t in TABLES if sums[old.name][t] != sums[promoted.name][t]]
     past_fork = old_lsn - fork if fork is not None else None
     cannot_resume = bool(past_fork and past_fork > 0)
     return {
@@ -151,9 +158,11 @@ def divergence(old: Server, promoted: Server) -> dict[str, Any]:
             promoted.name: len(events[promoted.name] - events[old.name]),
         },
         "first_rows_only_in": {old.name: only_old[:SHOWN], promoted.name: only_promoted[:SHOWN]},
-        # Diverged means the Info Marts really differ (rows or keys); that replication
-        # cannot resume is reported beside it, not counted as a divergence on its own.
-        "diverged": bool(only_old) or bool(only_promoted),
+        "differing_tables": differing,
+        # Diverged means the Info Marts really differ: fact rows or keys, or what their GIMs
+        # wrote of their own state. That replication cannot resume is reported beside it,
+        # not counted as a divergence on its own.
+        "diverged": bool(only_old) or bool(only_promoted) or bool(differing),
     }
 
 

@@ -525,8 +525,8 @@ def _replica(
 ) -> Check:
     """`consistent`: every standby equals its primary at a pinned LSN, table by table, and
     a standby of the reporting Info Mart holds exactly its events (those the loss check
-    judged). `diverged`: two Info Marts really differ (rows or keys), and the report says
-    how (only then does it pass)."""
+    judged). `diverged`: two Info Marts really differ (fact rows or keys, or the state their
+    GIMs wrote), and the report says how (only then does it pass)."""
     if replica is None:
         return Check("replica", False, "no standby and no split to compare; expected " + expected)
     parts, diverged = [], False
@@ -559,7 +559,9 @@ def _replica(
             )
     for split in replica.get("divergence", []):
         if not split["diverged"]:
-            parts.append(f"{split['promoted']} and {split['old_primary']} hold the same rows")
+            parts.append(
+                f"{split['promoted']} and {split['old_primary']} hold the same rows in every table"
+            )
             continue
         diverged = True
         only = split["fact_rows_only_in"]
@@ -568,12 +570,15 @@ def _replica(
             if not split["replication_can_resume"]
             else "replication could still resume"
         )
+        tables = split.get("differing_tables")
         parts.append(
             f"split brain: {split['promoted']} (timeline {split['promoted_timeline']}, forked at"
             f" {split['fork_lsn']}) and {split['old_primary']} (wrote"
             f" {split['old_wal_past_fork_bytes']} bytes of WAL past the fork) both took"
             f" writes; fact rows only in {split['old_primary']}: {only[split['old_primary']]},"
-            f" only in {split['promoted']}: {only[split['promoted']]}; {resume}"
+            f" only in {split['promoted']}: {only[split['promoted']]}"
+            + (f"; tables that differ: {', '.join(tables)}" if tables else "")
+            + f"; {resume}"
         )
     state = "diverged" if diverged else "consistent"
     return Check("replica", state == expected, f"{'; '.join(parts)}; expected {expected}")
