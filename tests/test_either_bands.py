@@ -53,7 +53,8 @@ HISTORIES = {
     "long outage, late return": ([*outage(1 * H, 12 * H), end(15 * H)], {"reconnect": 9 * M}),
     "gim back just before the heal": (
         [
-            *outage(1 * H, 12 * H),
+            step(1 * H, "partition", ["site1", "site2"], mode="blackhole"),
+            step(12 * H, "heal", ["site1", "site2"]),
             step(2 * H, "kill", target="gim1"),
             step(11 * H, "start", target="gim1"),
             end(15 * H),

@@ -144,7 +144,8 @@ def test_a_gim_back_in_service_shortly_before_the_heal_may_not_have_heard_every_
     """Back at 11h: a source behind a black hole answers only after its deadlines (priming,
     2h at this clock), past the heal: whether it was judged stuck is open."""
     history = [
-        *outage(1 * H, 12 * H),
+        step(1 * H, "partition", ["site1", "site2"], mode="blackhole"),
+        step(12 * H, "heal", ["site1", "site2"]),
         step(2 * H, "kill", target="gim1"),
         step(11 * H, "start", target="gim1"),
         end(15 * H),
@@ -154,6 +155,37 @@ def test_a_gim_back_in_service_shortly_before_the_heal_may_not_have_heard_every_
     assert prediction.verdict("site2", 2 * H) == "either"
     settled = predict(load_topology("active-standby"), history, THRESHOLD, TOL, priming=0.5 * H)
     assert settled.windows["site2"] == [(1 * H, 4 * H)]
+
+
+def test_priming_applies_only_where_a_source_would_hang() -> None:
+    """The same timeline with the WAN refusing instead of black-holing: the unreachable
+    source fails at once, so the GIM back at 11h hears every source within a cycle, and the
+    loss is definite."""
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "kill", target="gim1"),
+        step(11 * H, "start", target="gim1"),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL, priming=2 * H)
+    assert prediction.windows["site2"] == [(1 * H, 4 * H)]
+    assert prediction.verdict("site2", 2 * H) == "lost"
+
+
+def test_priming_behind_a_frozen_idb_lasts_until_it_thaws() -> None:
+    """A GIM back in service while idb2 is frozen hears it only when it thaws (here before
+    its deadlines would pass): the wait is the freeze's rest, not the whole priming."""
+    history = [
+        *outage(1 * H, 12 * H),
+        step(2 * H, "kill", target="gim1"),
+        step(10 * H + 30 * M, "pause", target="idb2"),
+        step(10 * H + 40 * M, "start", target="gim1"),
+        step(11 * H + 50 * M, "resume", target="idb2"),
+        end(15 * H),
+    ]
+    long_wait = predict(load_topology("active-standby"), history, THRESHOLD, TOL, priming=2 * H)
+    # Stuck once GIM heard idb2 at 11h50m, before the heal at 12h: the loss is definite.
+    assert long_wait.windows["site2"] == [(1 * H, 4 * H)]
 
 
 def test_a_disaster_must_keep_what_a_healthy_partner_wrote_to_a_surviving_idb() -> None:

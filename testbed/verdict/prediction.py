@@ -121,6 +121,9 @@ class _Timeline:
         # ICON acknowledges and queues what arrives) until it exits, before the step is done
         self.stopping: list[tuple[str, float, float]] = []
         self.cuts: list[tuple[frozenset[str], float, float]] = []
+        # (link, start) of each cut -> whether it black-holes (connections hang until their
+        # deadline) rather than refusing (they fail at once).
+        self.blackholes: set[tuple[frozenset[str], float]] = set()
         # A heal's step-done time -> its step's beginning. The step heals a link's proxies
         # one after the other, and each route is back as soon as its own proxy is: a site's
         # return may take effect any time in between (a start is done once the process
@@ -174,7 +177,11 @@ class _Timeline:
             if done and (kind == "step-done") != restoring:
                 continue
             if verb == "partition":
-                open_cuts.setdefault(frozenset(value), t)
+                link = frozenset(value)
+                if link not in open_cuts:
+                    open_cuts[link] = t
+                    if options.get("mode", "reset") == "blackhole":
+                        self.blackholes.add((link, t))
             elif verb == "heal":
                 links = list(open_cuts) if value == "all" else [frozenset(value)]
                 for link in links:
@@ -236,6 +243,18 @@ class _Timeline:
 
     def linked(self, a: str, b: str, t: float) -> bool:
         return a == b or not any(link == {a, b} and s <= t < e for link, s, e in self.cuts)
+
+    def hangs(self, a: str, b: str, t: float) -> float | None:
+        """When a connection from site `a` to site `b` at `t` stops hanging (a black hole
+        between them healed), or None if it does not hang: it works, or fails at once."""
+        return next(
+            (
+                e
+                for link, s, e in self.cuts
+                if link == {a, b} and s <= t < e and (link, s) in self.blackholes
+            ),
+            None,
+        )
 
     def in_service(self, chain: str, t: float) -> bool:
         """A GIM loads this lineage at `t`: it is the chain's GIM, running, and so is its
@@ -341,6 +360,25 @@ def _predict_chain(
 
     def serving(t: float) -> bool:
         return timeline.in_service(chain, t)
+
+    def priming_at(t: float) -> float:
+        """How long a GIM that comes into service at `t` takes to hear every source anew:
+        a moment, but for a source whose connection hangs (behind a black hole, or its IDB
+        frozen), which answers only when its deadlines pass (`priming`) or the hang ends."""
+        where = gim_site(t)
+        topo = timeline.topology_at(t)
+        ends = []
+        for server in topo.servers:
+            if server.role != "idb":
+                continue
+            if where is None:
+                continue
+            healed = timeline.hangs(where, server.site, t)
+            if healed is not None:
+                ends.append(healed)
+            elif timeline.linked(where, server.site, t):  # else refused: fails at once
+                ends += [b for name, a, b in thaws if name == server.name and a <= t < b]
+        return min(priming, max(ends) - t) if ends else 0.0
 
     # (name, paused at, resumed at) of every freeze
     thaws = [
@@ -474,10 +512,16 @@ def _predict_chain(
                 if until - lag_from + slow <= threshold - tol:
                     continue
                 sure = _stuck_at(
-                    segments, lag_sure, threshold + tol, until - tol, tol, priming, since
+                    segments, lag_sure, threshold + tol, until - tol, tol, priming_at, since
                 )
                 maybe = _stuck_at(
-                    segments, lag_from - slow, threshold - tol, until + tol, 0.0, 0.0, since - tol
+                    segments,
+                    lag_from - slow,
+                    threshold - tol,
+                    until + tol,
+                    0.0,
+                    _no_wait,
+                    since - tol,
                 )
                 if maybe is None:
                     if until - lag_from > threshold:
@@ -514,7 +558,7 @@ def _predict_chain(
                     # Surely stuck but for a GIM back in service hearing its sources anew,
                     # or stuck only within the tolerance.
                     primed = _stuck_at(
-                        segments, lag_sure, threshold + tol, until - tol, tol, 0.0, since
+                        segments, lag_sure, threshold + tol, until - tol, tol, _no_wait, since
                     )
                     unsure.append((complete, cut, PRIMING if primed is not None else STUCK_EDGE))
                     notes.append(
@@ -637,19 +681,23 @@ def _stuck_at(
     after: float,
     until: float,
     min_length: float,
-    priming: float,
+    priming: Callable[[float], float],
     not_before: float = -INF,
 ) -> float | None:
     """When a GIM in service sees a site whose data stopped at `start` lag past the
     threshold: the first time in (start + after, until), and not before `not_before`, it
     has been in service for more than `min_length`. A GIM that came into service after
-    `start` first hears every source anew, which takes up to `priming`."""
+    `start` first hears every source anew, which takes `priming(its start)`."""
     for a, b in segments:
-        ready = a if a <= start else a + priming
+        ready = a if a <= start else a + priming(a)
         lo, hi = max(ready, start + after, not_before), min(b, until)
         if hi - lo > min_length:
             return lo
     return None
+
+
+def _no_wait(t: float) -> float:
+    return 0.0
 
 
 def _intervals(points: list[float], condition: Any) -> list[Window]:
