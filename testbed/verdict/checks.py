@@ -20,6 +20,7 @@ from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.bands import either_figures
 from testbed.verdict.congestion import congested_spans
 from testbed.verdict.infomarts import loss_by_infomart
+from testbed.verdict.latency import round_trip_at
 from testbed.verdict.prediction import Prediction, predict_all
 from testbed.verdict.wan_units import wan_toxics
 
@@ -65,16 +66,8 @@ def evaluate(out: Path) -> Outcome:
     tolerance = float(run.get("tolerance_s", heartbeat + float(run["detection_s"])))
     factor = float(run["factor"])
     priming = PRIMING_WALL_S * factor
-    # The slowest WAN round trip of the run, in scenario time (latency toxics are in wall ms).
-    latency_ms = max(
-        (
-            _latency_ms(e["step"])
-            for e in of_kind(history, "step")
-            if e["step"]["verb"] == "latency"
-        ),
-        default=0.0,
-    )
-    rtt = 2 * latency_ms / 1000 * factor
+    # The WAN round trip in force at each instant, in scenario time.
+    rtt = round_trip_at(history, factor)
     ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
     reconnect = RECONNECT_WALL_S * factor
     margins = (priming, rtt, ack_grace, reconnect)
@@ -245,12 +238,6 @@ def _step_lags(history: list[dict], factor: float) -> list[dict[str, Any]]:
                 {"verb": step["verb"], "at": step["at"], "lag_s": lag, "lag_wall_s": lag / factor}
             )
     return lags
-
-
-def _latency_ms(step: dict[str, Any]) -> float:
-    """A latency step's milliseconds: its `ms` field, or its value when that is a number."""
-    value = step["value"]
-    return float(step["options"].get("ms", value if isinstance(value, int | float) else 0))
 
 
 def _fmt(seconds: float | None) -> str:

@@ -295,14 +295,15 @@ def predict_all(
     threshold: float,
     tolerance: float,
     priming: float = 0.0,
-    rtt: float = 0.0,
+    rtt: float | Callable[[float], float] = 0.0,
     ack_grace: float = 0.0,
     reconnect: float = 0.0,
     congested: list[tuple[frozenset[str], float, float, str]] | None = None,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name). Margins, in scenario seconds: `priming`, what a GIM back in
-    service takes to hear every source anew; `rtt`, the slowest WAN round trip; `ack_grace`,
+    service takes to hear every source anew; `rtt`, the WAN round trip (a figure, or the
+    one in force at each instant: `latency.round_trip_at`); `ack_grace`,
     a data source's wait on a frozen ICON; `reconnect`, how late GIM may notice a return (a
     new connection to the returned site's IDB)."""
     timeline = _Timeline(topology, history)
@@ -335,7 +336,7 @@ def _predict_chain(
     threshold: float,
     tol: float,
     priming: float,
-    rtt: float,
+    rtt: float | Callable[[float], float],
     ack_grace: float,
     censuses: list[dict[str, Any]],
     census_lost: set[str],
@@ -360,6 +361,9 @@ def _predict_chain(
 
     def serving(t: float) -> bool:
         return timeline.in_service(chain, t)
+
+    def rtt_at(t: float) -> float:
+        return rtt(t) if callable(rtt) else rtt
 
     def priming_at(t: float) -> float:
         """How long a GIM that comes into service at `t` takes to hear every source anew:
@@ -499,7 +503,7 @@ def _predict_chain(
             end_cut = min(end, failed_at)
             # Over a slow WAN, an ICON's commit and GIM's extraction each take a few round
             # trips: what GIM had read when the flow stopped may be that much older.
-            slow = IN_FLIGHT_TRIPS * rtt
+            slow = IN_FLIGHT_TRIPS * rtt_at(start)
             if end_cut - start + slow <= threshold - tol:
                 continue
             # A return inside the gap (a backlog arrived while stuck) restarts the lag from
@@ -535,10 +539,11 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
+                slow_back = IN_FLIGHT_TRIPS * rtt_at(returned)  # the extraction bringing it
                 # A heal step that took long may have brought GIM's route back before it
                 # was done: the cut may then come that much early.
                 early = returned - timeline.healing.get(returned, returned)
-                if cut + reconnect + slow + tol <= complete - slow:
+                if cut + reconnect + slow_back + tol <= complete - slow:
                     continue
                 if slow:
                     unsure.append((complete - slow, min(complete, cut), SLOW_WAN))
@@ -547,7 +552,11 @@ def _predict_chain(
                 # a slow WAN by the round trips they take): the cut may pass the predicted
                 # one by that much.
                 unsure.append(
-                    (max(cut - early, complete), max(cut + reconnect + slow, complete), LATE_RETURN)
+                    (
+                        max(cut - early, complete),
+                        max(cut + reconnect + slow_back, complete),
+                        LATE_RETURN,
+                    )
                 )
                 if cut - early <= complete:
                     # The return is noticed up to the tolerance late: its cut may still pass
@@ -622,7 +631,7 @@ def _predict_chain(
         bands[site] = unsure + restarted
         ambiguous[site] = [(a, b) for a, b, _ in bands[site]]
     must_keep = {
-        site: _saved_by_partner(timeline, site, failed_at, tol + 3 * rtt)
+        site: _saved_by_partner(timeline, site, failed_at, tol + 3 * rtt_at(failed_at))
         for site, failed_at in timeline.failed.items()
     }
     for census in censuses:
