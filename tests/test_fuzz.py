@@ -28,6 +28,24 @@ def test_every_generated_scenario_is_valid_and_the_seed_draws_the_same(topology:
     assert verbs & {"kill", "stop", "pause"}
 
 
+def test_the_generator_draws_a_partition_under_a_latency_on_one_link() -> None:
+    """Two faults on one link at once: a latency, a partition while it is in force, and
+    one heal for both."""
+
+    def stacked(doc: dict) -> bool:
+        slow = False
+        for step in doc["steps"]:
+            if "latency" in step:
+                slow = True
+            elif "heal" in step:
+                slow = False
+            elif "partition" in step and slow:
+                return True
+        return False
+
+    assert any(stacked(doc) for doc in generate(7, 30))
+
+
 def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:
     """A fake judge that fails whenever gim1 is paused: the minimal scenario keeps that
     fault and its resume, nothing else."""

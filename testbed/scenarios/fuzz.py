@@ -139,9 +139,13 @@ class _Generator:
                 * threshold
             )
             kind = rng.choice(
-                ["partition", "partition", "latency", "bandwidth", "process", "process", "server"]
+                [
+                    *("partition", "partition", "latency", "bandwidth"),
+                    *("slow-then-cut", "process", "process", "server"),
+                ]
             )
-            target = "wan" if kind in ("partition", "latency", "bandwidth") else self.pick(kind)
+            wan = ("partition", "latency", "bandwidth", "slow-then-cut")
+            target = "wan" if kind in wan else self.pick(kind)
             if not self.free(target, start - 0.3 * H, start + length + 0.3 * H):
                 continue
             self.take(target, start - 0.3 * H, start + length + 0.3 * H)
@@ -154,6 +158,16 @@ class _Generator:
                 if rng.random() < 0.3:
                     step["direction"] = rng.choice(["site1->site2", "site2->site1"])
                 return [step, {"at": back, "heal": ["site1", "site2"]}]
+            if kind == "slow-then-cut":
+                # Two faults on one link at once: a latency, then a partition under it for
+                # the rest of its span; one heal ends both.
+                slow = {"at": at, "latency": ["site1", "site2"], "ms": rng.randrange(10, 150)}
+                cut_at = _duration(start + rng.uniform(0.1, 0.6) * length)
+                if cut_at in (at, back):
+                    continue
+                cut: Doc = {"at": cut_at, "partition": ["site1", "site2"]}
+                cut["mode"] = rng.choice(["reset", "blackhole"])
+                return [slow, cut, {"at": back, "heal": ["site1", "site2"]}]
             if kind == "latency":
                 step = {"at": at, "latency": ["site1", "site2"]}
                 step["ms"] = rng.randrange(10, 150)
