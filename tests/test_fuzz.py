@@ -46,6 +46,24 @@ def test_the_generator_draws_a_partition_under_a_latency_on_one_link() -> None:
     assert any(stacked(doc) for doc in generate(7, 30))
 
 
+def test_the_generator_draws_a_disaster_during_a_cut_and_faults_on_the_replacement() -> None:
+    """Site 1 lost while the WAN is cut (the heal comes after the failure), and a fault on
+    the replacement site's link or parts after it came."""
+    during = after = False
+    for seed in range(1, 20):
+        for doc in generate(seed, 10):
+            verbs = [next(k for k in step if k != "at") for step in doc["steps"]]
+            if "fail-site" in verbs:
+                failed = verbs.index("fail-site")
+                during |= "partition" in verbs[:failed] and "heal" in verbs[failed:]
+            after |= any(
+                step.get("partition") == ["site2", "site3"]
+                or any(str(step.get(v, "")).endswith("3") for v in ("kill", "stop", "pause"))
+                for step in doc["steps"]
+            )
+    assert during and after
+
+
 def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:
     """A fake judge that fails whenever gim1 is paused: the minimal scenario keeps that
     fault and its resume, nothing else."""

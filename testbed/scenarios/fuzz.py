@@ -111,7 +111,17 @@ class _Generator:
                 steps += self.fault(threshold, span)
         end = max([span, *(self._at(s) for s in steps)]) + 0.5 * H
         if rng.random() < 0.2:
-            steps += self.disaster(end)
+            if rng.random() < 0.3:
+                # A disaster while a fault is in force: site 1 lost during a partition,
+                # the only fault, and the recovery carried out while the link is still cut.
+                start = rng.uniform(0.5 * H, span)
+                length = rng.uniform(0.3, 1.6) * threshold
+                cut: Doc = {"at": _duration(start), "partition": ["site1", "site2"]}
+                cut["mode"] = rng.choice(["reset", "blackhole"])
+                steps = [cut, {"at": _duration(start + length), "heal": ["site1", "site2"]}]
+                steps += self.disaster(start + rng.uniform(0.1, 0.9) * length, threshold)
+            else:
+                steps += self.disaster(end, threshold)
             end = max(self._at(s) for s in steps) + 0.5 * H
         steps.append({"at": _duration(end), "settle": _duration(SETTLE)})
         steps.sort(key=self._at)
@@ -201,8 +211,9 @@ class _Generator:
             ["icon1a", "icon1b", "icon2a", "icon2b", "source1", "source2", *gims]
         )
 
-    def disaster(self, at: float) -> list[Doc]:
-        """Site 1 lost, then as much of the documented recovery as the dice say."""
+    def disaster(self, at: float, threshold: float) -> list[Doc]:
+        """Site 1 lost, then as much of the documented recovery as the dice say; after a
+        replacement site came, maybe a fault on its parts or its link."""
         rng = self.rng
         steps: list[Doc] = [{"at": _duration(at), "fail-site": "site1"}]
         t = at + rng.uniform(0.3, 1.5) * H
@@ -221,8 +232,27 @@ class _Generator:
             steps.append({"at": _duration(t), verb: value})
             t += rng.uniform(0.2, 1.0) * H
             if verb == "activate-gim" and rng.random() < 0.5:
+                return steps
+            if verb in ("add-site", "transfer", "switchover") and rng.random() < 0.3:
                 break
+        if rng.random() < 0.5:
+            steps += self.replacement_fault(t, threshold)
         return steps
+
+    def replacement_fault(self, at: float, threshold: float) -> list[Doc]:
+        """A fault on the replacement site after it came: its link to site 2, an ICON of
+        its pair, or its IDB, for a span around the threshold."""
+        rng = self.rng
+        back = at + rng.choice([rng.uniform(0.2, 0.9), rng.uniform(1.1, 1.6)]) * threshold
+        kind = rng.choice(["partition", "process", "server"])
+        if kind == "partition":
+            cut: Doc = {"at": _duration(at), "partition": ["site2", "site3"]}
+            cut["mode"] = rng.choice(["reset", "blackhole"])
+            return [cut, {"at": _duration(back), "heal": ["site2", "site3"]}]
+        target = rng.choice(["icon3a", "icon3b"]) if kind == "process" else "idb3"
+        verb = rng.choice(["kill", "stop", "pause"])
+        restore = "resume" if verb == "pause" else "start"
+        return [{"at": _duration(at), verb: target}, {"at": _duration(back), restore: target}]
 
 
 def generate(seed: int, count: int, topology: str = "active-standby") -> Iterator[Doc]:
