@@ -17,7 +17,6 @@ from testbed.digests import event_digest
 from testbed.history import of_kind, read_history
 from testbed.periods import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
-from testbed.verdict.bands import either_figures
 from testbed.verdict.congestion import congested_spans
 from testbed.verdict.infomarts import loss_by_infomart
 from testbed.verdict.latency import round_trip_at
@@ -100,16 +99,18 @@ def evaluate(out: Path) -> Outcome:
     expect = run["expect"]
 
     lineage = final.get("lineage", {})
-    # Each other Info Mart in service (active-active): its event ids, a doubled one twice.
+    # Every Info Mart in service, the reporting one first: its event ids, how often each is
+    # counted, and the prediction it is judged by (each GIM judges on its own).
     others = final.get("other_infomarts") or {}
+    held = {final["infomart"]: facts} | {n: collections.Counter(ids) for n, ids in others.items()}
+    judged_by = {final["infomart"]: prediction} | {
+        name: next((p for p in predictions.values() if p.infomart == name), prediction)
+        for name in others
+    }
     checks = [
         _completed(final),
         _loss(ledger, facts, prediction, topology.sites, expect.get("loss", {}), lineage, planned),
-        _duplicates(
-            {final["infomart"]: facts}
-            | {name: collections.Counter(ids) for name, ids in others.items()},
-            int(expect.get("duplicates", 0)),
-        ),
+        _duplicates(held, int(expect.get("duplicates", 0))),
         _hwm_monotonic(history),
         _residue(history, final.get("leftover"), expect.get("stuck_at_end", [])),
     ]
@@ -121,16 +122,13 @@ def evaluate(out: Path) -> Outcome:
         checks.append(_census_loss(ledger, facts, prediction))
     checks.append(_single_active(history, topology.mode, final.get("replica")))
     same_rules = []
-    for name, events in others.items():
-        theirs = next((p for p in predictions.values() if p.infomart == name), None)
-        if theirs is None or (theirs.windows, theirs.ambiguous) == (
-            prediction.windows,
-            prediction.ambiguous,
-        ):
+    for name in others:
+        theirs = judged_by[name]
+        if (theirs.windows, theirs.ambiguous) == (prediction.windows, prediction.ambiguous):
             same_rules.append(name)
             continue
         # Each GIM judges stuck sites on its own: this Info Mart against its own prediction.
-        check = _loss(ledger, collections.Counter(events), theirs, topology.sites, {}, {})
+        check = _loss(ledger, held[name], theirs, topology.sites, {}, {})
         checks.append(dataclasses.replace(check, name=f"loss:{name}"))
     if same_rules:
         checks.append(
@@ -171,18 +169,16 @@ def evaluate(out: Path) -> Outcome:
     lost = _lost(ledger, facts)
     factor = float(run["factor"])
     rpo = max((max(ts) - min(ts) for ts in lost.values() if ts), default=0.0)
-    verdicts = collections.Counter(
-        (e["site"], prediction.verdict(e["site"], e["ts"], e["id"])) for e in ledger
+    by_infomart = loss_by_infomart(
+        ledger, topology.sites, held, judged_by, {c.name: c.passed for c in checks}
     )
+    reporting = by_infomart[final["infomart"]]
     figures = {
-        "lost_events": {s: len(lost.get(s, [])) for s in topology.sites},
+        "lost_events": reporting["lost_events"],
         # Certain to be lost; the range adds the events within the tolerance of a window's
         # edges, which may go either way.
-        "predicted_lost_events": {s: verdicts[(s, "lost")] for s in topology.sites},
-        "predicted_lost_range": {
-            s: [verdicts[(s, "lost")], verdicts[(s, "lost")] + verdicts[(s, "either")]]
-            for s in topology.sites
-        },
+        "predicted_lost_events": reporting["predicted_lost_events"],
+        "predicted_lost_range": reporting["predicted_lost_range"],
         "disaster_census": [
             {k: v for k, v in c.items() if k != "lost"} | {"lost": len(c["lost"])}
             for c in prediction.censuses
@@ -208,19 +204,9 @@ def evaluate(out: Path) -> Outcome:
         "lineage_sample": dict(list(lineage.items())[:20]),
         "stopped_at": dict(collections.Counter(h["stopped_at"] for h in lineage.values())),
         "prediction_notes": prediction.notes,
-        **either_figures(ledger, topology.sites, prediction),
-        "by_infomart": loss_by_infomart(
-            ledger,
-            topology.sites,
-            {final["infomart"]: facts}
-            | {name: collections.Counter(ids) for name, ids in others.items()},
-            {final["infomart"]: prediction}
-            | {
-                name: next((p for p in predictions.values() if p.infomart == name), prediction)
-                for name in others
-            },
-            {c.name: c.passed for c in checks},
-        ),
+        "either_share": reporting["either_share"],
+        "either_bands": reporting["either_bands"],
+        "by_infomart": by_infomart,
     }
     return Outcome(run["scenario"], all(c.passed for c in checks), checks, figures)
 
