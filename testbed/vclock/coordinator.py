@@ -1,0 +1,318 @@
+"""The run's virtual clock, owned by the engine: what time it is, who may run, and when the
+time may jump.
+
+Participants are processes (a source, an ICON, a GIM). Each connects to the coordinator's
+socket, says who it is, and from then on reports its state: *busy* (a thread is working),
+or idle with the earliest instant one of its threads is parked until and the I/O it is
+blocked on (a target, the WAN route it takes, and a deadline in scenario time). Every
+message the coordinator sends carries a generation, and a participant counts as busy until
+it has answered the newest one: a participant just woken is never taken for an idle one.
+
+The run is quiescent when every participant that is not frozen has answered, none is busy,
+and every I/O it waits on is blocked: a route the faults black-hole, a frozen server. I/O
+on a healthy route is running (the database is working), and so is anything a probe says
+is still moving (a standby catching up). Only then does the time move, and only while the
+engine runs it (`run_until`); otherwise it is held, so a step or a procedure costs no
+scenario time. At each instant the participants due then are woken one at a time, in a
+fixed order (sources, ICONs, GIMs, then by name), each until the run is quiescent again:
+nothing depends on which process wins a race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed.errors import TestbedError
+from testbed.vclock import wire
+
+ENV = "TESTBED_CLOCK"
+RANKS = {"source": 1, "icon": 2, "gim": 3}
+PROBE_POLL_WALL_S = 0.005  # how often a probe that says "still moving" is asked again
+WAKES_PER_INSTANT_MAX = 10_000  # a participant woken this often at one instant never parks
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+
+Blocked = Callable[[str, str | None], bool]
+Probe = Callable[[], bool]
+
+
+@dataclass
+class Member:
+    """One participant as the coordinator knows it."""
+
+    sock: socket.socket
+    reader: wire.Reader
+    name: str = ""
+    rank: int = len(RANKS) + 1
+    sent: int = 0  # generation of the newest message sent to it
+    acked: int = -1  # generation of the newest message it has answered
+    busy: bool = True
+    wake: float | None = None
+    ios: list[tuple[str, str | None, float]] = field(default_factory=list)
+    wakes_here: int = 0  # wakes at the current instant
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.rank, self.name)
+
+    def answered(self) -> bool:
+        return self.acked >= self.sent
+
+    def due_at(self) -> float | None:
+        """The earliest instant it must be woken at: a timer, or an I/O deadline."""
+        times = [t for t in [self.wake, *(io[2] for io in self.ios)] if t is not None]
+        return min(times) if times else None
+
+    def describe(self) -> str:
+        if not self.name:
+            return "a participant that has not said who it is"
+        if not self.answered():
+            return f"{self.name} (has not answered the clock)"
+        if self.busy:
+            return f"{self.name} (busy)"
+        waits = ", ".join(f"{t} via {r or 'its site'}" for t, r, _ in self.ios)
+        return f"{self.name} (waiting on I/O to {waits})"
+
+
+class Coordinator:
+    """The clock service. `run_until` lets time run; everything else holds it."""
+
+    def __init__(
+        self,
+        folder: Path,
+        at: float = 0.0,
+        blocked: Blocked | None = None,
+    ) -> None:
+        self._now = float(at)
+        self._blocked = blocked or (lambda _target, _route: False)
+        self._frozen: set[str] = set()
+        self._probes: list[Probe] = []
+        self._members: dict[socket.socket, Member] = {}
+        self._target: float | None = None  # None: held
+        self._error: str | None = None
+        self._lock = threading.Condition()
+        self._closing = False
+        self.instants = 0  # instants the time has stopped at (a run's cost)
+        self.path = self._socket_path(folder)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(64)
+        self._poke_r, self._poke_w = os.pipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(self._poke_r, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="virtual-clock")
+        self._thread.start()
+
+    @staticmethod
+    def _socket_path(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder.absolute() / "clock.sock"
+        if len(str(path)) > SOCKET_PATH_MAX:  # a deep run folder: a short one of our own
+            path = Path(tempfile.mkdtemp(prefix="testbed-clock-")) / "clock.sock"
+        path.unlink(missing_ok=True)
+        return path
+
+    # --- the engine's side ---------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """What a participant process needs in its environment to find this clock."""
+        return {ENV: wire.ENV_PREFIX + str(self.path)}
+
+    def now(self) -> float:
+        return self._now
+
+    def run_until(self, instant: float, wall_limit: float = 120.0) -> None:
+        """Let the time run up to `instant` (every instant before it played out), then
+        hold it there. A run that makes no progress for `wall_limit` wall seconds stalled:
+        that is a defect of the testbed, named with whoever holds it up."""
+        with self._lock:
+            self._target = max(instant, self._now)
+            self._poke()
+            deadline = time.monotonic() + wall_limit
+            progress = (self._now, self.instants)
+            while self._target is not None and self._error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if (self._now, self.instants) != progress:
+                        progress = (self._now, self.instants)
+                        deadline = time.monotonic() + wall_limit
+                        continue
+                    self._target = None
+                    raise TestbedError(
+                        f"the virtual clock stalled at t={self._now:.0f}s: "
+                        + (self._holdups() or "nobody is due")
+                    )
+                self._lock.wait(min(remaining, 1.0))
+            if self._error is not None:
+                raise TestbedError(self._error)
+
+    def freeze(self, name: str) -> None:
+        """`name` was stopped with SIGSTOP: it answers nothing and wakes for nothing."""
+        with self._lock:
+            self._frozen.add(name)
+
+    def thaw(self, name: str) -> None:
+        """`name` runs again: it is asked for a fresh state at once."""
+        with self._lock:
+            self._frozen.discard(name)
+            for member in self._members.values():
+                if member.name == name:
+                    self._send(member, "now")
+            self._poke()
+
+    def add_probe(self, probe: Probe) -> None:
+        """`probe()` is true while something outside the participants is still moving."""
+        with self._lock:
+            self._probes.append(probe)
+
+    def participants(self) -> list[str]:
+        with self._lock:
+            return sorted(m.name for m in self._members.values() if m.name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._poke()
+        self._thread.join(5)
+        for member in list(self._members.values()):
+            member.sock.close()
+        self._listener.close()
+        for fd in (self._poke_r, self._poke_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- the service ---------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._poke_w, b".")
+
+    def _serve(self) -> None:
+        probing = False
+        while True:
+            events = self._selector.select(PROBE_POLL_WALL_S if probing else None)
+            with self._lock:
+                if self._closing:
+                    return
+                for key, _ in events:
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.fileobj == self._poke_r:
+                        os.read(self._poke_r, 4096)
+                    else:
+                        self._receive(key.fileobj)  # type: ignore[arg-type]
+                try:
+                    probing = self._advance()
+                except Exception as exc:  # a defect here must end the run, not hang it
+                    self._error = f"the virtual clock failed: {exc!r}"
+                    self._target = None
+                    self._lock.notify_all()
+
+    def _accept(self) -> None:
+        sock, _ = self._listener.accept()
+        sock.setblocking(False)
+        self._members[sock] = Member(sock, wire.Reader(sock))
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _receive(self, sock: socket.socket) -> None:
+        member = self._members.get(sock)
+        if member is None:
+            return
+        messages = member.reader.feed()
+        if messages is None:  # it ended (or was killed): it holds nothing up any more
+            self._selector.unregister(sock)
+            sock.close()
+            del self._members[sock]
+            return
+        for message in messages:
+            if message["op"] == "hello":
+                member.name = str(message["name"])
+                member.rank = RANKS.get(str(message.get("role")), len(RANKS) + 1)
+                self._send(member, "now")
+            elif message["op"] == "state":
+                member.acked = max(member.acked, int(message["gen"]))
+                member.busy = bool(message["busy"])
+                member.wake = message["wake"]
+                member.ios = [(str(t), r, float(d)) for t, r, d in message["ios"]]
+
+    def _send(self, member: Member, op: str) -> None:
+        member.sent += 1
+        try:
+            member.sock.setblocking(True)
+            wire.send(member.sock, {"op": op, "t": self._now, "gen": member.sent})
+        except OSError:
+            pass  # it is gone; its end of file removes it
+        finally:
+            with contextlib.suppress(OSError):
+                member.sock.setblocking(False)
+
+    def _active(self) -> list[Member]:
+        return [m for m in self._members.values() if m.name not in self._frozen]
+
+    def _quiescent(self) -> bool:
+        for member in self._active():
+            if not member.name or not member.answered() or member.busy:
+                return False
+            if any(not self._blocked(target, route) for target, route, _ in member.ios):
+                return False
+        return True
+
+    def _holdups(self) -> str:
+        late = [
+            m.describe()
+            for m in sorted(self._active(), key=lambda m: m.order)
+            if not m.name
+            or not m.answered()
+            or m.busy
+            or any(not self._blocked(t, r) for t, r, _ in m.ios)
+        ]
+        return "; ".join(late)
+
+    def _advance(self) -> bool:
+        """One move, if the run is quiescent and the time is running. Returns whether a
+        probe asked to be polled again."""
+        if self._target is None or not self._quiescent():
+            return False
+        if any(probe() for probe in self._probes):
+            return True
+        if self._now >= self._target:  # there: steps at this instant go before the rest
+            self._target = None
+            self._lock.notify_all()
+            return False
+        due = sorted(
+            (m for m in self._active() if (d := m.due_at()) is not None and d <= self._now),
+            key=lambda m: m.order,
+        )
+        if due:
+            first = due[0]
+            first.wakes_here += 1
+            if first.wakes_here > WAKES_PER_INSTANT_MAX:
+                raise RuntimeError(
+                    f"{first.name} was woken {first.wakes_here} times at one instant"
+                )
+            self._send(first, "wake")
+            return False
+        upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
+        self._now = min([self._target, *upcoming])
+        self.instants += 1
+        for member in self._members.values():
+            member.wakes_here = 0
+            if member.name not in self._frozen:
+                self._send(member, "now")
+        return False

@@ -1,0 +1,272 @@
+"""A component process's side of the virtual clock.
+
+Every thread that can change what the run does is a *slot*: the main thread, and each
+thread started with `spawn`. A slot is running, parked (until an instant, or until a
+`Gate` opens), or in I/O (`io`: a target, the WAN route it takes, a deadline in scenario
+time, and how to cancel it). Whenever the process's summary changes, it tells the
+coordinator: busy while any slot runs, else the earliest instant it is parked until and the
+I/O it waits on. A thread is marked running *before* it is woken, by whoever wakes it, and
+that is reported before the waker goes on: a handoff inside a process never looks like
+quiescence from outside.
+
+A process whose coordinator is gone exits: nobody would ever wake it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from testbed.errors import TestbedError
+from testbed.vclock import wire
+
+ORPHANED_EXIT = 70  # the run's clock went away
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Slot:
+    state: str = "running"  # running | parked | io
+    until: float | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+    gate: Gate | None = None
+    io: tuple[str, str | None, float] | None = None
+    cancel: Callable[[], None] | None = None
+    cancelled: bool = False
+
+
+class VirtualClock:
+    """The run's time as one process sees it. Same reading interface as the realtime
+    `Clock` (`now`, `sleep`, `sleep_until`), plus what pacing needs."""
+
+    virtual = True
+
+    def __init__(self, path: str, name: str, role: str) -> None:
+        self.name = name
+        self._lock = threading.RLock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            raise TestbedError(
+                f"{name}: cannot reach the run's virtual clock at {path}: {exc}"
+            ) from None
+        self._reader = wire.Reader(self._sock)
+        wire.send(self._sock, {"op": "hello", "name": name, "role": role})
+        first = self._reader.next()
+        if first is None:
+            raise TestbedError(f"{name}: the run's virtual clock closed before it answered")
+        self._now = float(first["t"])
+        self._gen = int(first["gen"])
+        self._local = threading.local()
+        main = Slot()
+        self._local.slot = main
+        self._slots: set[Slot] = {main}
+        self._said: tuple[Any, ...] | None = None
+        self._report(force=True)
+        threading.Thread(target=self._listen, daemon=True, name="virtual-clock").start()
+
+    # --- reading and waiting -------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_until(self._now + max(0.0, seconds))
+
+    def sleep_until(self, instant: float) -> None:
+        self._park(instant, None)
+
+    def gate(self) -> Gate:
+        return Gate(self)
+
+    def mailbox(self) -> Mailbox[Any]:
+        return Mailbox(self)
+
+    def spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A daemon thread that is a slot from before it starts until it returns."""
+        slot = Slot()
+
+        def body() -> None:
+            self._local.slot = slot
+            try:
+                target()
+            finally:
+                with self._lock:
+                    self._slots.discard(slot)
+                    self._report()
+
+        with self._lock:
+            self._slots.add(slot)
+            self._report()
+        thread = threading.Thread(target=body, daemon=True, name=name)
+        thread.start()
+        return thread
+
+    @contextlib.contextmanager
+    def io(
+        self, target: str, route: str | None, deadline: float, cancel: Callable[[], None]
+    ) -> Iterator[None]:
+        """A blocking call to `target` across `route` (None: within the site). If the
+        clock reaches `deadline` while it is blocked, `cancel()` is called: the call must
+        then fail promptly."""
+        slot = self._slot()
+        with self._lock:
+            slot.state, slot.io, slot.cancel, slot.cancelled = (
+                "io",
+                (target, route, deadline),
+                cancel,
+                False,
+            )
+            self._report()
+        try:
+            yield
+        finally:
+            with self._lock:
+                slot.state, slot.io, slot.cancel = "running", None, None
+                self._report()
+
+    def _slot(self) -> Slot:
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            raise RuntimeError(
+                f"{threading.current_thread().name} waits on the virtual clock but was not"
+                " started with clock.spawn: the clock cannot know when it is idle"
+            )
+        return slot
+
+    def _park(self, until: float | None, gate: Gate | None) -> bool:
+        """Park the calling thread until `until` or until `gate` opens; whether it opened."""
+        slot = self._slot()
+        with self._lock:
+            if gate is not None and gate.opened:
+                gate.opened = False
+                return True
+            if until is not None and until <= self._now:
+                return False
+            slot.state, slot.until, slot.gate = "parked", until, gate
+            slot.event.clear()
+            if gate is not None:
+                gate.waiters.add(slot)
+            self._report()
+        slot.event.wait()
+        with self._lock:
+            slot.until, slot.gate = None, None
+            if gate is None:
+                return False
+            gate.waiters.discard(slot)
+            opened, gate.opened = gate.opened, False
+            return opened
+
+    def _run(self, slot: Slot) -> None:
+        """Under the lock: `slot` runs from now on (its thread is about to be woken)."""
+        slot.state = "running"
+        slot.event.set()
+
+    # --- the coordinator -----------------------------------------------------------------
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                message = self._reader.next()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                os._exit(ORPHANED_EXIT)
+            with self._lock:
+                self._now = float(message["t"])
+                self._gen = int(message["gen"])
+                if message["op"] == "wake":
+                    self._wake_due()
+                self._report(force=True)
+
+    def _wake_due(self) -> None:
+        for slot in list(self._slots):
+            if slot.state == "parked" and slot.until is not None and slot.until <= self._now:
+                self._run(slot)
+            elif (
+                slot.state == "io"
+                and slot.io is not None
+                and slot.io[2] <= self._now
+                and not slot.cancelled
+                and slot.cancel is not None
+            ):
+                slot.cancelled = True  # counts as busy until the call has failed
+                with contextlib.suppress(Exception):
+                    slot.cancel()
+
+    def _report(self, force: bool = False) -> None:
+        """Under the lock: tell the coordinator what this process is doing, if it changed."""
+        busy = any(s.state == "running" or (s.state == "io" and s.cancelled) for s in self._slots)
+        wakes = [s.until for s in self._slots if s.state == "parked" and s.until is not None]
+        ios = sorted(
+            [list(s.io) for s in self._slots if s.state == "io" and s.io is not None],
+            key=lambda io: (io[0], io[1] or "", io[2]),
+        )
+        wake = min(wakes) if wakes else None
+        summary = (busy, wake, ios)
+        if summary == self._said and not force:
+            return
+        self._said = summary
+        with contextlib.suppress(OSError):
+            wire.send(
+                self._sock,
+                {"op": "state", "gen": self._gen, "busy": busy, "wake": wake, "ios": ios},
+            )
+
+
+class Gate:
+    """Something new to look at: one thread waits (until an instant, or for ever), others
+    open it. An opening is kept until a wait consumes it."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.opened = False
+        self.waiters: set[Slot] = set()
+
+    def open(self) -> None:
+        with self.clock._lock:
+            self.opened = True
+            for slot in list(self.waiters):
+                if slot.state == "parked":
+                    self.clock._run(slot)
+            self.clock._report()
+
+    def wait(self, until: float | None = None) -> bool:
+        """Whether it was opened (False: `until` came first)."""
+        return self.clock._park(until, self)
+
+
+class Mailbox(Generic[T]):
+    """A queue from one thread to another: `get` parks until an item or an instant."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._items: deque[T] = deque()
+        self._gate = Gate(clock)
+        self._clock = clock
+
+    def put(self, item: T) -> None:
+        with self._clock._lock:
+            self._items.append(item)
+            self._gate.open()
+
+    def get(self, until: float | None = None) -> T | None:
+        """The next item, or None once `until` has come with none."""
+        while True:
+            with self._clock._lock:
+                if self._items:
+                    return self._items.popleft()
+            if not self._gate.wait(until) and not self._items:
+                return None
+
+    def drain(self) -> list[T]:
+        with self._clock._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
