@@ -13,6 +13,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from testbed.errors import TestbedError
 
@@ -81,6 +82,7 @@ def parse_factor(text: str | float) -> float:
 
 @dataclass(frozen=True)
 class Clock:
+    virtual: ClassVar[bool] = False
     epoch: float  # wall time (time.time()) at scenario time 0
     factor: float = DEFAULT_FACTOR  # scenario seconds per wall second
 

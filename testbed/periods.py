@@ -20,6 +20,13 @@ from testbed.clock import Clock
 CONNECT_TIMEOUT_S = 2  # libpq's smallest useful connect_timeout
 STATEMENT_TIMEOUT_S = 3.0
 
+# On the virtual clock: a call to a server (connect or statement) that has not answered
+# within this much scenario time has failed. Only a call that the faults block (a black
+# hole, a frozen server) can reach it, since the time does not move while a server works.
+IO_DEADLINE_S = 10.0
+# ... and wall time backs it up only against a defect, far beyond any busy machine.
+VIRTUAL_CONNECT_BACKSTOP_WALL_S = 60
+
 # Floors: a busy 2-core machine still answers within these (wall seconds).
 # A data source's wait for an ICON's acknowledgement: long enough that a live ICON busy
 # with a backlog (fsync, a draining queue, a loaded machine) is never taken for a dead one;
@@ -67,3 +74,24 @@ def detection_delay(factor: float, heartbeat_interval: float) -> float:
     """The longest, in scenario seconds, between a fault taking effect and the pipeline
     acting on it: one heartbeat interval, or the wall floors at this clock if longer."""
     return max(heartbeat_interval, DETECTION_WALL_S * factor)
+
+
+# --- the virtual clock's periods (scenario seconds; see scenarios/README.md, "Periods") ---
+# A data source hands its ICONs the calls of one heartbeat interval at once, each with its
+# own time stamp; an ICON's heartbeats and a GIM's cycles fall on the same grid of
+# multiples of the heartbeat interval, so that one instant serves them all.
+# A GIM waits this long within a cycle for its sources' answers: a source that the faults
+# block answers at its deadline, a cycle later.
+COLLECT_S = 1.0
+RETRY_START_S = 1.0  # an ICON's first retry of an unreachable IDB, doubling up to retry_cap
+
+
+def next_on_grid(now: float, period: float) -> float:
+    """The first multiple of `period` after `now`: the instants a periodic duty falls on."""
+    steps = int(now // period) + 1
+    return steps * period
+
+
+def virtual_retry_cap(heartbeat_interval: float) -> float:
+    """An ICON retries an unreachable IDB at least four times a heartbeat interval."""
+    return heartbeat_interval / 4

@@ -57,7 +57,7 @@ def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
     acknowledges every byte. So the client keeps its own clock: at the deadline the socket
     is shut down under libpq, and the blocked call fails with an OperationalError.
     """
-    timer = threading.Timer(seconds, _shut_down, (conn,))
+    timer = threading.Timer(seconds, shut_down, (conn,))
     timer.daemon = True
     timer.start()
     try:
@@ -66,7 +66,7 @@ def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
         timer.cancel()
 
 
-def _shut_down(conn: psycopg.Connection) -> None:
+def shut_down(conn: psycopg.Connection) -> None:
     """Shut down the socket `conn` holds now. Never a descriptor number kept from before:
     once `conn` is closed, the number may belong to a new connection (a timer of a process
     that was frozen fires late, after its caller has reconnected)."""

@@ -28,6 +28,9 @@ from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
 from testbed.ports import free_port
 from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec, source_name
+from testbed.vclock.engine_clock import EngineClock
+
+AnyClock = Clock | EngineClock
 
 
 @dataclass
@@ -51,7 +54,7 @@ class ManagedProcess:
         module: str,
         config: dict[str, Any],
         workdir: Path,
-        clock: Clock,
+        clock: AnyClock,
         run: RunDir | None,
     ) -> None:
         self.name = name
@@ -105,10 +108,14 @@ class ManagedProcess:
             raise TestbedError(f"{self.name} is {self.state()}, cannot pause")
         assert self._proc is not None  # running
         procs.signal_group(self._proc.pid, signal.SIGSTOP)
+        if isinstance(self.clock, EngineClock):
+            self.clock.coordinator.freeze(self.name)
 
     def resume(self) -> None:
         if self._proc is not None:
             procs.signal_group(self._proc.pid, signal.SIGCONT)
+            if isinstance(self.clock, EngineClock):
+                self.clock.coordinator.thaw(self.name)
 
     def restart(self) -> None:
         self.stop()
@@ -146,12 +153,12 @@ class Pipeline:
         self,
         deployment: Deployment,
         settings: PipelineSettings | None = None,
-        clock: Clock | None = None,
+        clock: AnyClock | None = None,
         workdir: Path | None = None,
     ) -> None:
         self.deployment = deployment
         self.settings = settings or PipelineSettings()
-        self.clock = clock or Clock.start()
+        self.clock: AnyClock = clock or Clock.start()
         run = getattr(deployment.backend, "run", None)
         # Ledgers and queues are durable state like the databases: kept beside their data.
         data_root = getattr(deployment.backend, "data_root", None)
@@ -205,6 +212,13 @@ class Pipeline:
             return str(self.deployment.backend.inside(address))  # type: ignore[attr-defined]
         return address
 
+    def route_of(self, client: str, server: str) -> str | None:
+        """The WAN link a connection crosses (`site1|site2`), None within a site: what the
+        virtual clock asks the faults about when the connection blocks."""
+        sites = self.deployment.topology.site_of()
+        a, b = sites.get(client), sites.get(server)
+        return None if a is None or b is None or a == b else "|".join(sorted((a, b)))
+
     def _icon(self, icon: IconSpec) -> Any:
         port = free_port()
         self.icon_ports[icon.name] = port
@@ -213,6 +227,8 @@ class Pipeline:
             "member": icon.member,
             "port": port,
             "idb": self.address_for(icon.name, icon.idb),
+            "idb_name": icon.idb,
+            "route": self.route_of(icon.name, icon.idb),
             "database": icon.database,
             "queue": self._path(icon.name, "queue.db"),
             "heartbeat_interval": self.settings.heartbeat_interval,
@@ -236,6 +252,8 @@ class Pipeline:
                 "member": icon.member,
                 "address": self.address_for(gim.name, icon.idb),
                 "database": icon.database,
+                "server": icon.idb,
+                "route": self.route_of(gim.name, icon.idb),
             }
             for icon in topo.icons
             if icon.idb not in lost_idbs
@@ -244,6 +262,9 @@ class Pipeline:
             "site": gim.site,
             "sources": sources,
             "infomart": self.address_for(gim.name, gim.infomart),
+            "infomart_name": gim.infomart,
+            "infomart_route": self.route_of(gim.name, gim.infomart),
+            "heartbeat_interval": self.settings.heartbeat_interval,
             "database": INFOMART_DATABASE,
             "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,
             "delayed_data_threshold": self.settings.delayed_data_threshold,
@@ -445,7 +466,9 @@ class Pipeline:
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
     ) -> dict[str, Any]:
-        """Until `predicate(figures)` holds; a TestbedError with the figures if it never does."""
+        """Until `predicate(figures)` holds; a TestbedError with the figures if it never does.
+        On the virtual clock the time runs while it waits, a heartbeat interval at a time
+        (the figures change only at instants); `timeout` still bounds the wall time."""
         deadline = time.monotonic() + timeout
         while True:
             figures = self.figures()
@@ -453,7 +476,10 @@ class Pipeline:
                 return figures
             if time.monotonic() >= deadline:
                 raise TestbedError(f"not {what} within {timeout:.0f}s: {figures}")
-            time.sleep(0.02)
+            if isinstance(self.clock, EngineClock):
+                self.clock.sleep(self.settings.heartbeat_interval)
+            else:
+                time.sleep(0.02)
 
     def caught_up(self, through: float) -> Callable[[dict[str, Any]], bool]:
         """Reporting has caught up to scenario time `through`: the transform boundary is past

@@ -40,17 +40,26 @@ from typing import Any
 import psycopg
 
 from testbed.clock import Clock, format_duration
-from testbed.periods import CONNECT_TIMEOUT_S, GIM_CYCLE_S, STATEMENT_TIMEOUT_S
+from testbed.periods import (
+    COLLECT_S,
+    CONNECT_TIMEOUT_S,
+    GIM_CYCLE_S,
+    RETRY_START_S,
+    next_on_grid,
+    virtual_retry_cap,
+)
 from testbed.pipeline.component import (
+    call,
     connect,
     exit_on_sigterm,
     load_config,
+    run_clock,
     scalar,
     setup_logging,
     write_status,
 )
 from testbed.pipeline.schema import INFOMART_DDL
-from testbed.postgres import deadline
+from testbed.vclock.participant import VirtualClock
 
 CYCLE_S = GIM_CYCLE_S  # wall seconds between cycles at most
 BACKOFF_CAP_S = 0.2  # reconnecting to the Info Mart (GIM out of service: a delay only)
@@ -83,7 +92,9 @@ class Source:
     member: str
     address: str
     database: str
-    requests: queue.Queue[int] = field(default_factory=queue.Queue)
+    server: str = ""  # the IDB's name, and the WAN route to it ("site1|site2"; None: local)
+    route: str | None = None
+    requests: Any = field(default_factory=queue.Queue)  # a Mailbox on the virtual clock
     busy: bool = False
     reachable: bool = False
     answered_at: float | None = None  # when the newest answer GIM has applied was obtained
@@ -94,15 +105,33 @@ class Extractor(threading.Thread):
     """One source's reads: each request (a high-water mark) gets one answer."""
 
     def __init__(
-        self, source: Source, results: queue.Queue[Any], app: str, clock: Clock | None = None
+        self,
+        source: Source,
+        results: Any,
+        app: str,
+        clock: Clock | VirtualClock | None = None,
     ) -> None:
         super().__init__(daemon=True, name=f"extract-{source.name}")
         self.clock = clock
+        self.virtual = clock if isinstance(clock, VirtualClock) else None
         self.source = source
         self.results = results
         self.app = app
         self.conn: psycopg.Connection | None = None
         self.began = 0.0  # scenario time the current attempt began
+
+    def start(self) -> None:
+        if self.virtual is not None:
+            self.virtual.spawn(self.run_paced, self.name)
+        else:
+            super().start()
+
+    def run_paced(self) -> None:
+        """On the virtual clock: one answer per request, at once; the GIM asks once a
+        cycle, so a failed source is retried a cycle later."""
+        while True:
+            hwm = self.source.requests.get()
+            self.results.put(self._attempt(hwm))
 
     def run(self) -> None:
         while True:
@@ -166,12 +195,20 @@ class Extractor(threading.Thread):
 
     def extract(self, hwm: int) -> Extracted:
         self.began = self._now()
+        target = self.source.server or self.source.address
         if self.conn is None:
-            self.conn = connect(self.source.address, self.source.database, self.app)
+            self.conn = connect(
+                self.source.address,
+                self.source.database,
+                self.app,
+                self.clock,
+                target,
+                self.source.route,
+            )
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             self.conn.read_only = True
         conn = self.conn
-        with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
+        with call(self.clock or Clock(0.0), conn, target, self.source.route):
             try:
                 # Read before the snapshot is taken: a thread frozen in between must not date
                 # what it read before the freeze as news after it.
@@ -196,17 +233,30 @@ class Extractor(threading.Thread):
 
 
 class Gim:
-    def __init__(self, config: dict[str, Any], clock: Clock) -> None:
+    """On the virtual clock a cycle falls on every multiple of the heartbeat interval: the
+    GIM asks every source, collects the answers that come within `COLLECT_S` (a source the
+    faults block answers at its deadline, for a later cycle), and applies them. A cycle
+    that starts later than its instant (the GIM was frozen, or its Info Mart was) resumes
+    service after a gap, as a wall-time stall does on the realtime clock."""
+
+    def __init__(self, config: dict[str, Any], clock: Clock | VirtualClock) -> None:
         self.config = config
         self.clock = clock
+        self.virtual = clock if isinstance(clock, VirtualClock) else None
+        self.period = float(config.get("heartbeat_interval", 60.0))
+        self.infomart_name = str(config.get("infomart_name", config["infomart"]))
+        self.infomart_route: str | None = config.get("infomart_route")
         self.name = config["name"]
         self.log = setup_logging(self.name, config["site"], clock)
         self.threshold = float(config["extract_data_stuck_threshold"])
         self.delayed = float(config["delayed_data_threshold"])
         self.sources = {s["name"]: Source(**s) for s in config["sources"]}
+        if self.virtual is not None:
+            for source in self.sources.values():
+                source.requests = self.virtual.mailbox()
         self.sites = sorted({s.site for s in self.sources.values()})
         self.retired = set(config.get("retired_sites", []))
-        self.results: queue.Queue[Any] = queue.Queue()
+        self.results: Any = self.virtual.mailbox() if self.virtual is not None else queue.Queue()
         self.hwm: dict[str, int] = {}
         self.warned: set[str] = set()
         self.conn: psycopg.Connection | None = None
@@ -222,10 +272,17 @@ class Gim:
     # --- the Info Mart -----------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:
-        conn = connect(self.config["infomart"], self.config["database"], self.name)
+        conn = connect(
+            self.config["infomart"],
+            self.config["database"],
+            self.name,
+            self.clock,
+            self.infomart_name,
+            self.infomart_route,
+        )
         conn.autocommit = True  # every change below is inside an explicit transaction
         now = self.clock.now()
-        with conn.transaction():
+        with call(self.clock, conn, self.infomart_name, self.infomart_route), conn.transaction():
             conn.execute(INFOMART_DDL)
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS gim_batch (event_id text, site text,"
@@ -253,7 +310,64 @@ class Gim:
         )
         return conn
 
+    def run_paced(self, virtual: VirtualClock) -> None:
+        """The cycle on the virtual clock (see the class's docstring)."""
+        backoff = RETRY_START_S
+        last_cycle: float | None = None  # scenario time of the last cycle applied
+        while True:
+            if self.conn is None:
+                try:
+                    self.conn = self._connect()
+                    backoff = RETRY_START_S
+                except (psycopg.Error, OSError) as exc:
+                    self.log.warning("Info Mart unreachable: %s", str(exc).strip()[:200])
+                    self._status()
+                    virtual.sleep(backoff)
+                    backoff = min(backoff * 2, virtual_retry_cap(self.period))
+                    continue
+            began = virtual.now()
+            if last_cycle is None or began - last_cycle > self.period:
+                self.serving_since = began  # back in service after a gap
+            asked = 0
+            for source in self.sources.values():
+                if not source.busy:
+                    source.busy = True
+                    source.requests.put(self.hwm[source.name])
+                    asked += 1
+            results = self._collect_paced(virtual, asked, began + COLLECT_S)
+            try:
+                with call(virtual, self.conn, self.infomart_name, self.infomart_route):
+                    self._apply(results, virtual.now())
+                last_cycle = began
+                for source in self.sources.values():
+                    if source.pending_at is not None:
+                        source.answered_at = source.pending_at
+                    source.pending_at = None
+            except (psycopg.Error, OSError) as exc:
+                for source in self.sources.values():
+                    source.pending_at = None
+                self.log.warning("cycle failed, will redo it: %s", str(exc).strip()[:200])
+                self.conn.close()
+                self.conn = None
+            if virtual.now() - began > self.period:
+                self.serving_since = virtual.now()  # stalled inside the cycle: hear all anew
+            self._status()
+            virtual.sleep_until(next_on_grid(virtual.now(), self.period))
+
+    def _collect_paced(self, virtual: VirtualClock, asked: int, until: float) -> list[Extracted]:
+        """The answers of this cycle: every source asked, or those in by `until`."""
+        got: list[Any] = []
+        while len(got) < asked:
+            result = self.results.get(until)
+            if result is None:
+                break
+            got.append(result)
+        return self._take(got)
+
     def run(self) -> None:
+        if self.virtual is not None:
+            self.run_paced(self.virtual)
+            return
         backoff = 0.02
         while True:
             started = time.monotonic()
@@ -280,7 +394,7 @@ class Gim:
                     # Frozen (or stalled) since the cycle began: what it collected is from
                     # before; judge nothing until every source has answered anew.
                     self.serving_since = self.clock.now()
-                with deadline(self.conn, STATEMENT_TIMEOUT_S + 0.5):
+                with call(self.clock, self.conn, self.infomart_name, self.infomart_route):
                     self._apply(results, now)
                 self.last_good_cycle = time.monotonic()
                 for source in self.sources.values():
@@ -309,6 +423,10 @@ class Gim:
                 got.append(self.results.get_nowait())
         except queue.Empty:
             pass
+        return self._take(got)
+
+    def _take(self, got: list[Any]) -> list[Extracted]:
+        """The answers collected: each source's reachability, and what it extracted."""
         ok = []
         for result in got:
             source = self.sources[result.source]
@@ -553,7 +671,7 @@ class Gim:
 def main() -> None:
     exit_on_sigterm()
     config = load_config()
-    Gim(config, Clock.from_env()).run()
+    Gim(config, run_clock(config["name"], "gim")).run()
 
 
 if __name__ == "__main__":

@@ -34,17 +34,19 @@ import psycopg
 
 from testbed.clock import Clock
 from testbed.errors import TestbedError
-from testbed.periods import STATEMENT_TIMEOUT_S, retry_cap
+from testbed.periods import RETRY_START_S, next_on_grid, retry_cap, virtual_retry_cap
 from testbed.pipeline.component import (
+    call,
     connect,
     exit_on_sigterm,
     load_config,
+    run_clock,
     setup_logging,
     write_status,
 )
 from testbed.pipeline.pqueue import Item, PersistentQueue
 from testbed.pipeline.schema import IDB_DDL
-from testbed.postgres import deadline
+from testbed.vclock.participant import VirtualClock
 
 BATCH_MAX = 500
 FLUSH_AFTER_S = 5.0  # scenario seconds
@@ -53,14 +55,27 @@ STATUS_EVERY_S = 0.05
 
 
 class Icon:
-    def __init__(self, config: dict[str, Any], clock: Clock) -> None:
+    """On the virtual clock the writer parks until its next duty (a heartbeat on the grid
+    of the heartbeat interval, or the oldest queued record's flush) or until intake queues
+    something; its calls to the IDB are I/O the clock gives a scenario-time deadline."""
+
+    def __init__(self, config: dict[str, Any], clock: Clock | VirtualClock) -> None:
         self.config = config
         self.clock = clock
+        self.virtual = clock if isinstance(clock, VirtualClock) else None
+        self.idb_name = str(config.get("idb_name", config["idb"]))
+        self.route: str | None = config.get("route")
         self.name = config["name"]
         self.log = setup_logging(self.name, config["site"], clock)
         self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
         self.heartbeat_interval = float(config["heartbeat_interval"])
-        self.backoff_cap = retry_cap(clock, self.heartbeat_interval)
+        if self.virtual is not None:
+            self.backoff_start = RETRY_START_S
+            self.backoff_cap = virtual_retry_cap(self.heartbeat_interval)
+        else:
+            self.backoff_start = BACKOFF_START_S
+            self.backoff_cap = retry_cap(clock, self.heartbeat_interval)  # type: ignore[arg-type]
+        self.queued = self.virtual.gate() if self.virtual is not None else None
         self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
         # Per open source session, its watermark; a heartbeat carries the smallest, since
         # each source vouches only for its own events (calls moved from a lost site arrive
@@ -70,6 +85,8 @@ class Icon:
         self.last_seq = 0
         self.idb_connected = False
         self.next_heartbeat = clock.now()
+        if self.virtual is not None:
+            self.next_heartbeat = next_on_grid(clock.now(), self.heartbeat_interval)
 
     # --- intake ------------------------------------------------------------------------
 
@@ -89,7 +106,7 @@ class Icon:
 
     def _session(self, conn: socket.socket) -> None:
         session = uuid.uuid4().hex[:12]
-        self.queue.append([("session", self.clock.now(), {"id": session, "event": "start"})])
+        self._queue([("session", self.clock.now(), {"id": session, "event": "start"})])
         self.log.info("source session %s started", session)
         reader = conn.makefile("rb")
         try:
@@ -99,35 +116,40 @@ class Icon:
                 for _ in range(int(count)):
                     items.append(("event", self.clock.now(), _parse_event(reader.readline())))
                 if items:
-                    self.queue.append(items)  # durable before the acknowledgement
+                    self._queue(items)  # durable before the acknowledgement
                 self.watermarks[session] = float(watermark)
                 conn.sendall(f"OK {len(items)}\n".encode())
         except (OSError, ValueError) as exc:
             self.log.warning("source session %s broke: %s", session, exc)
         finally:
             self.watermarks.pop(session, None)
-            self.queue.append([("session", self.clock.now(), {"id": session, "event": "end"})])
+            self._queue([("session", self.clock.now(), {"id": session, "event": "end"})])
             self.log.info("source session %s ended", session)
+
+    def _queue(self, items: list[tuple[str, float, dict[str, Any]]]) -> None:
+        self.queue.append(items)
+        if self.queued is not None:
+            self.queued.open()  # the writer has something new to look at
 
     # --- writer ------------------------------------------------------------------------
 
     def run_writer(self) -> None:
         conn: psycopg.Connection | None = None
-        backoff = min(BACKOFF_START_S, self.backoff_cap)
+        backoff = min(self.backoff_start, self.backoff_cap)
         while True:
             self._maybe_heartbeat()
             items = self.queue.peek(BATCH_MAX)
             if not items or (
                 len(items) < BATCH_MAX and self.clock.now() - items[0].ts < self.flush_after
             ):
-                time.sleep(0.002)
+                self._idle(items[0].ts + self.flush_after if items else None)
                 continue
             try:
                 if conn is None:
                     conn = self._connect()
-                with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):
+                with call(self.clock, conn, self.idb_name, self.route):
                     self._write(conn, items)
-                backoff = min(BACKOFF_START_S, self.backoff_cap)
+                backoff = min(self.backoff_start, self.backoff_cap)
             except (psycopg.Error, OSError) as exc:
                 if self.idb_connected or conn is not None:
                     self.log.warning("IDB unreachable, queueing (%s)", str(exc).strip()[:200])
@@ -135,13 +157,33 @@ class Icon:
                 if conn is not None:
                     conn.close()
                 conn = None
-                time.sleep(backoff)
+                if self.virtual is not None:
+                    self._write_status()
+                    self.virtual.sleep(backoff)
+                else:
+                    time.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_cap)
 
+    def _idle(self, flush_at: float | None) -> None:
+        """Nothing to write yet: wait for the next duty or for intake."""
+        if self.virtual is None or self.queued is None:
+            time.sleep(0.002)
+            return
+        self._write_status()
+        due = self.next_heartbeat if flush_at is None else min(self.next_heartbeat, flush_at)
+        self.queued.wait(due)
+
     def _connect(self) -> psycopg.Connection:
-        conn = connect(self.config["idb"], self.config["database"], self.name)
+        conn = connect(
+            self.config["idb"],
+            self.config["database"],
+            self.name,
+            self.clock,
+            self.idb_name,
+            self.route,
+        )
         conn.autocommit = True  # see _write: no client-driven transaction on the IDB
-        with deadline(conn, STATEMENT_TIMEOUT_S + 0.5), conn.transaction():
+        with call(self.clock, conn, self.idb_name, self.route), conn.transaction():
             conn.execute(IDB_DDL)
             row = conn.execute(
                 "SELECT last_seq FROM icon_progress WHERE icon = %s", (self.name,)
@@ -204,7 +246,10 @@ class Icon:
             return
         value = self.watermark if self.watermark is not None else now
         self.queue.append([("heartbeat", now, {"ts": value})])
-        self.next_heartbeat = now + self.heartbeat_interval
+        if self.virtual is not None:
+            self.next_heartbeat = next_on_grid(now, self.heartbeat_interval)
+        else:
+            self.next_heartbeat = now + self.heartbeat_interval
 
     def report_status(self) -> None:
         """On a thread of its own: the writer may be stuck for seconds on a dead WAN."""
@@ -242,7 +287,7 @@ def _parse_event(line: bytes) -> dict[str, Any]:
 def main() -> None:
     exit_on_sigterm()
     config = load_config()
-    clock = Clock.from_env()
+    clock = run_clock(config["name"], "icon")
     try:
         icon = Icon(config, clock)
     except TestbedError as exc:
@@ -252,7 +297,8 @@ def main() -> None:
     host = config.get("listen_host", "127.0.0.1")
     listener = socket.create_server((host, int(config["port"])), reuse_port=False)
     threading.Thread(target=icon.serve_intake, args=(listener,), daemon=True).start()
-    threading.Thread(target=icon.report_status, daemon=True).start()
+    if icon.virtual is None:  # on the virtual clock the writer reports as it parks
+        threading.Thread(target=icon.report_status, daemon=True).start()
     icon.log.info(
         "accepting events on %s:%s, writing to %s/%s",
         host,

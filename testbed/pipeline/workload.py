@@ -16,6 +16,7 @@ Run as `python -m testbed.pipeline.workload CONFIG.json`, with the run's clock i
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from testbed.clock import Clock
-from testbed.periods import ack_timeout
-from testbed.pipeline.component import load_config, setup_logging, write_status
+from testbed.periods import ack_timeout, next_on_grid
+from testbed.pipeline.component import load_config, run_clock, setup_logging, write_status
+from testbed.vclock.participant import Gate, VirtualClock
 
-TICK_S = 0.01  # wall seconds between batches
+TICK_S = 0.01  # wall seconds between batches (realtime clock)
+BACKSTOP_WALL_S = 60.0  # virtual clock: a defect, not a fault, if an ICON is this slow
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Ledger:
         return [Event(**fields) for fields in json.loads("[" + whole.replace("\n", ",")[:-1] + "]")]
 
 
-class IconLink(threading.Thread):
+class IconLink:
     """The source's connection to one ICON, on a thread of its own, so that a frozen or slow
     ICON holds up its own deliveries only, never its partner's.
 
@@ -91,7 +94,11 @@ class IconLink(threading.Thread):
     `periods.ack_timeout`) marks the ICON unreachable: the connection is dropped, and every
     batch that waits until the ICON answers again is a miss (the real data source caches
     only briefly); the partner covers it. Outcomes go to the deliveries log, one line per
-    batch and ICON."""
+    batch and ICON.
+
+    On the virtual clock the link is a slot of the clock: it parks on a gate until a batch
+    is offered, and an exchange with the ICON is I/O whose deadline (one heartbeat
+    interval of scenario time) only a frozen ICON can reach."""
 
     def __init__(
         self,
@@ -100,8 +107,11 @@ class IconLink(threading.Thread):
         ack_timeout: float,
         record: Callable[[list[Event], str, bool], None],
         host: str = "127.0.0.1",
+        clock: VirtualClock | None = None,
     ) -> None:
-        super().__init__(daemon=True, name=f"link-{name}")
+        self.clock = clock
+        self.gate: Gate | None = clock.gate() if clock is not None else None
+        self.thread: threading.Thread | None = None
         self.name = name
         self.host = host  # the ICON's container name when the pipeline runs in containers
         self.port = port
@@ -113,31 +123,71 @@ class IconLink(threading.Thread):
         self.ready = threading.Condition()
         self.closing = False
 
+    def start(self) -> None:
+        if self.clock is not None:
+            self.thread = self.clock.spawn(self.run, f"link-{self.name}")
+        else:
+            self.thread = threading.Thread(target=self.run, daemon=True, name=f"link-{self.name}")
+            self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
     def offer(self, batch: list[Event], payload: bytes) -> None:
         with self.ready:
             self.pending.append((batch, payload))
             self.ready.notify()
+        if self.gate is not None:
+            self.gate.open()
 
     def finish(self) -> None:
         """Deliver what is pending, then end (the source is stopping)."""
         with self.ready:
             self.closing = True
             self.ready.notify()
+        if self.gate is not None:
+            self.gate.open()
+
+    def _take(self, healthy: bool) -> list[tuple[list[Event], bytes]] | None:
+        """What to deliver next (everything waiting, once the ICON failed); None: done."""
+        while True:
+            with self.ready:
+                if self.pending:
+                    waiting = list(self.pending) if not healthy else [self.pending[0]]
+                    for _ in waiting:
+                        self.pending.popleft()
+                    return waiting
+                if self.closing:
+                    return None
+                if self.gate is None:
+                    self.ready.wait()
+                    continue
+            self.gate.wait()
+
+    def exchange(self, payload: bytes, count: int) -> bool:
+        """Send a batch and wait for its acknowledgement: whether the ICON took it."""
+        if self.clock is None:
+            return self.send(payload) and self.acked(count)
+        with self.clock.io(self.name, None, self.clock.now() + self.ack_timeout, self._cut):
+            return self.send(payload) and self.acked(count)
+
+    def _cut(self) -> None:
+        """The deadline passed (the clock calls this): the blocked exchange fails now."""
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def run(self) -> None:
         healthy = True  # an ICON that failed gets data again only after it answers a probe
         while True:
-            with self.ready:
-                while not self.pending and not self.closing:
-                    self.ready.wait()
-                if not self.pending:
-                    break
-                waiting = list(self.pending) if not healthy else [self.pending[0]]
-                for _ in waiting:
-                    self.pending.popleft()
+            waiting = self._take(healthy)
+            if waiting is None:
+                break
             if healthy:
                 batch, payload = waiting[0]
-                delivered = self.send(payload) and self.acked(len(batch))
+                delivered = self.exchange(payload, len(batch))
                 healthy = delivered
                 if batch:
                     self.record(batch, self.name, delivered)
@@ -149,14 +199,16 @@ class IconLink(threading.Thread):
                 if batch:
                     self.record(batch, self.name, False)
             header = waiting[-1][1].split(b"\n", 1)[0].rsplit(b" ", 1)[0]
-            healthy = self.send(header + b" 0\n") and self.acked(0)
+            healthy = self.exchange(header + b" 0\n", 0)
         self.close()
 
     def send(self, payload: bytes) -> bool:
         try:
             if self.sock is None:
-                self.sock = socket.create_connection((self.host, self.port), timeout=0.2)
-                self.sock.settimeout(self.ack_timeout)
+                sock = socket.create_connection((self.host, self.port), timeout=0.2)
+                # On the virtual clock the deadline is the clock's; wall time only backs it.
+                sock.settimeout(self.ack_timeout if self.clock is None else BACKSTOP_WALL_S)
+                self.sock = sock
                 self.reader = self.sock.makefile("rb")
             self.sock.sendall(payload)
             return True
@@ -197,14 +249,27 @@ class DeliveryLog:
             self._file.flush()
 
 
-def run_source(config: dict[str, Any], clock: Clock) -> None:
+def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
+    """Emit the schedule: every `TICK_S` of wall time on the realtime clock; on the virtual
+    clock once a heartbeat interval, on the grid of its multiples, the calls of the whole
+    interval at once (each with its own time stamp), so an hour costs its handovers, not
+    its calls."""
     site = config["site"]
     log = setup_logging(config["name"], site, clock)
     ledger = Ledger(Path(config["ledger"]))
     deliveries = DeliveryLog(Path(config["deliveries"]))
-    wait = ack_timeout(clock, float(config.get("heartbeat_interval", 60.0)))
+    heartbeat = float(config.get("heartbeat_interval", 60.0))
+    virtual = clock if isinstance(clock, VirtualClock) else None
+    wait = heartbeat if virtual is not None else ack_timeout(clock, heartbeat)  # type: ignore[arg-type]
     links = [
-        IconLink(icon["name"], icon["port"], wait, deliveries.record, icon.get("host", "127.0.0.1"))
+        IconLink(
+            icon["name"],
+            icon["port"],
+            wait,
+            deliveries.record,
+            icon.get("host", "127.0.0.1"),
+            virtual,
+        )
         for icon in config["icons"]
     ]
     for link in links:
@@ -219,7 +284,14 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
     emitted = 0
     log.info("emitting %s events/h from t=%.0fs", config["rate_per_hour"], start)
     stopping = threading.Event()  # SIGTERM: finish delivering what is in the ledger, then go
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    woken = virtual.gate() if virtual is not None else None
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        if woken is not None:
+            woken.open()
+
+    signal.signal(signal.SIGTERM, stop)
     while not stopping.is_set():
         now = clock.now()
         batch = []
@@ -243,7 +315,10 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
                 "delivered_to": [n for n, ok in deliveries.last.items() if ok],
             },
         )
-        stopping.wait(TICK_S)
+        if woken is not None:
+            woken.wait(next_on_grid(now, heartbeat))
+        else:
+            stopping.wait(TICK_S)
     for link in links:
         link.finish()
     for link in links:
@@ -252,7 +327,8 @@ def run_source(config: dict[str, Any], clock: Clock) -> None:
 
 
 def main() -> None:
-    run_source(load_config(), Clock.from_env())
+    config = load_config()
+    run_source(config, run_clock(config["name"], "source"))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,12 @@ from testbed.periods import STOP_PATIENCE_WALL_S
 from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.postgres import Server
 from testbed.scenarios import chaos
+from testbed.scenarios.blockage import Blockage
 from testbed.scenarios.lineage import lineage
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
+from testbed.vclock.coordinator import Coordinator
+from testbed.vclock.engine_clock import VIRTUAL_FACTOR, EngineClock
 from testbed.verdict.tolerance import tolerance_for
 
 LINEAGE_MAX = 200  # lost or doubled events traced hop by hop
@@ -44,6 +47,9 @@ FORKED_LEAD_WALL_S = 0.4
 LEAD_WALL_S = {"local": 1.0}
 CONTAINER_LEAD_WALL_S = 3.0
 SAMPLE_WALL_S = 0.05
+SAMPLE_VIRTUAL_S = 60.0  # scenario seconds between samples on the virtual clock
+# On the virtual clock: what it cannot pace yet (a toxic holds bytes in wall time).
+VIRTUAL_REFUSED_VERBS = ("latency", "bandwidth", "toxic")
 FINAL_SETTLE_WALL_S = 90.0
 REPLAY_AGE_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
 
@@ -71,6 +77,29 @@ class ScenarioRun:
         self.replay = replay
         self.progress = progress or (lambda _t, _m: None)
         self.failures: list[str] = []
+        self.blockage = Blockage()
+
+    @property
+    def virtual(self) -> bool:
+        return self.scenario.factor == VIRTUAL_FACTOR
+
+    def refuse_virtual(self, steps: list[Step]) -> None:
+        """What the virtual clock cannot run yet, said before anything starts."""
+        if not self.virtual:
+            return
+        if self.backend_name != "local" or self.toxiproxy_image:
+            raise TestbedError(
+                f"{self.scenario.name}: the virtual clock runs on the local backend only so"
+                f" far; run it with `clock: 1h = 1s` on {self.backend_name}"
+            )
+        for step in steps:
+            faults = step.options.get("faults", []) if step.verb == "chaos" else [step.verb]
+            slow = [f for f in faults if f in VIRTUAL_REFUSED_VERBS]
+            if slow:
+                raise TestbedError(
+                    f"{self.scenario.name}: a {slow[0]} step needs the realtime clock"
+                    " (`clock: 1h = 1s`): the virtual clock does not pace toxics yet"
+                )
 
     # --- the plan ------------------------------------------------------------------------
 
@@ -111,6 +140,7 @@ class ScenarioRun:
                 f"{s.name} uses operator procedures, which change the environment's roles for"
                 " good: run it on the local or docker backend"
             )
+        self.refuse_virtual(self.scenario.steps)
         history = self.open_history()
         steps = self.plan(history)
         try:
@@ -128,7 +158,7 @@ class ScenarioRun:
         """The output folder and its history, opened with the run's settings and tolerance."""
         s = self.scenario
         self.out.mkdir(parents=True, exist_ok=True)
-        clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
+        clock = Clock.start(factor=s.factor or 1.0, at=-self.lead * s.factor)
         tolerance = tolerance_for(
             s.factor, float(self._settings_dict().get("heartbeat_interval", 60.0))
         )
@@ -138,6 +168,7 @@ class ScenarioRun:
             scenario=s.name,
             source=s.source,
             factor=s.factor,
+            clock="virtual" if self.virtual else "realtime",
             settings=self._settings_dict(),
             topology=s.topology_ref,
             expect=s.expect,
@@ -166,10 +197,20 @@ class ScenarioRun:
             deployment = bring_up(s.topology, backend)
             history.record("topology", servers=deployment.rows(), routes=deployment.wan_rows())
             # Scenario time starts once the servers are up, however long they took (a
-            # container backend takes longer): the lead is for the pipeline to boot.
-            clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
-            history.clock = clock
-            with Pipeline(deployment, PipelineSettings(**self._settings_dict()), clock) as pipeline:
+            # container backend takes longer): the lead is for the pipeline to boot. On
+            # the virtual clock it starts at 0, held while the pipeline boots.
+            coordinator: Coordinator | None = None
+            clock: Clock | EngineClock
+            if self.virtual:
+                coordinator = Coordinator(self.out / "clock", blocked=self.blockage.blocked)
+                clock = EngineClock(coordinator)
+            else:
+                clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
+            history.clock = clock  # type: ignore[assignment]
+            with (
+                contextlib.closing(coordinator) if coordinator else contextlib.nullcontext(),
+                Pipeline(deployment, PipelineSettings(**self._settings_dict()), clock) as pipeline,
+            ):
                 pipeline.start()
                 history.record("pipeline-started")
                 placements = getattr(backend, "placements", None)
@@ -196,6 +237,12 @@ class ScenarioRun:
         self, steps: list[Step], deployment: Deployment, pipeline: Pipeline, history: History
     ) -> None:
         sampler = Sampler(pipeline, deployment, history)
+        if isinstance(pipeline.clock, EngineClock):
+            for step in steps:
+                self._run_to(step.at, pipeline.clock, sampler)
+                self.progress(pipeline.clock.now(), f"{step.verb} {step.value or step.options}")
+                self.apply(step, deployment, pipeline, history)
+            return
         sampler.start()
         try:
             for step in steps:
@@ -204,6 +251,15 @@ class ScenarioRun:
                 self.apply(step, deployment, pipeline, history)
         finally:
             sampler.stop()
+
+    @staticmethod
+    def _run_to(instant: float, clock: EngineClock, sampler: Sampler) -> None:
+        """Play the time up to `instant`, sampling on the grid of `SAMPLE_VIRTUAL_S`."""
+        while clock.now() < instant:
+            sample_at = (clock.now() // SAMPLE_VIRTUAL_S + 1) * SAMPLE_VIRTUAL_S
+            clock.sleep_until(min(instant, sample_at))
+            if clock.now() == sample_at:
+                sampler.sample()
 
     def apply(
         self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
@@ -229,14 +285,32 @@ class ScenarioRun:
             if wan is None:
                 raise TestbedError("this topology has no WAN")
             self._wan_step(wan, verb, value, options)
+            if verb == "partition":
+                self.blockage.partition(value[0], value[1], options.get("mode", "reset"))
+            elif verb == "heal":
+                self.blockage.heal(*(() if value == "all" else value))
         elif verb in ("kill", "stop", "start", "pause", "resume"):
-            self._process_fault(verb, options.get("target", value), deployment, pipeline)
+            target = options.get("target", value)
+            self._process_fault(verb, target, deployment, pipeline)
+            self.blockage.process_fault(verb, self._parts(target, deployment, pipeline))
         elif verb == "settle":
             self._settle(step, pipeline, history)
         elif verb in DR_VERBS:
             self._procedure(verb, value, options)
+            if verb == "fail-site":
+                self.blockage.process_fault("kill", self._parts(value, deployment, pipeline))
         for fault in wan.history[recorded:] if wan is not None else []:
             history.record("fault", **dataclasses.asdict(fault))
+
+    @staticmethod
+    def _parts(target: str, deployment: Deployment, pipeline: Pipeline) -> list[str]:
+        """The servers and components a process fault on `target` acts on."""
+        if target in deployment.topology.sites:
+            servers = [s.name for s in deployment.topology.servers_at(target)]
+            return servers + [
+                p.name for p in pipeline.processes.values() if p.config["site"] == target
+            ]
+        return [target]
 
     @staticmethod
     def _wan_step(wan: Wan, verb: str, value: Any, options: dict[str, Any]) -> None:
@@ -341,6 +415,9 @@ class ScenarioRun:
 
     def _settle(self, step: Step, pipeline: Pipeline, history: History) -> None:
         target = pipeline.clock.now()
+        if isinstance(pipeline.clock, EngineClock):
+            self._settle_virtual(step, pipeline, history, pipeline.clock)
+            return
         limit = pipeline.clock.wall_seconds(float(step.value))
         try:
             pipeline.wait_for(pipeline.caught_up(target), limit, "caught up")
@@ -350,6 +427,25 @@ class ScenarioRun:
                 f"settle at {step.at:.0f}s: reporting did not catch up within {step.value:.0f}s"
             )
             history.record("settle-timeout", through=target, limit=step.value)
+
+    def _settle_virtual(
+        self, step: Step, pipeline: Pipeline, history: History, clock: EngineClock
+    ) -> None:
+        """Let the time run until reporting has caught up, for at most the step's span of
+        scenario time, a heartbeat interval at a time."""
+        target = clock.now()
+        caught_up = pipeline.caught_up(target)
+        while not caught_up(pipeline.figures()):
+            if clock.now() - target >= float(step.value):
+                self.failures.append(
+                    f"settle at {step.at:.0f}s: reporting did not catch up within {step.value:.0f}s"
+                )
+                history.record("settle-timeout", through=target, limit=step.value)
+                return
+            clock.sleep(
+                min(pipeline.settings.heartbeat_interval, target + step.value - clock.now())
+            )
+        history.record("settled", through=target)
 
     def finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:
         wan = deployment.wan
@@ -499,19 +595,24 @@ class Sampler(threading.Thread):
         self.history = history
         self._halt = threading.Event()
 
+        self.count = 0
+
     def run(self) -> None:
-        count = 0
         while not self._halt.wait(SAMPLE_WALL_S):
-            count += 1
-            try:
-                figures = self.pipeline.figures()
-                if count % 10 == 0:
-                    lag, seconds = self._replication_lag()
-                    figures["replication_lag_bytes"] = lag
-                    figures["replication_lag_s"] = seconds
-                self.history.record("sample", **figures)
-            except Exception as exc:  # a sample is best effort; the run goes on
-                self.history.record("sample-failed", error=str(exc)[:200])
+            self.sample()
+
+    def sample(self) -> None:
+        """One sample of the figures (the replication lag every tenth)."""
+        self.count += 1
+        try:
+            figures = self.pipeline.figures()
+            if self.count % 10 == 0:
+                lag, seconds = self._replication_lag()
+                figures["replication_lag_bytes"] = lag
+                figures["replication_lag_s"] = seconds
+            self.history.record("sample", **figures)
+        except Exception as exc:  # a sample is best effort; the run goes on
+            self.history.record("sample-failed", error=str(exc)[:200])
 
     def _replication_lag(self) -> tuple[dict[str, int | None], dict[str, float | None]]:
         """Per standby: bytes of WAL it has yet to replay, and how old (wall seconds) the

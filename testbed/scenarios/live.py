@@ -134,7 +134,9 @@ class LiveRun:
 
     @property
     def clock(self) -> Clock:
-        return self.pipeline.clock
+        clock = self.pipeline.clock
+        assert isinstance(clock, Clock), "a live environment runs on the realtime clock"
+        return clock
 
     def describe(self) -> dict[str, Any]:
         """Where everything is: the run's folder, servers and WAN routes, scenario time."""

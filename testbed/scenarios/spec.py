@@ -17,6 +17,7 @@ from testbed.clock import DEFAULT_FACTOR, parse_duration, parse_factor
 from testbed.errors import InvalidFile, TestbedError
 from testbed.netfault.toxics import REGISTRY
 from testbed.topology import Topology, load_topology, source_name, with_replacement_site
+from testbed.vclock.engine_clock import VIRTUAL_FACTOR
 from testbed.verdict.tolerance import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_THRESHOLD_S,
@@ -172,7 +173,10 @@ class _Parser:
         except InvalidFile as exc:
             raise self.fail(("topology",), str(exc)) from None
         try:
-            factor = parse_factor(top["clock"]) if "clock" in top else DEFAULT_FACTOR
+            if str(top.get("clock", "")).strip() == "virtual":
+                factor = VIRTUAL_FACTOR
+            else:
+                factor = parse_factor(top["clock"]) if "clock" in top else DEFAULT_FACTOR
         except TestbedError as exc:
             raise self.fail(("clock",), str(exc)) from None
         settings = {

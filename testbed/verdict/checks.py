@@ -15,7 +15,7 @@ from typing import Any
 from testbed.clock import Clock, format_duration
 from testbed.digests import event_digest
 from testbed.history import of_kind, read_history
-from testbed.periods import PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
+from testbed.periods import IO_DEADLINE_S, PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import load_topology, topology_from_dict
 from testbed.verdict.congestion import congested_spans
 from testbed.verdict.infomarts import loss_by_infomart
@@ -64,11 +64,16 @@ def evaluate(out: Path) -> Outcome:
     # Runs before the tolerance was recorded kept its parts: the report re-made is the same.
     tolerance = float(run.get("tolerance_s", heartbeat + float(run["detection_s"])))
     factor = float(run["factor"])
-    priming = PRIMING_WALL_S * factor
     # The WAN round trip in force at each instant, in scenario time.
     rtt = round_trip_at(history, factor)
-    ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
-    reconnect = RECONNECT_WALL_S * factor
+    if factor:
+        priming = PRIMING_WALL_S * factor
+        ack_grace = ack_timeout(Clock(0.0, factor), heartbeat) * factor
+        reconnect = RECONNECT_WALL_S * factor
+    else:  # the virtual clock: the documented periods alone, no wall time in any band
+        priming = IO_DEADLINE_S  # a source behind a black hole answers at its deadline
+        ack_grace = heartbeat  # a source's wait for an ICON's acknowledgement
+        reconnect = 0.0
     margins = (priming, rtt, ack_grace, reconnect)
     congested = congested_spans(history, float(settings.get("rate_per_hour", 600.0)), factor)
     predictions = predict_all(initial, history, threshold, tolerance, *margins, congested)
@@ -197,9 +202,9 @@ def evaluate(out: Path) -> Outcome:
         "facts": sum(facts.values()),
         "discarded": len(final.get("discards", [])),
         "rto_s": rto,
-        "rto_wall_s": rto / factor if rto is not None else None,
+        "rto_wall_s": rto / factor if rto is not None and factor else None,
         "rpo_s": rpo,
-        "rpo_wall_s": rpo / factor,
+        "rpo_wall_s": rpo / factor if factor else None,
         "stuck_sites": stuck_seen,
         "lineage_sample": dict(list(lineage.items())[:20]),
         "stopped_at": dict(collections.Counter(h["stopped_at"] for h in lineage.values())),
@@ -221,7 +226,12 @@ def _step_lags(history: list[dict], factor: float) -> list[dict[str, Any]]:
         if entry["kind"] == "step-done" and step.get("verb") != "settle":
             lag = entry["t"] - float(step["at"])
             lags.append(
-                {"verb": step["verb"], "at": step["at"], "lag_s": lag, "lag_wall_s": lag / factor}
+                {
+                    "verb": step["verb"],
+                    "at": step["at"],
+                    "lag_s": lag,
+                    "lag_wall_s": lag / factor if factor else None,
+                }
             )
     return lags
 

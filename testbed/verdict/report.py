@@ -147,7 +147,11 @@ def _tolerance_line(f: dict[str, Any]) -> str:
         + (
             f"; slowest step to take effect: {slowest['verb']} at"
             f" {format_duration(slowest['at'])}, {format_duration(slowest['lag_s'])}"
-            f" ({slowest['lag_wall_s'] * 1000:.0f} ms wall)"
+            + (
+                f" ({slowest['lag_wall_s'] * 1000:.0f} ms wall)"
+                if slowest["lag_wall_s"] is not None
+                else ""
+            )
             if slowest
             else ""
         )
