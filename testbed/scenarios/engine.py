@@ -218,6 +218,8 @@ class ScenarioRun:
                     history.record("placement", nodes=placements())
                 self.operator = Operator(deployment, pipeline, history.record)
                 yield deployment, pipeline
+                if coordinator is not None:
+                    history.record("virtual-clock", **coordinator.stats())
             pids = [p.pid for p in pipeline.processes.values() if p.pid]
         left = [p for p in pids if procs.alive(p)] + backend.leftovers()
         history.record("teardown", leftover_pids=left)

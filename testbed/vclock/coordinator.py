@@ -21,9 +21,11 @@ nothing depends on which process wins a race.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import selectors
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from testbed.errors import TestbedError
 from testbed.vclock import wire
+from testbed.vclock.wire import now_path
 
 ENV = "TESTBED_CLOCK"
 RANKS = {"source": 1, "icon": 2, "gim": 3}
@@ -101,7 +104,17 @@ class Coordinator:
         self._lock = threading.Condition()
         self._closing = False
         self.instants = 0  # instants the time has stopped at (a run's cost)
+        self.wakes: dict[str, int] = {}  # wakes per participant
+        self.busy_wall: dict[str, float] = {}  # wall seconds from its wake to quiescence
+        self._woken: tuple[str, float] | None = None
         self.path = self._socket_path(folder)
+        # The time itself is a double in a shared file: written only while the run is
+        # quiescent and before anyone due is woken (a syscall away), so every reader sees
+        # the instant it is woken at, and no message per participant and instant is needed.
+        self._now_file = open(now_path(self.path), "w+b")  # noqa: SIM115 - closed by close()
+        self._now_file.write(struct.pack("d", self._now))
+        self._now_file.flush()
+        self._now_map = mmap.mmap(self._now_file.fileno(), 8)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
         self._listener.listen(64)
@@ -174,6 +187,15 @@ class Coordinator:
         with self._lock:
             self._probes.append(probe)
 
+    def stats(self) -> dict[str, object]:
+        """What the run cost: instants, and per participant its wakes and wall time."""
+        with self._lock:
+            return {
+                "instants": self.instants,
+                "wakes": dict(sorted(self.wakes.items())),
+                "busy_wall_s": {k: round(v, 3) for k, v in sorted(self.busy_wall.items())},
+            }
+
     def participants(self) -> list[str]:
         with self._lock:
             return sorted(m.name for m in self._members.values() if m.name)
@@ -189,7 +211,10 @@ class Coordinator:
         for fd in (self._poke_r, self._poke_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._now_map.close()
+        self._now_file.close()
         self.path.unlink(missing_ok=True)
+        now_path(self.path).unlink(missing_ok=True)
 
     def __enter__(self) -> Coordinator:
         return self
@@ -285,34 +310,40 @@ class Coordinator:
         return "; ".join(late)
 
     def _advance(self) -> bool:
-        """One move, if the run is quiescent and the time is running. Returns whether a
-        probe asked to be polled again."""
-        if self._target is None or not self._quiescent():
-            return False
-        if any(probe() for probe in self._probes):
-            return True
-        if self._now >= self._target:  # there: steps at this instant go before the rest
-            self._target = None
-            self._lock.notify_all()
-            return False
-        due = sorted(
-            (m for m in self._active() if (d := m.due_at()) is not None and d <= self._now),
-            key=lambda m: m.order,
-        )
-        if due:
-            first = due[0]
-            first.wakes_here += 1
-            if first.wakes_here > WAKES_PER_INSTANT_MAX:
-                raise RuntimeError(
-                    f"{first.name} was woken {first.wakes_here} times at one instant"
-                )
-            self._send(first, "wake")
-            return False
-        upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
-        self._now = min([self._target, *upcoming])
-        self.instants += 1
-        for member in self._members.values():
-            member.wakes_here = 0
-            if member.name not in self._frozen:
-                self._send(member, "now")
-        return False
+        """Every move there is to make now: wake the next one due, or move the time on, as
+        long as the run is quiescent and the time is running. Returns whether a probe asked
+        to be polled again."""
+        while True:
+            if self._target is None or not self._quiescent():
+                return False
+            if self._woken is not None:
+                name, since = self._woken
+                self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
+                self._woken = None
+            if any(probe() for probe in self._probes):
+                return True
+            if self._now >= self._target:  # there: steps at this instant go before the rest
+                self._target = None
+                self._lock.notify_all()
+                return False
+            due = sorted(
+                (m for m in self._active() if (d := m.due_at()) is not None and d <= self._now),
+                key=lambda m: m.order,
+            )
+            if due:
+                first = due[0]
+                first.wakes_here += 1
+                if first.wakes_here > WAKES_PER_INSTANT_MAX:
+                    raise RuntimeError(
+                        f"{first.name} was woken {first.wakes_here} times at t={self._now}"
+                    )
+                self._send(first, "wake")
+                self.wakes[first.name] = self.wakes.get(first.name, 0) + 1
+                self._woken = (first.name, time.monotonic())
+                return False
+            upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
+            self._now = min([self._target, *upcoming])
+            self._now_map[:8] = struct.pack("d", self._now)
+            self.instants += 1
+            for member in self._members.values():
+                member.wakes_here = 0

@@ -15,8 +15,10 @@ A process whose coordinator is gone exits: nobody would ever wake it again.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from testbed.errors import TestbedError
 from testbed.vclock import wire
+from testbed.vclock.wire import now_path
 
 ORPHANED_EXIT = 70  # the run's clock went away
 T = TypeVar("T")
@@ -62,8 +65,9 @@ class VirtualClock:
         first = self._reader.next()
         if first is None:
             raise TestbedError(f"{name}: the run's virtual clock closed before it answered")
-        self._now = float(first["t"])
         self._gen = int(first["gen"])
+        with open(now_path(path), "rb") as shared:
+            self._now_map = mmap.mmap(shared.fileno(), 8, access=mmap.ACCESS_READ)
         self._local = threading.local()
         main = Slot()
         self._local.slot = main
@@ -75,7 +79,11 @@ class VirtualClock:
     # --- reading and waiting -------------------------------------------------------------
 
     def now(self) -> float:
-        return self._now
+        return float(struct.unpack_from("d", self._now_map)[0])
+
+    @property
+    def _now(self) -> float:
+        return self.now()
 
     def sleep(self, seconds: float) -> None:
         self.sleep_until(self._now + max(0.0, seconds))
@@ -180,16 +188,19 @@ class VirtualClock:
             if message is None:
                 os._exit(ORPHANED_EXIT)
             with self._lock:
-                self._now = float(message["t"])
                 self._gen = int(message["gen"])
-                if message["op"] == "wake":
-                    self._wake_due()
-                self._report(force=True)
+                woke = self._wake_due() if message["op"] == "wake" else False
+                if not woke:  # a thread woken answers for the process when it parks
+                    self._report(force=True)
 
-    def _wake_due(self) -> None:
+    def _wake_due(self) -> bool:
+        """Under the lock: wake the threads due now, cancel the calls past their deadline;
+        whether a thread now runs."""
+        woke = False
         for slot in list(self._slots):
             if slot.state == "parked" and slot.until is not None and slot.until <= self._now:
                 self._run(slot)
+                woke = True
             elif (
                 slot.state == "io"
                 and slot.io is not None
@@ -200,6 +211,7 @@ class VirtualClock:
                 slot.cancelled = True  # counts as busy until the call has failed
                 with contextlib.suppress(Exception):
                     slot.cancel()
+        return woke
 
     def _report(self, force: bool = False) -> None:
         """Under the lock: tell the coordinator what this process is doing, if it changed."""
@@ -210,7 +222,7 @@ class VirtualClock:
             key=lambda io: (io[0], io[1] or "", io[2]),
         )
         wake = min(wakes) if wakes else None
-        summary = (busy, wake, ios)
+        summary = (busy, wake, ios, self._gen)
         if summary == self._said and not force:
             return
         self._said = summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "virtual:"
@@ -49,3 +50,8 @@ class Reader:
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
+
+
+def now_path(socket_path: Path | str) -> Path:
+    """The shared file holding the time (a double), beside the coordinator's socket."""
+    return Path(socket_path).with_name("now")
