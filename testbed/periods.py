@@ -83,15 +83,9 @@ def detection_delay(factor: float, heartbeat_interval: float) -> float:
 # A GIM waits this long within a cycle for its sources' answers: a source that the faults
 # block answers at its deadline, a cycle later.
 COLLECT_S = 1.0
-RETRY_START_S = 1.0  # an ICON's first retry of an unreachable IDB, doubling up to retry_cap
 
 
 def next_on_grid(now: float, period: float) -> float:
     """The first multiple of `period` after `now`: the instants a periodic duty falls on."""
     steps = int(now // period) + 1
     return steps * period
-
-
-def virtual_retry_cap(heartbeat_interval: float) -> float:
-    """An ICON retries an unreachable IDB at least four times a heartbeat interval."""
-    return heartbeat_interval / 4

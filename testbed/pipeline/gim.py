@@ -44,9 +44,7 @@ from testbed.periods import (
     COLLECT_S,
     CONNECT_TIMEOUT_S,
     GIM_CYCLE_S,
-    RETRY_START_S,
     next_on_grid,
-    virtual_retry_cap,
 )
 from testbed.pipeline.component import (
     call,
@@ -312,18 +310,15 @@ class Gim:
 
     def run_paced(self, virtual: VirtualClock) -> None:
         """The cycle on the virtual clock (see the class's docstring)."""
-        backoff = RETRY_START_S
         last_cycle: float | None = None  # scenario time of the last cycle applied
         while True:
             if self.conn is None:
                 try:
                     self.conn = self._connect()
-                    backoff = RETRY_START_S
                 except (psycopg.Error, OSError) as exc:
                     self.log.warning("Info Mart unreachable: %s", str(exc).strip()[:200])
                     self._status()
-                    virtual.sleep(backoff)
-                    backoff = min(backoff * 2, virtual_retry_cap(self.period))
+                    virtual.sleep_until(next_on_grid(virtual.now(), self.period))  # next cycle
                     continue
             began = virtual.now()
             if last_cycle is None or began - last_cycle > self.period:

@@ -34,7 +34,7 @@ import psycopg
 
 from testbed.clock import Clock
 from testbed.errors import TestbedError
-from testbed.periods import RETRY_START_S, next_on_grid, retry_cap, virtual_retry_cap
+from testbed.periods import next_on_grid, retry_cap
 from testbed.pipeline.component import (
     call,
     connect,
@@ -69,12 +69,12 @@ class Icon:
         self.log = setup_logging(self.name, config["site"], clock)
         self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
         self.heartbeat_interval = float(config["heartbeat_interval"])
-        if self.virtual is not None:
-            self.backoff_start = RETRY_START_S
-            self.backoff_cap = virtual_retry_cap(self.heartbeat_interval)
-        else:
-            self.backoff_start = BACKOFF_START_S
-            self.backoff_cap = retry_cap(clock, self.heartbeat_interval)  # type: ignore[arg-type]
+        self.backoff_start = BACKOFF_START_S
+        self.backoff_cap = (
+            self.heartbeat_interval
+            if self.virtual is not None
+            else retry_cap(clock, self.heartbeat_interval)  # type: ignore[arg-type]
+        )
         self.queued = self.virtual.gate() if self.virtual is not None else None
         self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
         # Per open source session, its watermark; a heartbeat carries the smallest, since
@@ -138,15 +138,18 @@ class Icon:
         backoff = min(self.backoff_start, self.backoff_cap)
         while True:
             self._maybe_heartbeat()
-            items = self.queue.peek(BATCH_MAX)
-            if not items or (
-                len(items) < BATCH_MAX and self.clock.now() - items[0].ts < self.flush_after
+            count, first_queued = self.queue.head(BATCH_MAX)
+            if first_queued is None or (
+                count < BATCH_MAX and self.clock.now() - first_queued < self.flush_after
             ):
-                self._idle(items[0].ts + self.flush_after if items else None)
+                self._idle(first_queued + self.flush_after if first_queued is not None else None)
                 continue
             try:
                 if conn is None:
                     conn = self._connect()
+                # Read (and decode) the batch only once the IDB answers: an outage's retries
+                # must not cost a pass over the backlog each.
+                items = self.queue.peek(BATCH_MAX)
                 with call(self.clock, conn, self.idb_name, self.route):
                     self._write(conn, items)
                 backoff = min(self.backoff_start, self.backoff_cap)
@@ -158,8 +161,12 @@ class Icon:
                     conn.close()
                 conn = None
                 if self.virtual is not None:
+                    # Again at the next heartbeat: the instant its GIM looks next anyway,
+                    # so an earlier retry could not change what the GIM sees.
                     self._write_status()
-                    self.virtual.sleep(backoff)
+                    self.virtual.sleep_until(
+                        next_on_grid(self.clock.now(), self.heartbeat_interval)
+                    )
                 else:
                     time.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_cap)

@@ -60,6 +60,18 @@ class PersistentQueue:
                 raise
         return self.depth()
 
+    def head(self, limit: int) -> tuple[int, float | None]:
+        """How many items the next `peek(limit)` would return, and when the first was
+        queued: what deciding whether to write costs, without decoding a single body (a
+        writer retrying an unreachable IDB asks this at every attempt)."""
+        with self._lock:
+            count, first = self._db.execute(
+                "SELECT count(*), (SELECT ts FROM queue ORDER BY seq LIMIT 1)"
+                " FROM (SELECT 1 FROM queue ORDER BY seq LIMIT ?)",
+                (limit,),
+            ).fetchone()
+        return int(count), first
+
     def peek(self, limit: int) -> list[Item]:
         with self._lock:
             rows = self._db.execute(
