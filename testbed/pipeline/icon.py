@@ -7,6 +7,9 @@ its IDB database in order, in batches, exactly once.
   sequence number is stored in the same transaction (`icon_progress`), so a crash between
   the commit and the queue delete replays nothing twice: rows at or below it are skipped and
   deleted from the queue on restart.
+- On the virtual clock the writer writes once a heartbeat interval, at its heartbeat: the
+  calls its source handed over at that instant, then the heartbeat that vouches for them,
+  in one batch (a backlog goes on in batches at once).
 - While the IDB is unreachable (refused, reset or black-holed) intake goes on and the
   writer retries with capped backoff; every call has a deadline, so a hung WAN is noticed
   in seconds, not never.
@@ -55,9 +58,9 @@ STATUS_EVERY_S = 0.05
 
 
 class Icon:
-    """On the virtual clock the writer parks until its next duty (a heartbeat on the grid
-    of the heartbeat interval, or the oldest queued record's flush) or until intake queues
-    something; its calls to the IDB are I/O the clock gives a scenario-time deadline."""
+    """On the virtual clock the writer parks until its next heartbeat, on the grid of the
+    heartbeat interval, and writes then what intake queued meanwhile; its calls to the IDB
+    are I/O the clock gives a scenario-time deadline."""
 
     def __init__(self, config: dict[str, Any], clock: Clock | VirtualClock) -> None:
         self.config = config
@@ -75,8 +78,9 @@ class Icon:
             if self.virtual is not None
             else retry_cap(clock, self.heartbeat_interval)  # type: ignore[arg-type]
         )
-        self.queued = self.virtual.gate() if self.virtual is not None else None
-        self.flush_after = float(config.get("flush_after", FLUSH_AFTER_S))
+        self.flush_after = (
+            0.0 if self.virtual is not None else float(config.get("flush_after", FLUSH_AFTER_S))
+        )
         # Per open source session, its watermark; a heartbeat carries the smallest, since
         # each source vouches only for its own events (calls moved from a lost site arrive
         # on a second session).
@@ -128,8 +132,6 @@ class Icon:
 
     def _queue(self, items: list[tuple[str, float, dict[str, Any]]]) -> None:
         self.queue.append(items)
-        if self.queued is not None:
-            self.queued.open()  # the writer has something new to look at
 
     # --- writer ------------------------------------------------------------------------
 
@@ -172,13 +174,13 @@ class Icon:
                 backoff = min(backoff * 2, self.backoff_cap)
 
     def _idle(self, flush_at: float | None) -> None:
-        """Nothing to write yet: wait for the next duty or for intake."""
-        if self.virtual is None or self.queued is None:
+        """Nothing to write yet: wait for the next duty (on the virtual clock, the next
+        heartbeat: what intake queues meanwhile goes with it)."""
+        if self.virtual is None:
             time.sleep(0.002)
             return
         self._write_status()
-        due = self.next_heartbeat if flush_at is None else min(self.next_heartbeat, flush_at)
-        self.queued.wait(due)
+        self.virtual.sleep_until(self.next_heartbeat)
 
     def _connect(self) -> psycopg.Connection:
         conn = connect(

@@ -13,9 +13,11 @@ and every I/O it waits on is blocked: a route the faults black-hole, a frozen se
 on a healthy route is running (the database is working), and so is anything a probe says
 is still moving (a standby catching up). Only then does the time move, and only while the
 engine runs it (`run_until`); otherwise it is held, so a step or a procedure costs no
-scenario time. At each instant the participants due then are woken one at a time, in a
-fixed order (sources, ICONs, GIMs, then by name), each until the run is quiescent again:
-nothing depends on which process wins a race.
+scenario time. At each instant the participants due then are woken rank by rank (sources,
+then ICONs, then GIMs), each rank until the run is quiescent again: nothing depends on which
+process wins a race. The members of one rank run together, since none of them reads what
+another writes at the same instant: each source feeds its own ICONs, each ICON writes its
+own rows, and GIMs only read the IDBs, each into its own Info Mart.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class Coordinator:
         self.instants = 0  # instants the time has stopped at (a run's cost)
         self.wakes: dict[str, int] = {}  # wakes per participant
         self.busy_wall: dict[str, float] = {}  # wall seconds from its wake to quiescence
-        self._woken: tuple[str, float] | None = None
+        self._woken: tuple[list[str], float] | None = None
         self.path = self._socket_path(folder)
         # The time itself is a double in a shared file: written only while the run is
         # quiescent and before anyone due is woken (a syscall away), so every reader sees
@@ -317,8 +319,9 @@ class Coordinator:
             if self._target is None or not self._quiescent():
                 return False
             if self._woken is not None:
-                name, since = self._woken
-                self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
+                names, since = self._woken
+                for name in names:
+                    self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
                 self._woken = None
             if any(probe() for probe in self._probes):
                 return True
@@ -331,15 +334,17 @@ class Coordinator:
                 key=lambda m: m.order,
             )
             if due:
-                first = due[0]
-                first.wakes_here += 1
-                if first.wakes_here > WAKES_PER_INSTANT_MAX:
-                    raise RuntimeError(
-                        f"{first.name} was woken {first.wakes_here} times at t={self._now}"
-                    )
-                self._send(first, "wake")
-                self.wakes[first.name] = self.wakes.get(first.name, 0) + 1
-                self._woken = (first.name, time.monotonic())
+                rank = due[0].rank
+                woken = [m for m in due if m.rank == rank]
+                for member in woken:
+                    member.wakes_here += 1
+                    if member.wakes_here > WAKES_PER_INSTANT_MAX:
+                        raise RuntimeError(
+                            f"{member.name} was woken {member.wakes_here} times at t={self._now}"
+                        )
+                    self._send(member, "wake")
+                    self.wakes[member.name] = self.wakes.get(member.name, 0) + 1
+                self._woken = ([m.name for m in woken], time.monotonic())
                 return False
             upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
             self._now = min([self._target, *upcoming])
