@@ -8,8 +8,9 @@ plus the longest of those delays at the run's clock (`testbed.periods.detection_
 documented periods the components obey). The formula is printed in every report.
 
 At the default clock (1h = 1s, heartbeat 1m) it is 1m + max(1m, 0.1 s x 3600) = 7m, 1.5 %
-of the default 8h threshold. A scenario whose tolerance would exceed `MAX_SHARE` of its
-threshold, or of a window it states, cannot be judged and is refused.
+of the default 8h threshold; on the virtual clock it is the heartbeat alone, 1m. A scenario
+whose tolerance would exceed `MAX_SHARE` of its threshold, or of a window it states, cannot
+be judged and is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class Tolerance:
         return self.heartbeat + self.detection
 
     def formula(self) -> str:
+        if self.factor == 0:
+            return (
+                f"heartbeat {format_duration(self.heartbeat)} (virtual time: a fault acts by"
+                " the next heartbeat, and no wall time delays it)"
+            )
         return (
             f"heartbeat {format_duration(self.heartbeat)} + detection max(heartbeat,"
             f" {DETECTION_WALL_S:g} wall s x clock {self.factor:g})"
@@ -44,6 +50,11 @@ class Tolerance:
 
 
 def tolerance_for(factor: float, heartbeat_interval: float = DEFAULT_HEARTBEAT_S) -> Tolerance:
+    """On the virtual clock (`factor` 0) every duty falls on the heartbeat grid and a step
+    takes effect at its instant, before anyone due then runs: an edge moves by at most the
+    one heartbeat to the next grid instant, with no detection delay on top."""
+    if factor == 0:
+        return Tolerance(heartbeat_interval, 0.0, factor)
     return Tolerance(heartbeat_interval, detection_delay(factor, heartbeat_interval), factor)
 
 
@@ -57,7 +68,7 @@ def refusal(tolerance: Tolerance, windows: dict[str, float]) -> str | None:
             return (
                 f"at this clock the verdict's tolerance is {format_duration(tolerance.seconds)}"
                 f" ({tolerance.formula()}), more than {MAX_SHARE:.0%} of the"
-                f" {format_duration(window)} {name}: {_advice(tolerance.heartbeat, window, name)}"
+                f" {format_duration(window)} {name}: {_advice(tolerance, window, name)}"
             )
     return None
 
@@ -76,7 +87,13 @@ def accepted_clock(heartbeat: float, window: float) -> float | None:
     return 3600.0 / readable
 
 
-def _advice(heartbeat: float, window: float, name: str) -> str:
+def _advice(tolerance: Tolerance, window: float, name: str) -> str:
+    heartbeat = tolerance.heartbeat
+    if tolerance.factor == 0:  # the virtual clock: the heartbeat is the whole tolerance
+        return (
+            f"make the {name} at least {format_duration(heartbeat / MAX_SHARE)}, or set"
+            f" heartbeat_interval to at most {format_duration(MAX_SHARE * window)}"
+        )
     factor = accepted_clock(heartbeat, window)
     if factor is None:
         return (
