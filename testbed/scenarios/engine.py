@@ -434,10 +434,12 @@ class ScenarioRun:
         self, step: Step, pipeline: Pipeline, history: History, clock: EngineClock
     ) -> None:
         """Let the time run until reporting has caught up, for at most the step's span of
-        scenario time, a heartbeat interval at a time."""
+        scenario time, a heartbeat interval at a time: each a sample, as the realtime
+        sampler goes on through a settle (the return and the recovery are in them)."""
         target = clock.now()
         caught_up = pipeline.caught_up(target)
-        while not caught_up(pipeline.figures()):
+        figures = pipeline.figures()
+        while not caught_up(figures):
             if clock.now() - target >= float(step.value):
                 self.failures.append(
                     f"settle at {step.at:.0f}s: reporting did not catch up within {step.value:.0f}s"
@@ -447,6 +449,8 @@ class ScenarioRun:
             clock.sleep(
                 min(pipeline.settings.heartbeat_interval, target + step.value - clock.now())
             )
+            figures = pipeline.figures()
+            history.record("sample", **figures)
         history.record("settled", through=target)
 
     def finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:

@@ -194,6 +194,7 @@ def evaluate(out: Path) -> Outcome:
         "planned_windows": {s: [[a, b] for a, b in w] for s, w in planned.windows.items()},
         "step_lags": _step_lags(history, factor),
         "wan_toxics": wan_toxics(history, factor),
+        "clock": run.get("clock", "realtime"),
         "tolerance_s": tolerance,
         "tolerance_formula": run.get("tolerance_formula"),
         "tolerance_share_of_threshold": tolerance / threshold if threshold else None,

@@ -141,7 +141,8 @@ def _tolerance_line(f: dict[str, Any]) -> str:
     share = f.get("tolerance_share_of_threshold")
     slowest = max(f.get("step_lags") or [], key=lambda s: s["lag_s"], default=None)
     return (
-        f"edge tolerance {format_duration(f['tolerance_s'])}"
+        ("on virtual time, " if f.get("clock") == "virtual" else "")
+        + f"edge tolerance {format_duration(f['tolerance_s'])}"
         + (f" ({share:.1%} of the threshold)" if share is not None else "")
         + (f": {f['tolerance_formula']}" if f.get("tolerance_formula") else "")
         + (
