@@ -240,8 +240,11 @@ class ScenarioRun:
     ) -> None:
         sampler = Sampler(pipeline, deployment, history)
         if isinstance(pipeline.clock, EngineClock):
+            # Sampled whenever the time runs (between steps, in a settle, in a procedure
+            # that waits), on the grid of SAMPLE_VIRTUAL_S.
+            pipeline.clock.coordinator.every(SAMPLE_VIRTUAL_S, sampler.sample)
             for step in steps:
-                self._run_to(step.at, pipeline.clock, sampler)
+                pipeline.clock.sleep_until(step.at)
                 self.progress(pipeline.clock.now(), f"{step.verb} {step.value or step.options}")
                 self.apply(step, deployment, pipeline, history)
             return
@@ -253,15 +256,6 @@ class ScenarioRun:
                 self.apply(step, deployment, pipeline, history)
         finally:
             sampler.stop()
-
-    @staticmethod
-    def _run_to(instant: float, clock: EngineClock, sampler: Sampler) -> None:
-        """Play the time up to `instant`, sampling on the grid of `SAMPLE_VIRTUAL_S`."""
-        while clock.now() < instant:
-            sample_at = (clock.now() // SAMPLE_VIRTUAL_S + 1) * SAMPLE_VIRTUAL_S
-            clock.sleep_until(min(instant, sample_at))
-            if clock.now() == sample_at:
-                sampler.sample()
 
     def apply(
         self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
@@ -434,8 +428,7 @@ class ScenarioRun:
         self, step: Step, pipeline: Pipeline, history: History, clock: EngineClock
     ) -> None:
         """Let the time run until reporting has caught up, for at most the step's span of
-        scenario time, a heartbeat interval at a time: each a sample, as the realtime
-        sampler goes on through a settle (the return and the recovery are in them)."""
+        scenario time, a heartbeat interval at a time (sampled as the time runs)."""
         target = clock.now()
         caught_up = pipeline.caught_up(target)
         figures = pipeline.figures()
@@ -450,7 +443,6 @@ class ScenarioRun:
                 min(pipeline.settings.heartbeat_interval, target + step.value - clock.now())
             )
             figures = pipeline.figures()
-            history.record("sample", **figures)
         history.record("settled", through=target)
 
     def finish(self, deployment: Deployment, pipeline: Pipeline, history: History) -> None:

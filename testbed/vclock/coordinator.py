@@ -109,6 +109,8 @@ class Coordinator:
         self.wakes: dict[str, int] = {}  # wakes per participant
         self.busy_wall: dict[str, float] = {}  # wall seconds from its wake to quiescence
         self._woken: tuple[list[str], float] | None = None
+        self._ticker: tuple[float, Callable[[], None]] | None = None
+        self._next_tick = float("inf")
         self.path = self._socket_path(folder)
         # The time itself is a double in a shared file: written only while the run is
         # quiescent and before anyone due is woken (a syscall away), so every reader sees
@@ -188,6 +190,14 @@ class Coordinator:
         """`probe()` is true while something outside the participants is still moving."""
         with self._lock:
             self._probes.append(probe)
+
+    def every(self, period: float, tick: Callable[[], None]) -> None:
+        """`tick()` at every multiple of `period` the time reaches, before anyone due then
+        is woken, on the clock's own thread (the engine's samples): it costs no handoff to
+        the engine and no instant of its own where someone is due anyway."""
+        with self._lock:
+            self._ticker = (period, tick)
+            self._next_tick = (self._now // period + 1) * period
 
     def stats(self) -> dict[str, object]:
         """What the run cost: instants, and per participant its wakes and wall time."""
@@ -347,8 +357,12 @@ class Coordinator:
                 self._woken = ([m.name for m in woken], time.monotonic())
                 return False
             upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
-            self._now = min([self._target, *upcoming])
+            self._now = min([self._target, self._next_tick, *upcoming])
             self._now_map[:8] = struct.pack("d", self._now)
             self.instants += 1
+            if self._ticker is not None and self._now >= self._next_tick:
+                period, tick = self._ticker
+                self._next_tick = (self._now // period + 1) * period
+                tick()
             for member in self._members.values():
                 member.wakes_here = 0
