@@ -14,6 +14,7 @@ from testbed.cli.output import err, home_option, out, stop_on_signals, user_erro
 from testbed.errors import TestbedError
 
 TOPOLOGIES = ("active-standby", "active-active")
+CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (imported lazily)
 
 
 @click.command()
@@ -23,6 +24,13 @@ TOPOLOGIES = ("active-standby", "active-active")
 )
 @click.option(
     "--topology", default="active-standby", show_default=True, help=" or ".join(TOPOLOGIES)
+)
+@click.option(
+    "--clock",
+    default="realtime",
+    show_default=True,
+    help="realtime (1h = 1s to 2s) or virtual (the time jumps when the run is quiescent;"
+    " no WAN toxics are drawn)",
 )
 @click.option(
     "--out",
@@ -45,6 +53,7 @@ def fuzz(
     runs: int,
     seed: int,
     topology: str,
+    clock: str,
     out_dir: str | None,
     shrink_budget: int,
     as_json: bool,
@@ -60,6 +69,8 @@ def fuzz(
         raise TestbedError(f"--shrink-budget {shrink_budget} must not be negative")
     if topology not in TOPOLOGIES:
         raise TestbedError(f"--topology {topology!r} is not one of: {', '.join(TOPOLOGIES)}")
+    if clock not in CLOCKS:
+        raise TestbedError(f"--clock {clock!r} is not one of: {', '.join(CLOCKS)}")
     folder = Path(out_dir) if out_dir else Path(".testbed/fuzz") / time.strftime("%Y%m%d-%H%M%S")
     stop_on_signals()
     with Progress(
@@ -74,7 +85,7 @@ def fuzz(
         def progress(index: int, name: str) -> None:
             bar.update(task, completed=index, description=f"{topology}: {name}")
 
-        result = campaign(runs, seed, topology, folder, home, shrink_budget, progress)
+        result = campaign(runs, seed, topology, folder, home, shrink_budget, progress, clock=clock)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
