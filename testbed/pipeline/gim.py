@@ -311,6 +311,9 @@ class Gim:
     def run_paced(self, virtual: VirtualClock) -> None:
         """The cycle on the virtual clock (see the class's docstring)."""
         last_cycle: float | None = None  # scenario time of the last cycle applied
+        # Ready before the first call to the Info Mart: that call may wait for a deadline
+        # the clock reaches only once the step that started this GIM is over.
+        self._status()
         while True:
             if self.conn is None:
                 try:

@@ -327,6 +327,10 @@ def main() -> None:
         config["idb"],
         config["database"],
     )
+    if icon.virtual is not None:
+        # Ready before the first call to the IDB: that call may wait for a deadline the
+        # clock reaches only once the step that started this ICON is over.
+        icon._write_status()
     icon.run_writer()
 
 
