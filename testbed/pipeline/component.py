@@ -13,6 +13,8 @@ import logging
 import os
 import selectors
 import signal
+import socket
+import struct
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -158,6 +160,7 @@ def _connect_on_time(
                 selector.unregister(fileno)
                 selector.unregister(cancel_r)
                 if any(key.fd == cancel_r for key, _ in ready):
+                    _abort_on_close(fileno)
                     raise psycopg.errors.ConnectionTimeout(
                         f"no answer from {target} within {IO_DEADLINE_S:g}s of scenario time"
                     )
@@ -176,6 +179,18 @@ def _connect_on_time(
         gen.close()
         os.close(cancel_r)
         os.close(cancel_w)
+
+
+def _abort_on_close(fileno: int) -> None:
+    """Make closing this half-open connection a reset. Across a black hole the WAN proxy
+    has dialled the server already (as Toxiproxy does), and a server backend would wait
+    for the startup packet until its wall-clock authentication timeout: a virtual clock
+    retrying every heartbeat would fill the server's connection slots within seconds. A
+    reset ends the proxy's connection, and so the backend, where a plain close would be
+    swallowed by the hole like any byte. Only a connect is ended so: no transaction can be
+    open on it."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fileno)) as dup:
+        dup.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _poke(fd: int) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from testbed import launcher, procs
 from testbed.backends.choose import open_backend
 from testbed.clock import Clock
@@ -267,9 +269,12 @@ class ScenarioRun:
             self._execute(step, deployment, pipeline, history)
             # When it took effect: a heal, a start or a resume is done only now.
             history.record("step-done", step=step.to_json())
-        except TestbedError as exc:
-            self.failures.append(f"step {step.verb} at {step.at:.0f}s: {exc}")
-            history.record("step-failed", step=step.to_json(), error=str(exc))
+        except (TestbedError, psycopg.Error) as exc:
+            # A server refusing a procedure's statement (out of connection slots, say) is
+            # the step failing, said in the verdict: not a traceback that loses the run.
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            self.failures.append(f"step {step.verb} at {step.at:.0f}s: {message}")
+            history.record("step-failed", step=step.to_json(), error=message)
 
     def _execute(
         self, step: Step, deployment: Deployment, pipeline: Pipeline, history: History
