@@ -144,7 +144,7 @@ class Icon:
             if first_queued is None or (
                 count < BATCH_MAX and self.clock.now() - first_queued < self.flush_after
             ):
-                self._idle(first_queued + self.flush_after if first_queued is not None else None)
+                self._idle()
                 continue
             try:
                 if conn is None:
@@ -173,7 +173,7 @@ class Icon:
                     time.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_cap)
 
-    def _idle(self, flush_at: float | None) -> None:
+    def _idle(self) -> None:
         """Nothing to write yet: wait for the next duty (on the virtual clock, the next
         heartbeat: what intake queues meanwhile goes with it)."""
         if self.virtual is None:

@@ -272,7 +272,7 @@ class ScenarioRun:
         except (TestbedError, psycopg.Error) as exc:
             # A server refusing a procedure's statement (out of connection slots, say) is
             # the step failing, said in the verdict: not a traceback that loses the run.
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            message = (str(exc).strip() or repr(exc)).splitlines()[0]
             self.failures.append(f"step {step.verb} at {step.at:.0f}s: {message}")
             history.record("step-failed", step=step.to_json(), error=message)
 

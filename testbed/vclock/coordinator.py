@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed.errors import TestbedError
+from testbed.periods import next_on_grid
 from testbed.vclock import wire
 from testbed.vclock.wire import now_path
 
@@ -197,7 +198,7 @@ class Coordinator:
         the engine and no instant of its own where someone is due anyway."""
         with self._lock:
             self._ticker = (period, tick)
-            self._next_tick = (self._now // period + 1) * period
+            self._next_tick = next_on_grid(self._now, period)
 
     def stats(self) -> dict[str, object]:
         """What the run cost: instants, and per participant its wakes and wall time."""
@@ -362,7 +363,7 @@ class Coordinator:
             self.instants += 1
             if self._ticker is not None and self._now >= self._next_tick:
                 period, tick = self._ticker
-                self._next_tick = (self._now // period + 1) * period
+                self._next_tick = next_on_grid(self._now, period)
                 tick()
             for member in self._members.values():
                 member.wakes_here = 0

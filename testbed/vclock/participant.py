@@ -81,12 +81,8 @@ class VirtualClock:
     def now(self) -> float:
         return float(struct.unpack_from("d", self._now_map)[0])
 
-    @property
-    def _now(self) -> float:
-        return self.now()
-
     def sleep(self, seconds: float) -> None:
-        self.sleep_until(self._now + max(0.0, seconds))
+        self.sleep_until(self.now() + max(0.0, seconds))
 
     def sleep_until(self, instant: float) -> None:
         self._park(instant, None)
@@ -156,7 +152,7 @@ class VirtualClock:
             if gate is not None and gate.opened:
                 gate.opened = False
                 return True
-            if until is not None and until <= self._now:
+            if until is not None and until <= self.now():
                 return False
             slot.state, slot.until, slot.gate = "parked", until, gate
             slot.event.clear()
@@ -198,13 +194,13 @@ class VirtualClock:
         whether a thread now runs."""
         woke = False
         for slot in list(self._slots):
-            if slot.state == "parked" and slot.until is not None and slot.until <= self._now:
+            if slot.state == "parked" and slot.until is not None and slot.until <= self.now():
                 self._run(slot)
                 woke = True
             elif (
                 slot.state == "io"
                 and slot.io is not None
-                and slot.io[2] <= self._now
+                and slot.io[2] <= self.now()
                 and not slot.cancelled
                 and slot.cancel is not None
             ):
