@@ -247,3 +247,82 @@ def test_a_scenario_runs_against_the_compose_environment(engine, run_scenario) -
         assert again.passed, [c.message for c in again.checks if not c.passed]
     finally:
         subprocess.run([*base, "down", "-v"], capture_output=True, timeout=300)
+
+
+def test_the_proxy_container_reaches_the_clock_folder_at_the_same_path(
+    engine, tmp_path: Path
+) -> None:
+    """On virtual time the WAN proxy joins the run's clock: the clock's folder is mounted
+    into its container at the host's path, where its socket takes a connection and its
+    `now` file reads the run's time."""
+    from testbed.backends.docker import DockerBackend
+    from testbed.deployment import bring_up
+    from testbed.topology import default_topology
+    from testbed.vclock.coordinator import Coordinator
+
+    folder = Coordinator._socket_path(tmp_path / "clock").parent
+    with DockerBackend(home=tmp_path / "home", clock_dir=folder) as backend:
+        bring_up(default_topology(), backend)
+        with Coordinator(folder, at=1234.5) as coordinator:
+            probe = (
+                "import mmap, socket, struct, sys\n"
+                "sock = socket.socket(socket.AF_UNIX)\n"
+                "sock.connect(sys.argv[1])\n"
+                "with open(sys.argv[2], 'rb') as f:\n"
+                "    m = mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ)\n"
+                "    print(struct.unpack('d', m[:8])[0])\n"
+            )
+            from testbed.vclock.wire import now_path
+
+            code, output = backend.proxy_container.exec_run(
+                ["python3", "-c", probe, str(coordinator.path), str(now_path(coordinator.path))]
+            )
+        assert code == 0, output.decode(errors="replace")
+        assert float(output.decode()) == 1234.5
+    assert not backend.leftovers()
+
+
+VIRTUAL_OUTAGE = """\
+name: virtual-outage-on-docker
+description: "a 2h blackhole against a 1h threshold, on virtual time: site 2 loses 1h"
+clock: virtual
+settings:
+  extract_data_stuck_threshold: 1h
+workload:
+  rate: 600/h
+  seed: 4242
+steps:
+  - at: 30m
+    partition: [site1, site2]
+    mode: blackhole
+  - at: 2h30m
+    heal: [site1, site2]
+  - at: 2h30m
+    settle: 1h
+expect:
+  loss:
+    site1: 0
+    site2: 1h
+  duplicates: 0
+  stuck: [site2]
+"""
+
+
+def test_a_virtual_clock_run_has_the_same_outcome_on_docker_and_local(
+    engine, tmp_path: Path
+) -> None:
+    """Virtual time on containers: the same file loses the same event ids and meets the
+    same stuck and return instants as on local processes, to the event and the second."""
+    from test_virtual_time import outcome, run
+
+    results = {}
+    for backend in ("docker", "local"):
+        out = tmp_path / f"out-{backend}"
+        result = run(tmp_path, VIRTUAL_OUTAGE, backend, "--backend", backend, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        results[backend] = outcome(out)
+    lost, changes = results["docker"]
+    assert 500 <= len(lost) <= 700  # about 1h of site 2's calls at 600/h
+    assert all(event.startswith("site2-") for event in lost)
+    assert [sites for _, sites in changes] == [(), ("site2",), ()]
+    assert results["docker"] == results["local"]

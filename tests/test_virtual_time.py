@@ -140,8 +140,9 @@ def test_the_same_file_gives_the_same_verdict_idle_and_loaded(
             (),
             "a latency step needs the realtime clock",
         ),
-        ((), ("--backend", "swarm"), "the virtual clock runs on the local backend only"),
-        ((), ("--toxiproxy-image", "toxiproxy:2"), "the virtual clock runs on the local backend"),
+        ((), ("--backend", "swarm"), "runs on the local and docker backends only"),
+        ((), ("--backend", "compose"), "runs on the local and docker backends only"),
+        ((), ("--toxiproxy-image", "toxiproxy:2"), "cannot join the virtual clock"),
     ],
 )
 def test_what_virtual_time_cannot_run_is_refused_in_one_line(

@@ -20,7 +20,10 @@ def open_backend(
     owner: str = "library",
     storage: str | None = None,
     toxiproxy_image: str | None = None,
+    clock_dir: Path | None = None,
 ) -> Any:
+    """The backend `name`. `clock_dir`: the virtual clock's folder, which a backend whose
+    WAN proxy is a container mounts into it (the local one's processes reach it as is)."""
     if name == "local":
         if toxiproxy_image:
             raise TestbedError("--toxiproxy-image needs --backend docker")
@@ -30,7 +33,13 @@ def open_backend(
     if name == "docker":
         from testbed.backends.docker import DockerBackend
 
-        return DockerBackend(home=home, keep=keep, owner=owner, toxiproxy_image=toxiproxy_image)
+        return DockerBackend(
+            home=home,
+            keep=keep,
+            owner=owner,
+            toxiproxy_image=toxiproxy_image,
+            clock_dir=clock_dir,
+        )
     if name == "swarm":
         from testbed.backends.swarm import SwarmBackend
 

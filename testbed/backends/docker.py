@@ -275,11 +275,15 @@ class DockerBackend:
         owner: str = "library",
         toxiproxy_image: str | None = None,
         storage: str | None = None,  # accepted for symmetry: data lives in Docker volumes
+        clock_dir: Path | None = None,
     ) -> None:
         _configure_testcontainers()
         self.client = images.engine_client()
         self.tags = images.current_tags(self.image_names)
         self.toxiproxy_image = toxiproxy_image
+        # On the virtual clock: the folder of the clock's socket and `now` file, mounted
+        # into the proxy container at the same path so the proxy can join the clock.
+        self.clock_dir = clock_dir
         self.keep = keep
         home_path = runs.home_dir(home)
         home_path.mkdir(parents=True, exist_ok=True)
@@ -351,7 +355,8 @@ class DockerBackend:
 
     def start_proxy(self) -> ToxiproxyClient:
         """The WAN proxy container on every site network; its API and listen ports are
-        published to 127.0.0.1."""
+        published to 127.0.0.1; the virtual clock's folder, if any, is bind-mounted at the
+        same path (a Unix socket and a shared file work across the boundary on one host)."""
         if self.proxy_client is not None:
             return self.proxy_client
         from testcontainers.core.container import DockerContainer
@@ -369,6 +374,9 @@ class DockerBackend:
                 .with_network_aliases(PROXY_ALIAS)
                 .with_kwargs(labels={LABEL: self.id})
             )
+            if self.clock_dir is not None:
+                folder = str(Path(self.clock_dir).absolute())
+                container = container.with_volume_mapping(folder, folder, "rw")
             _publish(container, PROXY_API_PORT, api_port)
             if self.toxiproxy_image:
                 container = container.with_command("-host=0.0.0.0")

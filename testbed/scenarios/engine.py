@@ -89,10 +89,15 @@ class ScenarioRun:
         """What the virtual clock cannot run yet, said before anything starts."""
         if not self.virtual:
             return
-        if self.backend_name != "local" or self.toxiproxy_image:
+        if self.backend_name not in ("local", "docker"):
             raise TestbedError(
-                f"{self.scenario.name}: the virtual clock runs on the local backend only so"
-                f" far; run it with `clock: 1h = 1s` on {self.backend_name}"
+                f"{self.scenario.name}: the virtual clock runs on the local and docker backends"
+                f" only so far; run it with `clock: 1h = 1s` on {self.backend_name}"
+            )
+        if self.toxiproxy_image:
+            raise TestbedError(
+                f"{self.scenario.name}: a third-party WAN proxy (--toxiproxy-image) cannot"
+                " join the virtual clock; run it with `clock: 1h = 1s`"
             )
         for step in steps:
             faults = step.options.get("faults", []) if step.verb == "chaos" else [step.verb]
@@ -187,8 +192,14 @@ class ScenarioRun:
         """The topology up and the pipeline started for as long as the block lasts; then
         every process and server stopped, and what outlived them recorded (`teardown`)."""
         s = self.scenario
+        # The virtual clock's folder, chosen before the WAN proxy starts: a container proxy
+        # has it mounted at the same path, to join the clock.
+        clock_dir = Coordinator._socket_path(self.out / "clock").parent if self.virtual else None
         backend = open_backend(
-            self.backend_name, home=self.home, toxiproxy_image=self.toxiproxy_image
+            self.backend_name,
+            home=self.home,
+            toxiproxy_image=self.toxiproxy_image,
+            clock_dir=clock_dir,
         )
         with backend:
             refusal = getattr(backend, "refusal", None)
@@ -203,8 +214,8 @@ class ScenarioRun:
             # the virtual clock it starts at 0, held while the pipeline boots.
             coordinator: Coordinator | None = None
             clock: Clock | EngineClock
-            if self.virtual:
-                coordinator = Coordinator(self.out / "clock", blocked=self.blockage.blocked)
+            if clock_dir is not None:
+                coordinator = Coordinator(clock_dir, blocked=self.blockage.blocked)
                 clock = EngineClock(coordinator)
             else:
                 clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
