@@ -101,6 +101,9 @@ def specs() -> dict[str, ImageSpec]:
                 ("testbed/__init__.py", package / "__init__.py"),
                 ("testbed/errors.py", package / "errors.py"),
                 ("testbed/netfault", package / "netfault"),
+                # The virtual clock's wire: on virtual time the proxy joins the run's clock.
+                ("testbed/vclock/__init__.py", package / "vclock" / "__init__.py"),
+                ("testbed/vclock/wire.py", package / "vclock" / "wire.py"),
             ),
         ),
         # Sources, ICONs, GIMs and the swarm node agent. psycopg goes in as the version
