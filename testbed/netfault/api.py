@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from testbed.netfault import timebase
 from testbed.netfault.chain import PROXY_NOT_FOUND, ApiError, bad_request
 from testbed.netfault.http import Request, Response
 from testbed.netfault.proxy import Proxy
@@ -79,6 +80,7 @@ class Api:
                 },
             ),
             (re.compile(r"^/version$"), {"GET": self.version}),
+            (re.compile(r"^/testbed/clock$"), {"GET": self.clock_show, "POST": self.clock_set}),
             (re.compile(r"^/metrics$"), {"*": self.metrics}),
         ]
 
@@ -173,6 +175,34 @@ class Api:
     async def toxic_delete(self, request: Request, proxy: str, toxic: str) -> Response:
         self._proxy(proxy).remove_toxic(toxic)
         return Response(204)
+
+    # --- the time the toxics run on (an extension) ---------------------------------------
+
+    async def clock_show(self, request: Request) -> Response:
+        return _json(200, {"clock": "virtual" if timebase.current().virtual else "wall"})
+
+    async def clock_set(self, request: Request) -> Response:
+        """`{"clock": PATH, "seed": N}` attaches the toxics to the virtual clock whose
+        socket is at PATH, their random draws seeded by N; `{"clock": null}` goes back to
+        wall time. Attaching is refused while a toxic
+        exists: what it holds was timed on the wall clock."""
+        body = _body(request)
+        path, seed = body.get("clock"), body.get("seed", 0)
+        if path is None:
+            timebase.detach()
+            return await self.clock_show(request)
+        if not isinstance(path, str) or not path:
+            raise bad_request("clock must be the path of a virtual clock's socket, or null")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise bad_request("seed must be an integer")
+        if any(p.chain.all() for _name, p in self.proxies.items()):
+            raise ApiError("remove every toxic before attaching a clock", 409)
+        self.proxies.links.idle()
+        try:
+            timebase.attach(path, self.proxies, seed)
+        except OSError as exc:
+            raise ApiError(str(exc), 400) from None
+        return await self.clock_show(request)
 
     # --- the rest ----------------------------------------------------------------------
 

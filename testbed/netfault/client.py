@@ -249,3 +249,10 @@ class ToxiproxyClient:
 
     def reset(self) -> None:
         self.request("POST", "/reset")
+
+    def attach_clock(self, path: str | None, seed: int = 0) -> str:
+        """Our extension: run the toxics on the virtual clock whose socket is at `path`,
+        their draws seeded by `seed` (None: back to wall time). Returns the proxy's clock,
+        `virtual` or `wall`."""
+        body = {"clock": path, "seed": seed}
+        return str(self.request("POST", "/testbed/clock", body)["clock"])

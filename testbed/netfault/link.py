@@ -22,11 +22,10 @@ import os
 import random
 import socket
 import struct
-import time
 from collections import deque
 from typing import Any, Protocol
 
-from testbed.netfault import workers
+from testbed.netfault import timebase, workers
 from testbed.netfault.chain import ToxicChain
 from testbed.netfault.links import Link, Links
 from testbed.netfault.toxics import Chunk, Toxic
@@ -51,6 +50,7 @@ class Endpoint(Protocol):
     counters: dict[str, dict[str, int]]
     connections: set[Connection]
     links: Links
+    accepted: int  # clients accepted so far: a connection's ordinal
 
     def upstream_address(self) -> tuple[str, int]: ...
 
@@ -114,16 +114,21 @@ class Side(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    async def drained(self) -> None:
+    def drained_future(self) -> asyncio.Future[None]:
+        """Done once this side takes writes again (at once if it does now)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.write_paused and self.transport is not None:
-            future = asyncio.get_running_loop().create_future()
             self._drain.append(future)
-            await future
+        else:
+            future.set_result(None)
+        return future
 
     def _wake_drainers(self) -> None:
         for future in self._drain:
             if not future.done():
                 future.set_result(None)
+        if self._drain:
+            timebase.current().changed()
         self._drain.clear()
 
 
@@ -145,6 +150,25 @@ class Direction:
         self._sleepers: set[asyncio.Future[bool]] = set()
         self._counters = conn.proxy.counters[stream]
         self._proxy = conn.proxy
+        # What its task waits on while it waits (a toxic's timer, new data, a peer that
+        # reads): the virtual clock asks whether it could run now, or holds bytes.
+        self._parked_on: asyncio.Future[Any] | None = None
+        self._parked_on_timer = False
+        self._random: random.Random | None = None
+
+    @property
+    def random(self) -> random.Random:
+        """Its own draws (jitter, toxicity, slice sizes): on the virtual clock seeded from
+        the run's seed, the proxy, the connection's ordinal and the direction, so the same
+        seed draws the same numbers whichever connection the machine served first."""
+        if self._random is None:
+            seed = timebase.current().seed
+            self._random = random.Random(
+                None
+                if seed is None
+                else f"{seed}:{self._proxy.name}:{self.conn.ordinal}:{self.stream}"
+            )
+        return self._random
 
     # --- the toxics this connection runs, rolled against their toxicity --------------
 
@@ -159,7 +183,7 @@ class Direction:
         now = self.now()
         active, states = [], {}
         for entry in configured:
-            if entry.toxicity >= 1.0 or random.random() < entry.toxicity:
+            if entry.toxicity >= 1.0 or self.random.random() < entry.toxicity:
                 state = self._states.get(entry.name)
                 states[entry.name] = state if state is not None else entry.toxic.new_state(now)
                 active.append((entry.toxic, states[entry.name]))
@@ -191,10 +215,7 @@ class Direction:
     # --- the Pipe a toxic sees -------------------------------------------------------
 
     def now(self) -> float:
-        # The loop's own clock, read to the microsecond: uvloop's `loop.time()` counts whole
-        # milliseconds, which would release a chunk up to a millisecond before its latency.
-        # Its timers may also fire that much early; the toxics wait again for what is left.
-        return time.monotonic()
+        return timebase.current().now()
 
     @property
     def closed(self) -> bool:
@@ -203,13 +224,36 @@ class Direction:
     async def sleep(self, seconds: float) -> bool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        handle = loop.call_later(seconds, _resolve, future, True)
+        clock = timebase.current()
+        handle = clock.call_at(clock.now() + seconds, _resolve, future, True)
         self._sleepers.add(future)
         try:
-            return await future
+            return await self._park(future, holding=True)
         finally:
             handle.cancel()
             self._sleepers.discard(future)
+
+    async def _park(self, future: asyncio.Future[Any], holding: bool = False) -> Any:
+        """Wait for `future`, known to the virtual clock as parked (holding bytes if a
+        toxic's timer keeps a chunk) until it is done."""
+        self._parked_on, self._parked_on_timer = future, holding
+        timebase.current().changed()
+        try:
+            return await future
+        finally:
+            self._parked_on, self._parked_on_timer = None, False
+
+    def runnable(self) -> bool:
+        """Its task has something to do now (it is not waiting, or what it waits on came)."""
+        if self.task is None:
+            return bool(self.pending)
+        parked = self._parked_on
+        return parked is None or parked.done()
+
+    def holds(self) -> bool:
+        """A toxic keeps a chunk of it until a later instant."""
+        parked = self._parked_on
+        return self._parked_on_timer and parked is not None and not parked.done()
 
     def flush(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
@@ -250,6 +294,7 @@ class Direction:
         if self.pending_bytes > QUEUE_HIGH:
             self.src.hold("queue")
         self._ensure_task()
+        timebase.current().changed()
 
     def feed_eof(self) -> None:
         if not self.pending and self.task is None and not self.toxics():
@@ -266,13 +311,15 @@ class Direction:
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+            timebase.current().changed()
 
     async def _idle(self, deadline: float | None) -> None:
         loop = asyncio.get_running_loop()
         self._wake = loop.create_future()
-        handle = loop.call_at(deadline, _resolve, self._wake, None) if deadline else None
+        clock = timebase.current()
+        handle = clock.call_at(deadline, _resolve, self._wake, None) if deadline else None
         try:
-            await self._wake
+            await self._park(self._wake)
         finally:
             if handle is not None:
                 handle.cancel()
@@ -290,6 +337,7 @@ class Direction:
             self.conn.close()
         finally:
             self.task = None
+            timebase.current().changed()
 
     async def _process(self) -> None:
         while not self.conn.closed:
@@ -323,7 +371,8 @@ class Direction:
                 if not chunks:
                     break
             self.flush(chunks)
-            await self.dst.drained()
+            if self.dst.write_paused:
+                await self._park(self.dst.drained_future())
 
     async def _eof(self, toxics: list[tuple[Toxic, Any]]) -> None:
         for toxic, state in toxics:
@@ -349,8 +398,11 @@ class Connection:
     gives the sockets back, when a new connection takes them over.
     """
 
-    def __init__(self, proxy: Endpoint) -> None:
+    def __init__(self, proxy: Endpoint, ordinal: int | None = None) -> None:
         self.proxy = proxy
+        if ordinal is None:  # a new client (a connection back from a worker keeps its own)
+            ordinal = proxy.accepted = proxy.accepted + 1
+        self.ordinal = ordinal
         self.client = Side(self, "client")
         self.server = Side(self, "upstream")
         self.up = Direction(self, "upstream", self.client, self.server)
@@ -368,6 +420,26 @@ class Connection:
 
     def other(self, side: Side) -> Side:
         return self.server if side is self.client else self.client
+
+    def clock_state(self) -> tuple[bool, bool]:
+        """(busy, holds) as the virtual clock asks it: busy while it has work it can do
+        now (a dial, bytes to take through its toxics, or unread bytes behind a chunk it
+        holds: they are read and stamped before the time may move); holds while a toxic
+        keeps a chunk of it until a later instant."""
+        if self.closed or self.loan is not None:
+            return False, False
+        if self._dial is not None and not self._dial.done():
+            return True, False
+        directions = (self.up, self.down)
+        if any(d.runnable() for d in directions):
+            return True, False
+        holds = any(d.holds() for d in directions)
+        if holds and any(
+            not side._holds and timebase.unread(side.transport)
+            for side in (self.client, self.server)
+        ):
+            return True, True
+        return False, holds
 
     def side_made(self, side: Side) -> None:
         if side is self.client and self._dial is None:
@@ -487,7 +559,7 @@ class Connection:
             return
         self.closed = True
         self.proxy.connections.discard(self)
-        Connection(self.proxy).adopt(client, upstream, to_upstream, to_client)
+        Connection(self.proxy, self.ordinal).adopt(client, upstream, to_upstream, to_client)
 
     def _ended(self) -> None:
         """The worker closed it: one peer closed or reset its end."""

@@ -60,6 +60,11 @@ class Links:
     def all(self) -> list[Link]:
         return list(self._links.values())
 
+    def idle(self) -> None:
+        """Every link free now: its schedule was on another time line (a clock attached)."""
+        for link in self._links.values():
+            link.free_at = 0.0
+
     def metrics_lines(self, now: float) -> list[str]:
         lines = [
             "# HELP bc_testbed_link_sent_bytes_total Bytes sent through a shared link.",

@@ -39,6 +39,7 @@ class Proxy:
         self.enabled = False
         self.chain = ToxicChain()
         self.connections: set[Connection] = set()
+        self.accepted = 0
         self.counters = {s: {"received": 0, "sent": 0} for s in STREAMS}
         self._server: asyncio.base_events.Server | None = None
 

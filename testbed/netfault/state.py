@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import ItemsView
 from typing import Any
 
+from testbed.netfault import timebase
 from testbed.netfault.chain import PROXY_EXISTS, ApiError, ToxicChain, bad_request
 from testbed.netfault.links import Links
 from testbed.netfault.proxy import Proxy
@@ -43,6 +44,20 @@ class ProxyCollection:
     def __init__(self) -> None:
         self._proxies: dict[str, Proxy] = {}
         self.links = Links()
+
+    def clock_state(self) -> tuple[bool, list[str]]:
+        """For the virtual clock: whether any connection has work it can do now, and the
+        proxies a toxic of which holds bytes until a later instant."""
+        busy, held = False, []
+        for name, proxy in self._proxies.items():
+            holds = False
+            for conn in proxy.connections:
+                conn_busy, conn_holds = conn.clock_state()
+                busy = busy or conn_busy
+                holds = holds or conn_holds
+            if holds:
+                held.append(name)
+        return busy, held
 
     def items(self) -> ItemsView[str, Proxy]:
         return self._proxies.items()
@@ -127,5 +142,5 @@ class ProxyCollection:
             "# TYPE bc_testbed_proxy_tasks gauge",
             f"bc_testbed_proxy_tasks {len(asyncio.all_tasks())}",
         ]
-        lines += self.links.metrics_lines(asyncio.get_running_loop().time())
+        lines += self.links.metrics_lines(timebase.current().now())
         return "\n".join(lines) + "\n"

@@ -105,6 +105,7 @@ def connect(
     clock: RunClock | None = None,
     target: str = "",
     route: str | None = None,
+    via: str | None = None,
 ) -> psycopg.Connection:
     """A connection that notices a dead peer. On the realtime clock: connect timeout,
     keepalives, and a server-side statement timeout (pair it with `call` for black holes).
@@ -134,11 +135,12 @@ def connect(
         make_conninfo("", **params, connect_timeout=VIRTUAL_CONNECT_BACKSTOP_WALL_S),
         target or address,
         route,
+        via,
     )
 
 
 def _connect_on_time(
-    clock: VirtualClock, conninfo: str, target: str, route: str | None
+    clock: VirtualClock, conninfo: str, target: str, route: str | None, via: str | None
 ) -> psycopg.Connection:
     """psycopg's connection generator driven by a wait of our own, which the clock can
     cut short at the deadline (libpq's own connect waits only on wall time)."""
@@ -146,7 +148,7 @@ def _connect_on_time(
     gen = psycopg.Connection._connect_gen(conninfo)
     try:
         with (
-            clock.io(target, route, clock.now() + IO_DEADLINE_S, lambda: _poke(cancel_w)),
+            clock.io(target, route, clock.now() + IO_DEADLINE_S, lambda: _poke(cancel_w), via),
             selectors.DefaultSelector() as selector,
         ):
             fileno, wait = next(gen)
@@ -199,13 +201,19 @@ def _poke(fd: int) -> None:
 
 @contextlib.contextmanager
 def call(
-    clock: RunClock, conn: psycopg.Connection, target: str, route: str | None
+    clock: RunClock,
+    conn: psycopg.Connection,
+    target: str,
+    route: str | None,
+    via: str | None = None,
 ) -> Iterator[None]:
     """Calls on `conn` with a deadline: on the realtime clock a wall timer shuts the
     socket down (`postgres.deadline`); on the virtual clock the deadline is scenario time,
-    and only a call the faults block can reach it."""
+    and only a call the faults block, or whose bytes the WAN proxy `via` holds, waits for
+    the time to move."""
     if isinstance(clock, VirtualClock):
-        with clock.io(target, route, clock.now() + IO_DEADLINE_S, lambda: shut_down(conn)):
+        due = clock.now() + IO_DEADLINE_S
+        with clock.io(target, route, due, lambda: shut_down(conn), via):
             yield
     else:
         with deadline(conn, STATEMENT_TIMEOUT_S + 0.5):

@@ -219,6 +219,12 @@ class Pipeline:
         a, b = sites.get(client), sites.get(server)
         return None if a is None or b is None or a == b else "|".join(sorted((a, b)))
 
+    def proxy_of(self, client: str, server: str) -> str | None:
+        """The WAN proxy `client` dials `server` through (None: none): whose held bytes
+        the virtual clock lets a call wait on."""
+        routed = (client, server) in (self.deployment.route_addresses or {})
+        return f"{client}-to-{server}" if routed else None
+
     def _icon(self, icon: IconSpec) -> Any:
         port = free_port()
         self.icon_ports[icon.name] = port
@@ -229,6 +235,7 @@ class Pipeline:
             "idb": self.address_for(icon.name, icon.idb),
             "idb_name": icon.idb,
             "route": self.route_of(icon.name, icon.idb),
+            "via": self.proxy_of(icon.name, icon.idb),
             "database": icon.database,
             "queue": self._path(icon.name, "queue.db"),
             "heartbeat_interval": self.settings.heartbeat_interval,
@@ -254,6 +261,7 @@ class Pipeline:
                 "database": icon.database,
                 "server": icon.idb,
                 "route": self.route_of(gim.name, icon.idb),
+                "via": self.proxy_of(gim.name, icon.idb),
             }
             for icon in topo.icons
             if icon.idb not in lost_idbs
@@ -264,6 +272,7 @@ class Pipeline:
             "infomart": self.address_for(gim.name, gim.infomart),
             "infomart_name": gim.infomart,
             "infomart_route": self.route_of(gim.name, gim.infomart),
+            "infomart_via": self.proxy_of(gim.name, gim.infomart),
             "heartbeat_interval": self.settings.heartbeat_interval,
             "database": INFOMART_DATABASE,
             "extract_data_stuck_threshold": self.settings.extract_data_stuck_threshold,

@@ -92,6 +92,7 @@ class Source:
     database: str
     server: str = ""  # the IDB's name, and the WAN route to it ("site1|site2"; None: local)
     route: str | None = None
+    via: str | None = None  # the WAN proxy on that route
     requests: Any = field(default_factory=queue.Queue)  # a Mailbox on the virtual clock
     busy: bool = False
     reachable: bool = False
@@ -202,11 +203,12 @@ class Extractor(threading.Thread):
                 self.clock,
                 target,
                 self.source.route,
+                self.source.via,
             )
             self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             self.conn.read_only = True
         conn = self.conn
-        with call(self.clock or Clock(0.0), conn, target, self.source.route):
+        with call(self.clock or Clock(0.0), conn, target, self.source.route, self.source.via):
             try:
                 # Read before the snapshot is taken: a thread frozen in between must not date
                 # what it read before the freeze as news after it.
@@ -244,6 +246,7 @@ class Gim:
         self.period = float(config.get("heartbeat_interval", 60.0))
         self.infomart_name = str(config.get("infomart_name", config["infomart"]))
         self.infomart_route: str | None = config.get("infomart_route")
+        self.infomart_via: str | None = config.get("infomart_via")
         self.name = config["name"]
         self.log = setup_logging(self.name, config["site"], clock)
         self.threshold = float(config["extract_data_stuck_threshold"])
@@ -277,10 +280,14 @@ class Gim:
             self.clock,
             self.infomart_name,
             self.infomart_route,
+            self.infomart_via,
         )
         conn.autocommit = True  # every change below is inside an explicit transaction
         now = self.clock.now()
-        with call(self.clock, conn, self.infomart_name, self.infomart_route), conn.transaction():
+        with (
+            call(self.clock, conn, self.infomart_name, self.infomart_route, self.infomart_via),
+            conn.transaction(),
+        ):
             conn.execute(INFOMART_DDL)
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS gim_batch (event_id text, site text,"
@@ -334,7 +341,9 @@ class Gim:
                     asked += 1
             results = self._collect_paced(virtual, asked, began + COLLECT_S)
             try:
-                with call(virtual, self.conn, self.infomart_name, self.infomart_route):
+                with call(
+                    virtual, self.conn, self.infomart_name, self.infomart_route, self.infomart_via
+                ):
                     self._apply(results, virtual.now())
                 last_cycle = began
                 for source in self.sources.values():
@@ -392,7 +401,13 @@ class Gim:
                     # Frozen (or stalled) since the cycle began: what it collected is from
                     # before; judge nothing until every source has answered anew.
                     self.serving_since = self.clock.now()
-                with call(self.clock, self.conn, self.infomart_name, self.infomart_route):
+                with call(
+                    self.clock,
+                    self.conn,
+                    self.infomart_name,
+                    self.infomart_route,
+                    self.infomart_via,
+                ):
                     self._apply(results, now)
                 self.last_good_cycle = time.monotonic()
                 for source in self.sources.values():

@@ -68,6 +68,7 @@ class Icon:
         self.virtual = clock if isinstance(clock, VirtualClock) else None
         self.idb_name = str(config.get("idb_name", config["idb"]))
         self.route: str | None = config.get("route")
+        self.via: str | None = config.get("via")  # the WAN proxy on that route
         self.name = config["name"]
         self.log = setup_logging(self.name, config["site"], clock)
         self.queue = PersistentQueue(Path(config["queue"]))  # refuses to start if it cannot open
@@ -152,7 +153,7 @@ class Icon:
                 # Read (and decode) the batch only once the IDB answers: an outage's retries
                 # must not cost a pass over the backlog each.
                 items = self.queue.peek(BATCH_MAX)
-                with call(self.clock, conn, self.idb_name, self.route):
+                with call(self.clock, conn, self.idb_name, self.route, self.via):
                     self._write(conn, items)
                 backoff = min(self.backoff_start, self.backoff_cap)
             except (psycopg.Error, OSError) as exc:
@@ -190,9 +191,10 @@ class Icon:
             self.clock,
             self.idb_name,
             self.route,
+            self.via,
         )
         conn.autocommit = True  # see _write: no client-driven transaction on the IDB
-        with call(self.clock, conn, self.idb_name, self.route), conn.transaction():
+        with call(self.clock, conn, self.idb_name, self.route, self.via), conn.transaction():
             conn.execute(IDB_DDL)
             row = conn.execute(
                 "SELECT last_seq FROM icon_progress WHERE icon = %s", (self.name,)

@@ -34,6 +34,7 @@ from testbed.postgres import Server
 from testbed.scenarios import chaos
 from testbed.scenarios.blockage import Blockage
 from testbed.scenarios.lineage import lineage
+from testbed.scenarios.replication_watch import ReplicationWatch
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import INFOMART_DATABASE
 from testbed.vclock.coordinator import Coordinator
@@ -50,8 +51,6 @@ LEAD_WALL_S = {"local": 1.0}
 CONTAINER_LEAD_WALL_S = 3.0
 SAMPLE_WALL_S = 0.05
 SAMPLE_VIRTUAL_S = 60.0  # scenario seconds between samples on the virtual clock
-# On the virtual clock: what it cannot pace yet (a toxic holds bytes in wall time).
-VIRTUAL_REFUSED_VERBS = ("latency", "bandwidth", "toxic")
 FINAL_SETTLE_WALL_S = 90.0
 REPLAY_AGE_SQL = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
 
@@ -85,7 +84,7 @@ class ScenarioRun:
     def virtual(self) -> bool:
         return self.scenario.factor == VIRTUAL_FACTOR
 
-    def refuse_virtual(self, steps: list[Step]) -> None:
+    def refuse_virtual(self) -> None:
         """What the virtual clock cannot run yet, said before anything starts."""
         if not self.virtual:
             return
@@ -99,14 +98,6 @@ class ScenarioRun:
                 f"{self.scenario.name}: a third-party WAN proxy (--toxiproxy-image) cannot"
                 " join the virtual clock; run it with `clock: 1h = 1s`"
             )
-        for step in steps:
-            faults = step.options.get("faults", []) if step.verb == "chaos" else [step.verb]
-            slow = [f for f in faults if f in VIRTUAL_REFUSED_VERBS]
-            if slow:
-                raise TestbedError(
-                    f"{self.scenario.name}: a {slow[0]} step needs the realtime clock"
-                    " (`clock: 1h = 1s`): the virtual clock does not pace toxics yet"
-                )
 
     # --- the plan ------------------------------------------------------------------------
 
@@ -147,7 +138,7 @@ class ScenarioRun:
                 f"{s.name} uses operator procedures, which change the environment's roles for"
                 " good: run it on the local or docker backend"
             )
-        self.refuse_virtual(self.scenario.steps)
+        self.refuse_virtual()
         history = self.open_history()
         steps = self.plan(history)
         try:
@@ -217,13 +208,20 @@ class ScenarioRun:
             if clock_dir is not None:
                 coordinator = Coordinator(clock_dir, blocked=self.blockage.blocked)
                 clock = EngineClock(coordinator)
+                if deployment.wan is not None:  # its toxics wait in scenario time
+                    self._attach_wan(deployment.wan, coordinator, s.seed)
             else:
                 clock = Clock.start(factor=s.factor, at=-self.lead * s.factor)
             history.clock = clock  # type: ignore[assignment]
             with (
                 contextlib.closing(coordinator) if coordinator else contextlib.nullcontext(),
+                contextlib.ExitStack() as stack,
                 Pipeline(deployment, PipelineSettings(**self._settings_dict()), clock) as pipeline,
             ):
+                if coordinator is not None:  # a standby catching up holds the time
+                    watch = ReplicationWatch(deployment, self.blockage, pipeline.route_of)
+                    stack.callback(watch.close)
+                    coordinator.add_probe(watch.moving)
                 pipeline.start()
                 history.record("pipeline-started")
                 placements = getattr(backend, "placements", None)
@@ -233,9 +231,22 @@ class ScenarioRun:
                 yield deployment, pipeline
                 if coordinator is not None:
                     history.record("virtual-clock", **coordinator.stats())
+                    if deployment.wan is not None:
+                        with contextlib.suppress(Exception):  # it goes back by itself too
+                            deployment.wan.client.attach_clock(None)
             pids = [p.pid for p in pipeline.processes.values() if p.pid]
         left = [p for p in pids if procs.alive(p)] + backend.leftovers()
         history.record("teardown", leftover_pids=left)
+
+    @staticmethod
+    def _attach_wan(wan: Wan, coordinator: Coordinator, seed: int) -> None:
+        try:
+            wan.client.attach_clock(str(coordinator.path), seed)
+        except Exception as exc:
+            raise TestbedError(
+                f"the WAN proxy cannot run on the virtual clock: {exc}; a real Toxiproxy"
+                " needs the realtime clock (`clock: 1h = 1s`)"
+            ) from None
 
     @property
     def lead(self) -> float:

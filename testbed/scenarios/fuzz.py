@@ -35,7 +35,6 @@ THRESHOLDS = (2 * H, 3 * H, 4 * H, 6 * H, 8 * H)
 FACTORS = (3600.0, 2400.0, 1800.0)  # 1h = 1s, 1.5s, 2s
 CLOCKS = ("realtime", "virtual")
 CHAOS_FAULTS = ("partition", "latency", "bandwidth", "kill", "stop", "pause")
-TOXIC_KINDS = ("latency", "bandwidth", "slow-then-cut")  # refused on virtual time so far
 SETTLE = 4 * H
 
 Doc = dict[str, Any]
@@ -93,7 +92,7 @@ class _Generator:
     def __init__(self, rng: random.Random, topology: str, clock: str = "realtime") -> None:
         self.rng = rng
         self.topology = topology
-        self.virtual = clock == "virtual"  # no toxics yet on virtual time: none are drawn
+        self.virtual = clock == "virtual"  # toxics then act in scenario units
         self.busy: dict[str, list[tuple[float, float]]] = {}
 
     def free(self, target: str, start: float, end: float) -> bool:
@@ -158,8 +157,6 @@ class _Generator:
                 *("partition", "partition", "latency", "bandwidth"),
                 *("slow-then-cut", "process", "process", "server"),
             ]
-            if self.virtual:
-                kinds = [k for k in kinds if k not in TOXIC_KINDS]
             kind = rng.choice(kinds)
             wan = ("partition", "latency", "bandwidth", "slow-then-cut")
             target = "wan" if kind in wan else self.pick(kind)
@@ -206,9 +203,7 @@ class _Generator:
             "chaos": None,
             "until": _duration(span),
             "seed": rng.randrange(1000),
-            "faults": rng.sample(
-                [f for f in CHAOS_FAULTS if not (self.virtual and f in TOXIC_KINDS)], 3
-            ),
+            "faults": rng.sample(list(CHAOS_FAULTS), 3),
             "mean_interval": _duration(threshold * rng.uniform(0.3, 1.2)),
         }
 

@@ -41,13 +41,14 @@ from testbed.vclock import wire
 from testbed.vclock.wire import now_path
 
 ENV = "TESTBED_CLOCK"
-RANKS = {"source": 1, "icon": 2, "gim": 3}
+# The WAN proxy first: bytes due at an instant arrive before anyone due then looks.
+RANKS = {"proxy": 0, "source": 1, "icon": 2, "gim": 3}
 PROBE_POLL_WALL_S = 0.005  # how often a probe that says "still moving" is asked again
 WAKES_PER_INSTANT_MAX = 10_000  # a participant woken this often at one instant never parks
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 
 Blocked = Callable[[str, str | None], bool]
-Probe = Callable[[], bool]
+Probe = Callable[[frozenset[str]], bool]  # given the proxies whose bytes are held
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Member:
     acked: int = -1  # generation of the newest message it has answered
     busy: bool = True
     wake: float | None = None
-    ios: list[tuple[str, str | None, float]] = field(default_factory=list)
+    ios: list[tuple[str, str | None, float, str | None]] = field(default_factory=list)
+    held: frozenset[str] = frozenset()  # the WAN proxy: proxies whose bytes a toxic holds
     wakes_here: int = 0  # wakes at the current instant
 
     @property
@@ -84,7 +86,7 @@ class Member:
             return f"{self.name} (has not answered the clock)"
         if self.busy:
             return f"{self.name} (busy)"
-        waits = ", ".join(f"{t} via {r or 'its site'}" for t, r, _ in self.ios)
+        waits = ", ".join(f"{t} via {r or 'its site'}" for t, r, _, _ in self.ios)
         return f"{self.name} (waiting on I/O to {waits})"
 
 
@@ -188,7 +190,8 @@ class Coordinator:
             self._poke()
 
     def add_probe(self, probe: Probe) -> None:
-        """`probe()` is true while something outside the participants is still moving."""
+        """`probe(held)` is true while something outside the participants is still moving
+        (`held`: the proxies whose bytes the WAN proxy holds until a later instant)."""
         with self._lock:
             self._probes.append(probe)
 
@@ -287,7 +290,11 @@ class Coordinator:
                 member.acked = max(member.acked, int(message["gen"]))
                 member.busy = bool(message["busy"])
                 member.wake = message["wake"]
-                member.ios = [(str(t), r, float(d)) for t, r, d in message["ios"]]
+                member.ios = [
+                    (str(io[0]), io[1], float(io[2]), io[3] if len(io) > 3 else None)
+                    for io in message["ios"]
+                ]
+                member.held = frozenset(message.get("held") or ())
 
     def _send(self, member: Member, op: str) -> None:
         member.sent += 1
@@ -303,22 +310,37 @@ class Coordinator:
     def _active(self) -> list[Member]:
         return [m for m in self._members.values() if m.name not in self._frozen]
 
+    def _held(self) -> frozenset[str]:
+        """The proxies whose bytes the WAN proxy holds until a later instant."""
+        held: frozenset[str] = frozenset()
+        for member in self._members.values():
+            held |= member.held
+        return held
+
+    def _waits(self, io: tuple[str, str | None, float, str | None], held: frozenset[str]) -> bool:
+        """A call that cannot progress before an instant: the faults block it, or the
+        proxy it goes through holds its bytes. Any other call is running."""
+        target, route, _deadline, via = io
+        return self._blocked(target, route) or (via is not None and via in held)
+
+    def _holds_time(self, member: Member, held: frozenset[str]) -> bool:
+        return (
+            not member.name
+            or not member.answered()
+            or member.busy
+            or any(not self._waits(io, held) for io in member.ios)
+        )
+
     def _quiescent(self) -> bool:
-        for member in self._active():
-            if not member.name or not member.answered() or member.busy:
-                return False
-            if any(not self._blocked(target, route) for target, route, _ in member.ios):
-                return False
-        return True
+        held = self._held()
+        return not any(self._holds_time(m, held) for m in self._active())
 
     def _holdups(self) -> str:
+        held = self._held()
         late = [
             m.describe()
             for m in sorted(self._active(), key=lambda m: m.order)
-            if not m.name
-            or not m.answered()
-            or m.busy
-            or any(not self._blocked(t, r) for t, r, _ in m.ios)
+            if self._holds_time(m, held)
         ]
         return "; ".join(late)
 
@@ -334,7 +356,7 @@ class Coordinator:
                 for name in names:
                     self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
                 self._woken = None
-            if any(probe() for probe in self._probes):
+            if self._probes and any(probe(self._held()) for probe in self._probes):
                 return True
             if self._now >= self._target:  # there: steps at this instant go before the rest
                 self._target = None

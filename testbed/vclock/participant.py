@@ -39,7 +39,7 @@ class Slot:
     until: float | None = None
     event: threading.Event = field(default_factory=threading.Event)
     gate: Gate | None = None
-    io: tuple[str, str | None, float] | None = None
+    io: tuple[str, str | None, float, str | None] | None = None
     cancel: Callable[[], None] | None = None
     cancelled: bool = False
 
@@ -115,16 +115,21 @@ class VirtualClock:
 
     @contextlib.contextmanager
     def io(
-        self, target: str, route: str | None, deadline: float, cancel: Callable[[], None]
+        self,
+        target: str,
+        route: str | None,
+        deadline: float,
+        cancel: Callable[[], None],
+        via: str | None = None,
     ) -> Iterator[None]:
-        """A blocking call to `target` across `route` (None: within the site). If the
-        clock reaches `deadline` while it is blocked, `cancel()` is called: the call must
-        then fail promptly."""
+        """A blocking call to `target` across `route` (None: within the site), through the
+        WAN proxy named `via` if it crosses one. If the clock reaches `deadline` while it is
+        blocked, `cancel()` is called: the call must then fail promptly."""
         slot = self._slot()
         with self._lock:
             slot.state, slot.io, slot.cancel, slot.cancelled = (
                 "io",
-                (target, route, deadline),
+                (target, route, deadline, via),
                 cancel,
                 False,
             )
@@ -215,7 +220,7 @@ class VirtualClock:
         wakes = [s.until for s in self._slots if s.state == "parked" and s.until is not None]
         ios = sorted(
             [list(s.io) for s in self._slots if s.state == "io" and s.io is not None],
-            key=lambda io: (io[0], io[1] or "", io[2]),
+            key=lambda io: (io[0], io[1] or "", io[2], io[3] or ""),
         )
         wake = min(wakes) if wakes else None
         summary = (busy, wake, ios, self._gen)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from testbed.verdict.wan_units import toxic_scale
+
 ICON_WIRE_BYTES_PER_EVENT = 83.0
 HEADROOM = 3.0
 
@@ -29,7 +31,7 @@ def congested_spans(
 ) -> list[tuple[frozenset[str], float, float, str]]:
     """(link, start, end, why) of every bandwidth fault too slow for the workload, from
     when its step began until its heal was done (or the end of the run)."""
-    events_per_wall_s = rate_per_hour * factor / 3600.0
+    events_per_wall_s = rate_per_hour * toxic_scale(factor) / 3600.0
     need = ICON_WIRE_BYTES_PER_EVENT * events_per_wall_s  # bytes/s one site's ICON sends
     end_of_run = max((e["t"] for e in history), default=0.0)
     spans: list[tuple[frozenset[str], float, float, str]] = []

@@ -4,7 +4,8 @@ band of an edge comes from the latency in force at that edge, not from the run's
 
 A latency is in force from when its step began until its link's heal was done (or the end
 of the run); on the realtime clock its milliseconds are wall time, so a round trip is
-2 x (ms + jitter) x the clock's factor in scenario seconds.
+2 x (ms + jitter) x the clock's factor in scenario seconds; on the virtual clock they are
+scenario milliseconds.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from testbed.verdict.wan_units import toxic_scale
+
 LATENCY_TOXIC = "latency"
 
 
 def round_trip_at(history: list[dict[str, Any]], factor: float) -> Callable[[float], float]:
     """`rtt(t)`: the slowest round trip of any link at scenario time `t` (0 when none)."""
+    factor = toxic_scale(factor)
     end_of_run = max((e["t"] for e in history), default=0.0)
     spans: list[tuple[float, float, float]] = []
     open_faults: dict[frozenset[str], list[tuple[float, float]]] = {}

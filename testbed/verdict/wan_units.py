@@ -23,8 +23,15 @@ TIME_ATTRIBUTES = {
 }
 
 
+def toxic_scale(factor: float) -> float:
+    """Scenario seconds per second a toxic counts in: the clock's factor on the realtime
+    clock (a toxic waits in wall time), 1 on the virtual clock (it waits in scenario time)."""
+    return factor if factor else 1.0
+
+
 def wan_toxics(history: list[dict[str, Any]], factor: float) -> list[dict[str, Any]]:
     """One entry per WAN degradation or toxic the run applied, oldest first."""
+    factor = toxic_scale(factor)
     entries = []
     for fault in of_kind(history, "fault"):
         action, detail = fault["action"], fault.get("detail") or {}

@@ -9,6 +9,7 @@ dropped and no API call waits on the data path.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -23,6 +24,8 @@ class Pipe(Protocol):
     """What a toxic may do to the direction it runs on (implemented by the connection)."""
 
     def now(self) -> float: ...
+    @property
+    def random(self) -> random.Random: ...  # this direction's own: a seed gives its draws
     async def sleep(self, seconds: float) -> bool: ...  # False when a toxic change woke it
     def current(self, name: str) -> Toxic | None: ...  # this toxic as configured now, if active
     def flush(self, chunks: list[Chunk]) -> None: ...  # write these out now, in order

@@ -7,7 +7,6 @@ release time, so latency toxics in a row add up.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from testbed.netfault.toxics.base import Chunk, Pipe, Toxic
@@ -17,18 +16,18 @@ class Latency(Toxic):
     type_name = "latency"
     attribute_names = ("latency", "jitter")
 
-    def delay_s(self) -> float:
-        jitter = random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+    def delay_s(self, pipe: Pipe) -> float:
+        jitter = pipe.random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
         return max(0.0, self.latency + jitter) / 1000.0
 
     async def on_chunk(self, chunk: Chunk, pipe: Pipe, state: Any) -> list[Chunk]:
         toxic: Toxic | None = self
-        release = chunk.received + self.delay_s()
+        release = chunk.received + self.delay_s(pipe)
         while toxic is not None and (remaining := release - pipe.now()) > 0:
             if not await pipe.sleep(remaining):
                 current = pipe.current(self.name)  # removed: the chunk goes on now
                 if isinstance(current, Latency) and current is not toxic:
-                    release = chunk.received + current.delay_s()  # updated: re-plan
+                    release = chunk.received + current.delay_s(pipe)  # updated: re-plan
                 toxic = current
         # The next latency toxic counts from here: two toxics of 60 and 40 ms make 100.
         return [Chunk(chunk.data, max(release, chunk.received))]

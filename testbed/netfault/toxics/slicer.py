@@ -3,7 +3,6 @@ with `delay` microseconds between pieces: the same bytes, in many small reads.""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from testbed.netfault.toxics.base import AttributeError_, Chunk, Pipe, Toxic
@@ -28,7 +27,9 @@ class Slicer(Toxic):
                 out.append(Chunk(data, chunk.received))
                 break
             variation = toxic.size_variation
-            size = toxic.average_size + (random.randint(-variation, variation) if variation else 0)
+            size = toxic.average_size + (
+                pipe.random.randint(-variation, variation) if variation else 0
+            )
             piece, data = data[:size], data[size:]
             out.append(Chunk(piece, chunk.received))
             if data and toxic.delay:
