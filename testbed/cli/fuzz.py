@@ -30,7 +30,7 @@ CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (import
     default="realtime",
     show_default=True,
     help="realtime (1h = 1s to 2s) or virtual (the time jumps when the run is quiescent;"
-    " no WAN toxics are drawn)",
+    " WAN toxics act in scenario units)",
 )
 @click.option(
     "--out",
