@@ -175,21 +175,18 @@ class VirtualTime:
         summary = (busy, None if busy else self._wake(), sorted(held), self._gen)
         if summary != self._said:
             self._said = summary
-            try:
-                wire.send(
-                    self._sock,
-                    {
-                        "op": "state",
-                        "gen": self._gen,
-                        "busy": busy,
-                        "wake": summary[1],
-                        "ios": [],
-                        "held": summary[2],
-                    },
-                )
-            except BlockingIOError:
-                self._said = None  # the clock is not reading: say it again shortly
-                busy = True
+            message = {
+                "op": "state",
+                "gen": self._gen,
+                "busy": busy,
+                "wake": summary[1],
+                "ios": [],
+                "held": summary[2],
+            }
+            try:  # whole or not at all: the clock's thread always reads, so this is brief
+                self._sock.setblocking(True)
+                wire.send(self._sock, message)
+                self._sock.setblocking(False)
             except OSError:
                 self.close()
                 return
