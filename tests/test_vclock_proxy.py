@@ -157,3 +157,29 @@ def test_attaching_a_clock_is_refused_while_a_toxic_exists(
     with pytest.raises(ToxiproxyError, match="cannot reach the run's clock"):
         wan_proxy.attach_clock(str(tmp_path / "nowhere.sock"))
     assert wan_proxy.attach_clock(None) == "wall"
+
+
+def test_work_with_the_time_running_ends_when_its_last_byte_is_released(
+    tmp_path: Path, wan_proxy: ToxiproxyClient
+) -> None:
+    """A procedure's copy across a slow link (`run_while`): the time runs while it works,
+    jumps only while the proxy holds its bytes, and is held again the instant it ends."""
+    listener, echo_port = echo_server()
+    with Coordinator(tmp_path / "clock") as coordinator:
+        wan_proxy.attach_clock(str(coordinator.path))
+        proxy = wan_proxy.create_proxy(PROXY, f"127.0.0.1:{echo_port}")
+        proxy.add_toxic("bandwidth", stream="downstream", rate=4)  # 4 KB per scenario second
+
+        def copy() -> int:
+            with socket.create_connection(("127.0.0.1", proxy.port)) as peer:
+                peer.sendall(b"y" * 40_000)
+                got = 0
+                while got < 40_000:
+                    time.sleep(0.001)  # a slow reader: wall time the clock must not count
+                    got += len(peer.recv(4096))
+                return got
+
+        assert coordinator.run_while(copy, lambda held: PROXY not in held) == 40_000
+        assert coordinator.now() == 10.0  # 40 KB at 4 KB/s, however slowly they were read
+        wan_proxy.attach_clock(None)
+    listener.close()

@@ -225,6 +225,16 @@ class Pipeline:
         routed = (client, server) in (self.deployment.route_addresses or {})
         return f"{client}-to-{server}" if routed else None
 
+    def idb_of(self, icon: IconSpec) -> dict[str, Any]:
+        """Where an ICON writes, in its config: the address, and the names the virtual clock
+        asks the faults about (a re-pointed ICON changes all of them, not its address alone)."""
+        return {
+            "idb": self.address_for(icon.name, icon.idb),
+            "idb_name": icon.idb,
+            "route": self.route_of(icon.name, icon.idb),
+            "via": self.proxy_of(icon.name, icon.idb),
+        }
+
     def _icon(self, icon: IconSpec) -> Any:
         port = free_port()
         self.icon_ports[icon.name] = port
@@ -232,10 +242,7 @@ class Pipeline:
             "site": icon.site,
             "member": icon.member,
             "port": port,
-            "idb": self.address_for(icon.name, icon.idb),
-            "idb_name": icon.idb,
-            "route": self.route_of(icon.name, icon.idb),
-            "via": self.proxy_of(icon.name, icon.idb),
+            **self.idb_of(icon),
             "database": icon.database,
             "queue": self._path(icon.name, "queue.db"),
             "heartbeat_interval": self.settings.heartbeat_interval,

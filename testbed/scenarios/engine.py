@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -228,6 +229,8 @@ class ScenarioRun:
                 if placements is not None:  # swarm: the node each task runs on
                     history.record("placement", nodes=placements())
                 self.operator = Operator(deployment, pipeline, history.record)
+                if coordinator is not None:
+                    self.operator.with_time = functools.partial(_with_time, coordinator)
                 yield deployment, pipeline
                 if coordinator is not None:
                     history.record("virtual-clock", **coordinator.stats())
@@ -608,6 +611,13 @@ class ScenarioRun:
         if not pairs and not splits:
             return None
         return {"pairs": pairs, "divergence": splits}
+
+
+def _with_time(coordinator: Coordinator, work: Callable[[], Any], proxy: str | None) -> Any:
+    """A procedure's work across the WAN (a base backup, a catch-up) with the time
+    running: it holds the time while it works, and lets it jump only while the WAN proxy
+    holds its bytes (a slow link takes scenario time, the same on any machine)."""
+    return coordinator.run_while(work, lambda held: proxy is None or proxy not in held)
 
 
 class Sampler(threading.Thread):

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from testbed.errors import TestbedError
 from testbed.periods import next_on_grid
@@ -49,6 +50,7 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 
 Blocked = Callable[[str, str | None], bool]
 Probe = Callable[[frozenset[str]], bool]  # given the proxies whose bytes are held
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,23 +159,65 @@ class Coordinator:
         with self._lock:
             self._target = max(instant, self._now)
             self._poke()
-            deadline = time.monotonic() + wall_limit
-            progress = (self._now, self.instants)
-            while self._target is not None and self._error is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if (self._now, self.instants) != progress:
-                        progress = (self._now, self.instants)
-                        deadline = time.monotonic() + wall_limit
-                        continue
-                    self._target = None
-                    raise TestbedError(
-                        f"the virtual clock stalled at t={self._now:.0f}s: "
-                        + (self._holdups() or "nobody is due")
-                    )
-                self._lock.wait(min(remaining, 1.0))
-            if self._error is not None:
-                raise TestbedError(self._error)
+            self._wait_held(wall_limit)
+
+    def run_while(self, work: Callable[[], T], moving: Probe, wall_limit: float = 600.0) -> T:
+        """`work()` (on a thread of its own) with the time running, held again the moment
+        it returns. Until then it counts as running while `moving(held)` says so: work that
+        moves bytes through the WAN proxy lets the time jump only while the proxy holds
+        them, so it ends at the instant its last byte is released, on any machine."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def body() -> None:
+            try:
+                box["value"] = work()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+            finally:
+                with self._lock:
+                    done.set()
+                    self._target = None  # held at the instant it ended
+                    self._lock.notify_all()
+                    self._poke()
+
+        def probe(held: frozenset[str]) -> bool:
+            return not done.is_set() and moving(held)
+
+        with self._lock:
+            self._probes.append(probe)
+            self._target = float("inf")
+            thread = threading.Thread(target=body, daemon=True, name="clock-held-work")
+            thread.start()
+            self._poke()
+            try:
+                self._wait_held(wall_limit)
+            finally:
+                self._probes.remove(probe)
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _wait_held(self, wall_limit: float) -> None:
+        """Under the lock: wait until the time is held again (or the clock failed)."""
+        deadline = time.monotonic() + wall_limit
+        progress = (self._now, self.instants)
+        while self._target is not None and self._error is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if (self._now, self.instants) != progress:
+                    progress = (self._now, self.instants)
+                    deadline = time.monotonic() + wall_limit
+                    continue
+                self._target = None
+                raise TestbedError(
+                    f"the virtual clock stalled at t={self._now:.0f}s: "
+                    + (self._holdups() or "nobody is due")
+                )
+            self._lock.wait(min(remaining, 1.0))
+        if self._error is not None:
+            raise TestbedError(self._error)
 
     def freeze(self, name: str) -> None:
         """`name` was stopped with SIGSTOP: it answers nothing and wakes for nothing."""
@@ -380,7 +424,10 @@ class Coordinator:
                 self._woken = ([m.name for m in woken], time.monotonic())
                 return False
             upcoming = [d for m in self._active() if (d := m.due_at()) is not None]
-            self._now = min([self._target, self._next_tick, *upcoming])
+            instant = min([self._target, self._next_tick, *upcoming])
+            if instant == float("inf"):
+                return False  # nobody is ever due: wait for whoever holds the time
+            self._now = instant
             self._now_map[:8] = struct.pack("d", self._now)
             self.instants += 1
             if self._ticker is not None and self._now >= self._next_tick:
