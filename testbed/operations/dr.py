@@ -65,6 +65,9 @@ class Operator:
         # on the virtual clock the engine lets the time run meanwhile (a slow link then
         # takes scenario time), given the proxy the bytes go through.
         self.with_time: WithTime = lambda work, _proxy: work()
+        # Until the WAN proxy holds no bytes of these proxies: on the virtual clock the
+        # engine lets the time run to their release; on the realtime clock they land anyway.
+        self.let_land: Callable[[frozenset[str]], None] = lambda _proxies: None
 
     # --- shared ---------------------------------------------------------------------------
 
@@ -178,6 +181,9 @@ class Operator:
             if s.site not in self.deployment.failed_sites
             and self.deployment.server(s.name).state() == "running"
         ]
+        # A statement the dead site sent just before dying, or WAL its primary streamed, is
+        # on the WAN still: it lands (a toxic's bytes at their release), then commits.
+        self.let_land(self._proxies_of(killed))
         self._wait_quiet(surviving, killed)
         ledger = pipeline.ledger(site)
         in_idbs: set[str] = set()
@@ -210,6 +216,15 @@ class Operator:
             "lost_without_infomart": sum(1 for e in ledger if e.id not in in_idbs),
             "lost": lost,
         }
+
+    def _proxies_of(self, names: list[str]) -> frozenset[str]:
+        """The WAN proxies with one of these components or servers at either end."""
+        routes = self.deployment.route_addresses or {}
+        return frozenset(
+            f"{client}-to-{server}"
+            for client, server in routes
+            if client in names or server in names
+        )
 
     def _wait_quiet(self, surviving: list[ServerSpec], killed: list[str]) -> None:
         """A statement the dead site sent just before dying still commits: wait for it."""

@@ -231,6 +231,7 @@ class ScenarioRun:
                 self.operator = Operator(deployment, pipeline, history.record)
                 if coordinator is not None:
                     self.operator.with_time = functools.partial(_with_time, coordinator)
+                    self.operator.let_land = coordinator.run_until_released
                 yield deployment, pipeline
                 if coordinator is not None:
                     history.record("virtual-clock", **coordinator.stats())

@@ -199,6 +199,19 @@ class Coordinator:
             raise box["error"]
         return box["value"]
 
+    def run_until_released(self, proxies: frozenset[str], wall_limit: float = 120.0) -> None:
+        """Let the time run until the WAN proxy holds no bytes of these proxies (what a
+        dead site sent just before it died lands where it was going), then hold it."""
+        released = threading.Event()
+
+        def moving(held: frozenset[str]) -> bool:
+            if held & proxies:
+                return False  # due at their release: the time may jump there
+            released.set()
+            return True  # until the waiting work below has returned
+
+        self.run_while(lambda: released.wait(wall_limit), moving, wall_limit)
+
     def _wait_held(self, wall_limit: float) -> None:
         """Under the lock: wait until the time is held again (or the clock failed)."""
         deadline = time.monotonic() + wall_limit

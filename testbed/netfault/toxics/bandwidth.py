@@ -14,10 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from testbed.netfault import timebase
 from testbed.netfault.toxics.base import Chunk, Pipe, Toxic
 
 PIECE = 16 * 1024  # large chunks are released in pieces so the output stays smooth
 QUANTUM_S = 0.005  # a shared link's turn: this much of its time
+# On the virtual clock a turn costs an instant of the run, not a timer: a second of scenario
+# time keeps a small message's wait far below the heartbeat, in a few thousand instants for
+# a base backup across a thin link.
+QUANTUM_VIRTUAL_S = 1.0
 MIN_PIECE = 512
 STALL_S = 3600.0
 
@@ -79,7 +84,8 @@ def _piece_size(toxic: Toxic) -> int:
     200 KB/s: minutes of scenario time). Alone on a connection, a piece is just pacing."""
     if not toxic.attributes.get("group") or not toxic.rate:
         return PIECE
-    return max(MIN_PIECE, min(PIECE, int(toxic.rate * 1000 * QUANTUM_S)))
+    quantum = QUANTUM_VIRTUAL_S if timebase.current().virtual else QUANTUM_S
+    return max(MIN_PIECE, min(PIECE, int(toxic.rate * 1000 * quantum)))
 
 
 async def _through_link(link: Any, size: int, rate: int, pipe: Pipe) -> bool:
