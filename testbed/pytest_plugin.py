@@ -6,8 +6,9 @@
 - Scenario files in a `scenarios/` folder are collected as tests (`pytest scenarios/`); a
   failure shows the failed checks, the chaos seed and where the report is; the figures are
   attached to the JUnit XML as properties.
-- Options: `--testbed-backend`, `--chaos-seed`, `--testbed-reports DIR` (each scenario
-  file's run folder under DIR, to keep as a CI artifact).
+- Options: `--testbed-backend`, `--testbed-clock` (`virtual` or `1h = 1s`, instead of each
+  file's own), `--chaos-seed`, `--testbed-reports DIR` (each scenario file's run folder
+  under DIR, to keep as a CI artifact).
 
 Every fixture is a context manager underneath: a failing or interrupted test still stops
 every server and process it started.
@@ -38,6 +39,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="local",
         choices=list(BACKENDS),
         help="where PostgreSQL runs (default: local processes; docker: containers)",
+    )
+    group.addoption(
+        "--testbed-clock",
+        default=None,
+        help="`virtual` or a realtime clock such as `1h = 1s`, instead of each scenario's own"
+        " (realtime for the swarm and compose backends)",
     )
     group.addoption(
         "--testbed-reports",
@@ -115,7 +122,10 @@ def run_scenario(
     calls = 0
 
     def run(
-        name_or_path: str | Path, seed: int | None = None, backend: str | None = None
+        name_or_path: str | Path,
+        seed: int | None = None,
+        backend: str | None = None,
+        clock: str | None = None,
     ) -> Outcome:
         nonlocal calls
         calls += 1
@@ -126,6 +136,7 @@ def run_scenario(
             seed if seed is not None else request.config.getoption("--chaos-seed"),
             request.node.user_properties,
             backend or request.config.getoption("--testbed-backend"),
+            clock or request.config.getoption("--testbed-clock"),
         )
 
     return run
@@ -138,12 +149,13 @@ def _run(
     seed: int | None,
     properties: list[tuple[str, object]],
     backend: str = "local",
+    clock: str | None = None,
 ) -> Outcome:
     from testbed.scenarios.engine import ScenarioRun
     from testbed.scenarios.spec import load_scenario
     from testbed.verdict.report import write_reports
 
-    scenario = load_scenario(str(name_or_path))
+    scenario = load_scenario(str(name_or_path), clock)
     ScenarioRun(scenario, out, home=str(home), seed=seed, backend=backend).run()
     outcome = write_reports(out)
     for key in ("lost_events", "predicted_lost_events", "duplicates", "rto_s", "rpo_s"):
@@ -177,7 +189,8 @@ class ScenarioItem(pytest.Item):
         out = self._out()
         home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
         backend = self.config.getoption("--testbed-backend")
-        outcome = _run(self.path, out, home, seed, self.user_properties, backend)
+        clock = self.config.getoption("--testbed-clock")
+        outcome = _run(self.path, out, home, seed, self.user_properties, backend, clock)
         if not outcome.passed:
             raise ScenarioFailed(outcome, out, seed)
 

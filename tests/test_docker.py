@@ -241,9 +241,10 @@ def test_a_scenario_runs_against_the_compose_environment(engine, run_scenario) -
     up = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr
-        outcome = run_scenario("wan-outage-short", backend="compose")
+        outcome = run_scenario("wan-outage-short", backend="compose", clock="1h = 1s")
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
-        again = run_scenario("normal-operation", backend="compose")  # from a clean slate
+        # from a clean slate
+        again = run_scenario("normal-operation", backend="compose", clock="1h = 1s")
         assert again.passed, [c.message for c in again.checks if not c.passed]
     finally:
         subprocess.run([*base, "down", "-v"], capture_output=True, timeout=300)

@@ -52,8 +52,8 @@ def test_each_site_runs_on_its_own_node_and_loses_what_local_loses(
     from testbed.topology import load_topology, source_name
 
     with cluster.environment():
-        swarm = run_scenario("wan-outage-long", backend="swarm")
-    local = run_scenario("wan-outage-long", backend="local")
+        swarm = run_scenario("wan-outage-long", backend="swarm", clock="1h = 1s")
+    local = run_scenario("wan-outage-long", backend="local", clock="1h = 1s")
     for outcome in (swarm, local):
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
 
@@ -101,7 +101,8 @@ def test_a_site_no_node_is_labelled_for_is_refused_in_one_line(cluster, tmp_path
             "testbed",
             "run",
             "return-to-normal-option-1",
-            *("--backend", "swarm", "--home", str(tmp_path / "home"), "--out", str(tmp_path / "r")),
+            *("--backend", "swarm", "--clock", "1h = 1s"),
+            *("--home", str(tmp_path / "home"), "--out", str(tmp_path / "r")),
         ],
         capture_output=True,
         text=True,

@@ -325,11 +325,11 @@ def test_catalog_scenarios_lose_on_swarm_what_they_lose_on_local(
     backend's steps land when they land (`step_lags`: a step on a busy machine can take
     effect hundreds of ms late, which the model reads from the history)."""
     swarm_before, labels_before = _swarm_state(engine), _site_labels(engine)
-    swarm = run_scenario(scenario, backend="swarm")
+    swarm = run_scenario(scenario, backend="swarm", clock="1h = 1s")  # swarm keeps realtime
     # Nothing of the run is left: no service, container, network, volume or node label; and
     # the swarm only if it was there before.
     _assert_nothing_left(engine, "", swarm_before, labels_before)
-    local = run_scenario(scenario, backend="local")
+    local = run_scenario(scenario, backend="local", clock="1h = 1s")
     for outcome in (swarm, local):
         assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
     s, lo = swarm.figures, local.figures

@@ -27,7 +27,7 @@ CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (import
 )
 @click.option(
     "--clock",
-    default="realtime",
+    default="virtual",
     show_default=True,
     help="realtime (1h = 1s to 2s) or virtual (the time jumps when the run is quiescent;"
     " WAN toxics act in scenario units)",

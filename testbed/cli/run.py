@@ -48,6 +48,12 @@ def list_scenarios() -> None:
 @toxiproxy_image_option
 @click.option("--seed", type=int, default=None, help="Seed for chaos steps (overrides the file).")
 @click.option(
+    "--clock",
+    default=None,
+    help="`virtual` or a realtime clock such as `1h = 1s` (overrides the file's): realtime"
+    " for the swarm and compose backends and --toxiproxy-image.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
@@ -73,6 +79,7 @@ def run(
     replay: str | None,
     home: str | None,
     toxiproxy_image: str | None,
+    clock: str | None,
 ) -> None:
     """Run scenarios; exit 0 if every check passes, 1 if one fails, 2 on bad input."""
     import time
@@ -89,7 +96,7 @@ def run(
         names += list(catalog())
     if not names:
         raise TestbedError("name a scenario (see testbed list) or use --all")
-    loaded = [load_scenario(name) for name in names]  # every file checked before any runs
+    loaded = [load_scenario(name, clock) for name in names]  # all checked before any runs
     stop_on_signals()
     failed = skipped = 0
     reports = []

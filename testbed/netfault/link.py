@@ -429,7 +429,8 @@ class Connection:
         if self.closed or self.loan is not None:
             return False, False
         if self._dial is not None and not self._dial.done():
-            return True, False
+            # Dialling the upstream (wall time, running), or a `slow_open` holding it.
+            return (False, True) if self.up.holds() else (True, False)
         directions = (self.up, self.down)
         if any(d.runnable() for d in directions):
             return True, False

@@ -512,6 +512,8 @@ class Operator:
             if traffic_before is not None
             else {}
         )
+        if over_wan.get("wan_bytes") and copy_scenario > 0:  # the rate a scenario sees
+            over_wan["scenario_rate_kb_s"] = round(over_wan["wan_bytes"] / copy_scenario / 1e3, 2)
         lsn_after = src.current_lsn()
         dst.rebuild_from(src, name, via=via).start()
         self._remove_backup(path)

@@ -92,12 +92,14 @@ class ScenarioRun:
         if self.backend_name not in ("local", "docker"):
             raise TestbedError(
                 f"{self.scenario.name}: the virtual clock runs on the local and docker backends"
-                f" only so far; run it with `clock: 1h = 1s` on {self.backend_name}"
+                f" only; on {self.backend_name}, give the file `clock: 1h = 1s` (or run it with"
+                " --clock '1h = 1s')"
             )
         if self.toxiproxy_image:
             raise TestbedError(
                 f"{self.scenario.name}: a third-party WAN proxy (--toxiproxy-image) cannot"
-                " join the virtual clock; run it with `clock: 1h = 1s`"
+                " join the virtual clock; give the file `clock: 1h = 1s` (or run it with"
+                " --clock '1h = 1s')"
             )
 
     # --- the plan ------------------------------------------------------------------------
