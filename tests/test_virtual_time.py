@@ -155,3 +155,18 @@ def test_what_virtual_time_cannot_run_is_refused_in_one_line(
     assert not (tmp_path / "home" / "runs").exists() or not any(
         (tmp_path / "home" / "runs").iterdir()
     )
+
+
+def test_virtual_time_is_the_default_and_a_run_may_choose_realtime(tmp_path: Path) -> None:
+    from testbed.scenarios.spec import load_scenario, scenario_from_data
+
+    unstated = tmp_path / "unstated.yaml"
+    unstated.write_text(OUTAGE.replace("clock: virtual\n", ""))
+    assert load_scenario(unstated).factor == 0.0  # a file that names no clock: virtual
+    assert load_scenario(unstated, clock="1h = 2s").factor == 1800.0  # --clock "1h = 2s"
+    assert load_scenario("wan-outage-long").factor == 0.0  # the catalog
+    # A live environment (a Chaos Toolkit experiment's settings) keeps the realtime clock.
+    import yaml
+
+    data = yaml.safe_load(OUTAGE.replace("clock: virtual\n", ""))
+    assert scenario_from_data(data, "experiment").factor == 3600.0
