@@ -163,7 +163,7 @@ def test_virtual_time_is_the_default_and_a_run_may_choose_realtime(tmp_path: Pat
     unstated = tmp_path / "unstated.yaml"
     unstated.write_text(OUTAGE.replace("clock: virtual\n", ""))
     assert load_scenario(unstated).factor == 0.0  # a file that names no clock: virtual
-    assert load_scenario(unstated, clock="1h = 2s").factor == 1800.0  # --clock "1h = 2s"
+    assert load_scenario(unstated, clock="1h = 4s").factor == 900.0  # --clock "1h = 4s"
     assert load_scenario("wan-outage-long").factor == 0.0  # the catalog
     # A live environment (a Chaos Toolkit experiment's settings) keeps the realtime clock.
     import yaml
