@@ -169,4 +169,6 @@ def test_virtual_time_is_the_default_and_a_run_may_choose_realtime(tmp_path: Pat
     import yaml
 
     data = yaml.safe_load(OUTAGE.replace("clock: virtual\n", ""))
+    data["settings"]["extract_data_stuck_threshold"] = "8h"
+    data["expect"]["loss"]["site2"] = 0
     assert scenario_from_data(data, "experiment").factor == 3600.0
