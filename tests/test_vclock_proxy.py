@@ -34,9 +34,9 @@ for size in SIZES:
     with clock.io("echo", "site1|site2", began + 600, lambda: peer.shutdown(2), VIA):
         peer.sendall(b"x" * size)
         got = 0
-        while got < size:
-            got += len(peer.recv(65536))
-    out.write(f"{size} {began} {clock.now()}\\n")
+        while got < size and (chunk := peer.recv(65536)):
+            got += len(chunk)
+    out.write(f"{size} {began} {clock.now()} {got}\\n")
 clock.sleep(10 ** 9)
 """
 
@@ -87,7 +87,8 @@ def run_caller(
     sizes: list[int],
     via: str | None,
     wall_limit: float = 60.0,
-) -> list[tuple[int, float, float]]:
+    until: float | None = None,
+) -> list[tuple[int, float, float, int]]:
     out = tmp_path / "caller.txt"
     code = f"OUT, PORT, SIZES, VIA = {str(out)!r}, {port}, {sizes!r}, {via!r}\n" + CALLER
     proc = subprocess.Popen(
@@ -98,12 +99,12 @@ def run_caller(
         while "caller" not in coordinator.participants():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
-        coordinator.run_until(60 * (len(sizes) + 1), wall_limit=wall_limit)
+        coordinator.run_until(until or 60 * (len(sizes) + 1), wall_limit=wall_limit)
     finally:
         proc.kill()
         proc.wait(10)
     rows = [line.split() for line in out.read_text().splitlines()]
-    return [(int(size), float(began), float(ended)) for size, began, ended in rows]
+    return [(int(size), float(began), float(ended), int(got)) for size, began, ended, got in rows]
 
 
 def test_toxics_hold_bytes_until_their_scenario_instant(
@@ -128,7 +129,7 @@ def test_toxics_hold_bytes_until_their_scenario_instant(
         assert wan_proxy.attach_clock(None) == "wall"
     listener.close()
     # 0.5 s up, 1.5 s down, and 10 bytes take 5 ms of a 2 KB/s link; 10 KB take 5 s.
-    assert calls == [(10, 60.0, 62.005), (10_000, 122.005, 129.005)]
+    assert calls == [(10, 60.0, 62.005, 10), (10_000, 122.005, 129.005, 10_000)]
 
 
 def test_a_call_the_proxy_does_not_hold_holds_the_time(
@@ -183,3 +184,18 @@ def test_work_with_the_time_running_ends_when_its_last_byte_is_released(
         assert coordinator.now() == 10.0  # 40 KB at 4 KB/s, however slowly they were read
         wan_proxy.attach_clock(None)
     listener.close()
+
+
+def test_a_toxic_that_swallows_bytes_lets_the_call_wait_for_its_deadline(
+    tmp_path: Path, wan_proxy: ToxiproxyClient
+) -> None:
+    """A `timeout` toxic (a black hole the faults do not know of): the call through it can
+    only end at its deadline, and the time jumps there instead of stalling."""
+    listener, echo_port = echo_server()
+    with Coordinator(tmp_path / "clock") as coordinator:
+        wan_proxy.attach_clock(str(coordinator.path))
+        proxy = wan_proxy.create_proxy(PROXY, f"127.0.0.1:{echo_port}")
+        proxy.add_toxic("timeout", stream="upstream", timeout=0)
+        calls = run_caller(coordinator, tmp_path, proxy.port, [10], PROXY, 20.0, until=700)
+    listener.close()
+    assert calls == [(10, 60.0, 660.0, 0)]  # cancelled at its deadline, 600 s on

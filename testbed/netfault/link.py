@@ -251,9 +251,11 @@ class Direction:
         return parked is None or parked.done()
 
     def holds(self) -> bool:
-        """A toxic keeps a chunk of it until a later instant."""
+        """A toxic keeps a chunk of it until a later instant, or swallows what comes."""
         parked = self._parked_on
-        return self._parked_on_timer and parked is not None and not parked.done()
+        if self._parked_on_timer and parked is not None and not parked.done():
+            return True
+        return any(toxic.swallows for toxic, _state in self.toxics())
 
     def flush(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:

@@ -54,6 +54,9 @@ class Toxic:
     extensions: ClassVar[bool] = True
     # Removing a toxic normally flushes what it held; a `timeout` instead closes the connection.
     closes_on_removal: ClassVar[bool] = False
+    # Every byte through it vanishes (a `timeout`): a call across it can only end at a
+    # deadline, so on the virtual clock it holds its connection as a delay does.
+    swallows: ClassVar[bool] = False
 
     def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self.name = name

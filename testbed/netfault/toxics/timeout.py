@@ -24,6 +24,7 @@ class Timeout(Toxic):
     type_name = "timeout"
     attribute_names = ("timeout",)
     closes_on_removal = True
+    swallows = True
 
     def new_state(self, now: float) -> _Clock:
         return _Clock(last=now)
