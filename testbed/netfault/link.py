@@ -425,14 +425,16 @@ class Connection:
 
     def clock_state(self) -> tuple[bool, bool]:
         """(busy, holds) as the virtual clock asks it: busy while it has work it can do
-        now (a dial, bytes to take through its toxics, or unread bytes behind a chunk it
-        holds: they are read and stamped before the time may move); holds while a toxic
-        keeps a chunk of it until a later instant."""
+        now (bytes to take through its toxics, or unread bytes behind a chunk it holds:
+        they are read and stamped before the time may move); holds while a toxic keeps a
+        chunk of it until a later instant."""
         if self.closed or self.loan is not None:
             return False, False
         if self._dial is not None and not self._dial.done():
-            # Dialling the upstream (wall time, running), or a `slow_open` holding it.
-            return (False, True) if self.up.holds() else (True, False)
+            # A `slow_open` holds it; a dial itself is no work the clock waits for: the
+            # client's call through it is running meanwhile, or blocked by a fault (a
+            # frozen server that never accepts keeps a dial hanging for wall minutes).
+            return False, self.up.holds()
         directions = (self.up, self.down)
         if any(d.runnable() for d in directions):
             return True, False
