@@ -251,11 +251,13 @@ class Direction:
         return parked is None or parked.done()
 
     def holds(self) -> bool:
-        """A toxic keeps a chunk of it until a later instant, or swallows what comes."""
+        """A toxic keeps a chunk of it until a later instant."""
         parked = self._parked_on
-        if self._parked_on_timer and parked is not None and not parked.done():
-            return True
-        return any(toxic.swallows for toxic, _state in self.toxics())
+        return self._parked_on_timer and parked is not None and not parked.done()
+
+    def swallows(self) -> bool:
+        """A toxic on it swallows what comes (its bytes never arrive)."""
+        return any(toxic.swallows for toxic, _state in self.active)
 
     def flush(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
@@ -438,13 +440,14 @@ class Connection:
         directions = (self.up, self.down)
         if any(d.runnable() for d in directions):
             return True, False
-        holds = any(d.holds() for d in directions)
-        if holds and any(
-            not side._holds and timebase.unread(side.transport)
-            for side in (self.client, self.server)
-        ):
-            return True, True
-        return False, holds
+        if any(d.holds() for d in directions):
+            busy = any(
+                not side._holds and timebase.unread(side.transport)
+                for side in (self.client, self.server)
+            )
+            return busy, True
+        # Bytes into a black hole need no stamp: unread or not, they never arrive.
+        return False, any(d.swallows() for d in directions)
 
     def side_made(self, side: Side) -> None:
         if side is self.client and self._dial is None:
