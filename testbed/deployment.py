@@ -18,7 +18,14 @@ from testbed.errors import TestbedError
 from testbed.netfault.client import ToxiproxyClient
 from testbed.netfault.wan import RouteProxy, Wan
 from testbed.postgres import Server
-from testbed.topology import Route, ServerSpec, Topology, topology_from_dict, topology_to_dict
+from testbed.topology import (
+    Route,
+    ServerSpec,
+    Topology,
+    proxy_name,
+    topology_from_dict,
+    topology_to_dict,
+)
 
 INITIAL_BACKUP = "initial"
 
@@ -71,6 +78,11 @@ class Deployment:
         sites, straight to the server otherwise. Every component connects through this."""
         routed = (self.route_addresses or {}).get((client, server))
         return routed or self.server(server).address
+
+    def proxy_of(self, client: str, server: str) -> str | None:
+        """The WAN proxy `client` dials `server` through (None: they share a site)."""
+        routed = (client, server) in (self.route_addresses or {})
+        return proxy_name(client, server) if routed else None
 
     def ensure_route(self, client: str, server: str, purpose: str = "replication") -> str:
         """Where `client` dials `server`, adding a WAN proxy when the route crosses sites

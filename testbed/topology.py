@@ -96,7 +96,12 @@ class Route:
 
     @property
     def name(self) -> str:
-        return f"{self.client}-to-{self.server}"
+        return proxy_name(self.client, self.server)
+
+
+def proxy_name(client: str, server: str) -> str:
+    """The name of the WAN proxy on the route from `client` to `server`."""
+    return f"{client}-to-{server}"
 
 
 @dataclass(frozen=True)

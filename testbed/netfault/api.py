@@ -184,8 +184,8 @@ class Api:
     async def clock_set(self, request: Request) -> Response:
         """`{"clock": PATH, "seed": N}` attaches the toxics to the virtual clock whose
         socket is at PATH, their random draws seeded by N; `{"clock": null}` goes back to
-        wall time. Attaching is refused while a toxic
-        exists: what it holds was timed on the wall clock."""
+        wall time. Attaching is refused while a toxic exists: what it holds was timed on the
+        wall clock."""
         body = _body(request)
         path, seed = body.get("clock"), body.get("seed", 0)
         if path is None:

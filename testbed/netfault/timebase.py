@@ -9,15 +9,15 @@ toxic holds are due at their release, and the time may jump there once nothing e
 
 What it tells the clock, after every change:
 - *busy* while any direction of any connection has work it can do now (bytes read and not
-  yet through its toxics, a chunk just released, a dial under way), or a connection that
-  holds bytes has more waiting unread in its socket (the proxy is about to read them: the
-  time must not jump before they are stamped);
+  yet through its toxics, a chunk just released), or a connection that holds bytes has more
+  waiting unread in its socket (the proxy is about to read them: the time must not jump
+  before they are stamped);
 - otherwise idle, with the earliest instant a held chunk is due (`wake`) and the proxies
-  whose bytes it holds (`held`): a component's call through one of them is waiting on the
-  proxy, not on a working server, so it does not hold the time.
+  whose bytes it holds or swallows (`held`): a component's call through one of them is
+  waiting on the proxy, not on a working server, so it does not hold the time.
 
-When the clock goes away (the run ended), the proxy goes back to the wall clock and
-releases what it held at once.
+When the clock goes away (the run ended), the proxy goes back to wall time, going on from
+the last scenario instant: what it still holds is released in wall time from there.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from testbed.vclock.wire import now_path
 
 NAME = "wan-proxy"
 ROLE = "proxy"
-BUSY_RECHECK_WALL_S = 0.001  # how soon a proxy busy with unread bytes or a dial looks again
+BUSY_RECHECK_WALL_S = 0.001  # how soon a proxy busy with unread bytes looks again
 
 
 class Handle(Protocol):
@@ -76,10 +76,9 @@ class WallTime:
 
 
 class _Timer:
-    __slots__ = ("args", "callback", "cancelled", "when")
+    __slots__ = ("args", "callback", "cancelled")
 
-    def __init__(self, when: float, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.callback = callback
         self.args = args
         self.cancelled = False
@@ -129,7 +128,7 @@ class VirtualTime:
         return float(struct.unpack_from("d", self._now_map)[0])
 
     def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> Handle:
-        timer = _Timer(when, callback, args)
+        timer = _Timer(callback, args)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         self.changed()
         return timer
@@ -190,7 +189,7 @@ class VirtualTime:
             except OSError:
                 self.close()
                 return
-        if busy:  # look again soon: unread bytes and dials end without telling us
+        if busy:  # look again soon: bytes being read end without telling us
             self._report_due = True
             self._loop.call_later(BUSY_RECHECK_WALL_S, self._report)
 

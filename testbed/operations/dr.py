@@ -37,6 +37,7 @@ from testbed.topology import (
     GimSpec,
     ServerSpec,
     Topology,
+    proxy_name,
     source_name,
     topology_to_dict,
     with_replacement_site,
@@ -221,7 +222,7 @@ class Operator:
         """The WAN proxies with one of these components or servers at either end."""
         routes = self.deployment.route_addresses or {}
         return frozenset(
-            f"{client}-to-{server}"
+            proxy_name(client, server)
             for client, server in routes
             if client in names or server in names
         )
@@ -499,7 +500,7 @@ class Operator:
         crosses = wan is not None and src_spec.site != dst_spec.site
         traffic_before = wan.traffic() if wan is not None and crosses else None
         lsn_before = src.current_lsn()
-        proxy = f"{dst.name}-to-{src.name}" if crosses else None
+        proxy = self.deployment.proxy_of(dst.name, src.name)
         started, scenario_started = time.monotonic(), self._scenario_now()
         path = self.with_time(lambda: src.backup(name, via=via), proxy)
         copy_s = time.monotonic() - started

@@ -222,8 +222,7 @@ class Pipeline:
     def proxy_of(self, client: str, server: str) -> str | None:
         """The WAN proxy `client` dials `server` through (None: none): whose held bytes
         the virtual clock lets a call wait on."""
-        routed = (client, server) in (self.deployment.route_addresses or {})
-        return f"{client}-to-{server}" if routed else None
+        return self.deployment.proxy_of(client, server)
 
     def idb_of(self, icon: IconSpec) -> dict[str, Any]:
         """Where an ICON writes, in its config: the address, and the names the virtual clock

@@ -58,7 +58,7 @@ class ReplicationWatch:
             return False  # nothing moves, and a query to it would hang
         if self.blockage.blocked(standby, self.route_of(standby, primary)):
             return False  # black-holed: only a heal moves it
-        if f"{standby}-to-{primary}" in held:
+        if self.deployment.proxy_of(standby, primary) in held:
             return False  # the proxy holds its bytes: due at their release
         for name in (standby, primary):
             if self.deployment.server(name).state() != "running":

@@ -347,10 +347,7 @@ class Coordinator:
                 member.acked = max(member.acked, int(message["gen"]))
                 member.busy = bool(message["busy"])
                 member.wake = message["wake"]
-                member.ios = [
-                    (str(io[0]), io[1], float(io[2]), io[3] if len(io) > 3 else None)
-                    for io in message["ios"]
-                ]
+                member.ios = [(str(t), r, float(d), via) for t, r, d, via in message["ios"]]
                 member.held = frozenset(message.get("held") or ())
 
     def _send(self, member: Member, op: str) -> None:
@@ -413,8 +410,10 @@ class Coordinator:
                 for name in names:
                     self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
                 self._woken = None
-            if self._probes and any(probe(self._held()) for probe in self._probes):
-                return True
+            if self._probes:
+                held = self._held()
+                if any(probe(held) for probe in self._probes):
+                    return True
             if self._now >= self._target:  # there: steps at this instant go before the rest
                 self._target = None
                 self._lock.notify_all()
