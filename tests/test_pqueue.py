@@ -31,3 +31,28 @@ def test_oldest_queued_call_is_the_smallest_call_time_not_the_first_queued(
     queue.delete_through(queue.peek(3)[-1].seq)
     assert queue.oldest_event_ts() is None
     queue.close()
+
+
+def test_depth_kept_beside_the_table_matches_a_count_across_deletes_and_a_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.sqlite"
+    queue = PersistentQueue(path)
+
+    def counted(kind: str | None = None) -> int:
+        where = "" if kind is None else f" WHERE kind = '{kind}'"
+        return queue._db.execute(f"SELECT count(*) FROM queue{where}").fetchone()[0]
+
+    for round_ in range(5):
+        queue.append([("event", float(i), {"id": f"{round_}-{i}", "ts": 1.0}) for i in range(9)])
+        queue.append([("heartbeat", 9.0, {"ts": 9.0}), ("session", 9.0, {"id": "s", "ts": 9.0})])
+        queue.delete_through(queue.peek(4 + round_)[-1].seq)
+        for kind in (None, "event", "heartbeat", "session"):
+            assert queue.depth(kind) == counted(kind)
+    depth = queue.depth()
+    queue.close()
+    reopened = PersistentQueue(path)
+    assert reopened.depth() == depth
+    kinds = ("event", "heartbeat", "session")
+    assert sum(reopened.depth(kind) for kind in kinds) == depth
+    reopened.close()

@@ -181,6 +181,50 @@ def test_io_on_a_blocked_route_waits_for_its_deadline_and_healthy_io_holds_the_t
     server.close()
 
 
+def test_a_call_that_answers_at_once_costs_no_report_and_a_blocked_one_is_reported(
+    coordinator: Coordinator, participants: Participants, tmp_path: Path
+) -> None:
+    # Fifty calls a peer answers at once cost the coordinator no message each (a report on
+    # the way in and one on the way out would be a hundred); a call the faults block is
+    # still reported, so the time goes on to its deadline.
+    server = socket_server(tmp_path / "peer.sock")
+    participants.start(
+        "caller",
+        f"""
+        peer = socket.socket(socket.AF_UNIX)
+        peer.connect({str(tmp_path / "peer.sock")!r})
+        clock.sleep(5)
+        for _ in range(50):
+            with clock.io("peer", "healthy", clock.now() + 30, lambda: None):
+                peer.sendall(b"?")
+                peer.recv(1)
+        say("quick", clock.now())
+        with clock.io("peer", "cut", clock.now() + 30, lambda: peer.shutdown(socket.SHUT_RDWR)):
+            peer.sendall(b"!")
+            answer = peer.recv(1)
+        say("blocked", clock.now(), answer or b"cancelled")
+        clock.sleep(10 ** 9)
+        """,
+    )
+    coordinator.blocked_routes.add("cut")  # type: ignore[attr-defined]
+
+    held: list[socket.socket] = []
+
+    def answer_questions() -> None:
+        conn = server.accept()[0]
+        held.append(conn)  # a black hole: the last question stays unanswered, not refused
+        while conn.recv(1) == b"?":
+            conn.sendall(b".")
+
+    threading.Thread(target=answer_questions, daemon=True).start()
+    before = coordinator.stats()["reports"]["caller"]  # type: ignore[index]
+    coordinator.run_until(1000)
+    assert participants.lines() == ["quick 5.0", "blocked 35.0 b'cancelled'"]
+    reports = coordinator.stats()["reports"]["caller"] - before  # type: ignore[index,operator]
+    assert reports < 25, f"{reports} reports for 51 calls"
+    server.close()
+
+
 def test_a_handoff_between_threads_is_never_taken_for_quiescence(
     coordinator: Coordinator, participants: Participants
 ) -> None:

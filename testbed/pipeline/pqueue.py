@@ -54,6 +54,11 @@ class PersistentQueue:
                 "CREATE INDEX IF NOT EXISTS queue_event_ts ON queue (event_ts)"
                 " WHERE event_ts IS NOT NULL"
             )
+            # How many items of each kind wait, kept beside the table: the status asks at
+            # every report, and a count(*) over an outage's backlog is a pass over it.
+            self._counts: dict[str, int] = dict(
+                self._db.execute("SELECT kind, count(*) FROM queue GROUP BY kind").fetchall()
+            )
         except (sqlite3.Error, OSError) as exc:
             raise TestbedError(f"cannot open the persistent queue {path}: {exc}") from None
 
@@ -73,6 +78,8 @@ class PersistentQueue:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            for kind, _ts, _body in items:
+                self._counts[kind] = self._counts.get(kind, 0) + 1
         return self.depth()
 
     def head(self, limit: int) -> tuple[int, float | None]:
@@ -96,15 +103,15 @@ class PersistentQueue:
 
     def delete_through(self, seq: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM queue WHERE seq <= ?", (seq,))
+            gone = self._db.execute("DELETE FROM queue WHERE seq <= ? RETURNING kind", (seq,))
+            for (kind,) in gone.fetchall():
+                self._counts[kind] -= 1
 
     def depth(self, kind: str | None = None) -> int:
         with self._lock:
             if kind is None:
-                return self._db.execute("SELECT count(*) FROM queue").fetchone()[0]
-            return self._db.execute(
-                "SELECT count(*) FROM queue WHERE kind = ?", (kind,)
-            ).fetchone()[0]
+                return sum(self._counts.values())
+            return self._counts.get(kind, 0)
 
     def oldest_event_ts(self) -> float | None:
         """The scenario time of the oldest event still queued (None: no event queued)."""

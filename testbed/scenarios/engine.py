@@ -31,9 +31,10 @@ from testbed.operations.consistency import compare, divergence, marks
 from testbed.operations.dr import Operator
 from testbed.periods import STOP_PATIENCE_WALL_S
 from testbed.pipeline.control import Pipeline, PipelineSettings
-from testbed.postgres import Server
+from testbed.postgres import Server, parse_lsn
 from testbed.scenarios import chaos
 from testbed.scenarios.blockage import Blockage
+from testbed.scenarios.kept_connections import KeptConnections
 from testbed.scenarios.lineage import lineage
 from testbed.scenarios.replication_watch import ReplicationWatch
 from testbed.scenarios.spec import DR_VERBS, Scenario, Step
@@ -80,6 +81,7 @@ class ScenarioRun:
         self.progress = progress or (lambda _t, _m: None)
         self.failures: list[str] = []
         self.blockage = Blockage()
+        self._sampler: Sampler | None = None
 
     @property
     def virtual(self) -> bool:
@@ -235,6 +237,8 @@ class ScenarioRun:
                     self.operator.with_time = functools.partial(_with_time, coordinator)
                     self.operator.let_land = coordinator.run_until_released
                 yield deployment, pipeline
+                if self._sampler is not None:  # on the virtual clock it samples until here
+                    self._sampler.stop()
                 if coordinator is not None:
                     history.record("virtual-clock", **coordinator.stats())
                     if deployment.wan is not None:
@@ -268,7 +272,7 @@ class ScenarioRun:
     def _play(
         self, steps: list[Step], deployment: Deployment, pipeline: Pipeline, history: History
     ) -> None:
-        sampler = Sampler(pipeline, deployment, history)
+        sampler = self._sampler = Sampler(pipeline, deployment, history)
         if isinstance(pipeline.clock, EngineClock):
             # Sampled whenever the time runs (between steps, in a settle, in a procedure
             # that waits), on the grid of SAMPLE_VIRTUAL_S.
@@ -632,6 +636,7 @@ class Sampler(threading.Thread):
         self.deployment = deployment
         self.history = history
         self._halt = threading.Event()
+        self._conns = KeptConnections(deployment, "testbed-sampler")
 
         self.count = 0
 
@@ -641,6 +646,8 @@ class Sampler(threading.Thread):
 
     def sample(self) -> None:
         """One sample of the figures (the replication lag every tenth)."""
+        if self._halt.is_set():
+            return
         self.count += 1
         try:
             figures = self.pipeline.figures()
@@ -659,15 +666,19 @@ class Sampler(threading.Thread):
         seconds: dict[str, float | None] = {}
         for standby, primary_name in list(self.deployment.standby_of.items()):
             try:
-                primary = self.deployment.server(primary_name).current_lsn()
-                server = self.deployment.server(standby)
-                replayed = server.replay_lsn()
-                lag[standby] = max(0, primary - replayed) if replayed is not None else None
-                seconds[standby] = 0.0 if lag[standby] == 0 else server.scalar(REPLAY_AGE_SQL)
+                (primary,) = self._conns.row(primary_name, "SELECT pg_current_wal_lsn()::text")
+                (replayed,) = self._conns.row(standby, "SELECT pg_last_wal_replay_lsn()::text")
+                behind = parse_lsn(primary) - parse_lsn(replayed) if replayed else None
+                lag[standby] = max(0, behind) if behind is not None else None
+                seconds[standby] = (
+                    0.0 if lag[standby] == 0 else self._conns.row(standby, REPLAY_AGE_SQL)[0]
+                )
             except Exception:  # a server down or cut off: no figure, not a failure
                 lag[standby] = seconds[standby] = None
         return lag, seconds
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(5)
+        if self.is_alive():
+            self.join(5)
+        self._conns.close()

@@ -19,8 +19,8 @@ import psycopg
 
 from testbed.deployment import Deployment
 from testbed.scenarios.blockage import Blockage
+from testbed.scenarios.kept_connections import KeptConnections
 
-CONNECT_TIMEOUT_S = 2
 # The slowest walsender's position, per primary: what is still to be sent to a standby.
 SENT_SQL = (
     "SELECT pg_current_wal_flush_lsn() - min(sent_lsn), count(*) FROM pg_stat_replication"
@@ -44,7 +44,7 @@ class ReplicationWatch:
         self.deployment = deployment
         self.blockage = blockage
         self.route_of = route_of  # the WAN link between two servers (None: one site)
-        self._conns: dict[str, psycopg.Connection] = {}
+        self._conns = KeptConnections(deployment, "testbed-clock-watch")
 
     def moving(self, held: frozenset[str]) -> bool:
         for standby, primary in list(self.deployment.standby_of.items()):
@@ -75,24 +75,10 @@ class ReplicationWatch:
         return bool(sent and received and _lsn(received) < _lsn(sent))
 
     def _row(self, server: str, sql: str) -> tuple:
-        conn = self._conns.get(server)
-        if conn is None or conn.closed:
-            conn = self._conns[server] = self.deployment.server(server).connect(
-                connect_timeout=CONNECT_TIMEOUT_S, application_name="testbed-clock-watch"
-            )
-        try:
-            row = conn.execute(sql).fetchone()
-        except (psycopg.Error, OSError):
-            conn.close()
-            self._conns.pop(server, None)
-            raise
-        return tuple(row) if row is not None else ()
+        return self._conns.row(server, sql)
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            with contextlib.suppress(Exception):
-                conn.close()
-        self._conns.clear()
+        self._conns.close()
 
 
 def _lsn(text: str) -> int:

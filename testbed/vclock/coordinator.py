@@ -113,6 +113,7 @@ class Coordinator:
         self.instants = 0  # instants the time has stopped at (a run's cost)
         self.wakes: dict[str, int] = {}  # wakes per participant
         self.busy_wall: dict[str, float] = {}  # wall seconds from its wake to quiescence
+        self.reports: dict[str, int] = {}  # state reports read per participant
         self._woken: tuple[list[str], float] | None = None
         self._ticker: tuple[float, Callable[[], None]] | None = None
         self._next_tick = float("inf")
@@ -261,12 +262,14 @@ class Coordinator:
             self._next_tick = next_on_grid(self._now, period)
 
     def stats(self) -> dict[str, object]:
-        """What the run cost: instants, and per participant its wakes and wall time."""
+        """What the run cost: instants, and per participant its wakes, wall time and
+        state reports."""
         with self._lock:
             return {
                 "instants": self.instants,
                 "wakes": dict(sorted(self.wakes.items())),
                 "busy_wall_s": {k: round(v, 3) for k, v in sorted(self.busy_wall.items())},
+                "reports": dict(sorted(self.reports.items())),
             }
 
     def participants(self) -> list[str]:
@@ -344,6 +347,7 @@ class Coordinator:
                 member.rank = RANKS.get(str(message.get("role")), len(RANKS) + 1)
                 self._send(member, "now")
             elif message["op"] == "state":
+                self.reports[member.name] = self.reports.get(member.name, 0) + 1
                 member.acked = max(member.acked, int(message["gen"]))
                 member.busy = bool(message["busy"])
                 member.wake = message["wake"]
@@ -352,14 +356,21 @@ class Coordinator:
 
     def _send(self, member: Member, op: str) -> None:
         member.sent += 1
+        data = wire.encode({"op": op, "t": self._now, "gen": member.sent})
         try:
+            sent = member.sock.send(data)  # a few dozen bytes: whole, but for a full buffer
+            if sent < len(data):
+                member.sock.setblocking(True)
+                member.sock.sendall(data[sent:])
+                member.sock.setblocking(False)
+        except BlockingIOError:
             member.sock.setblocking(True)
-            wire.send(member.sock, {"op": op, "t": self._now, "gen": member.sent})
-        except OSError:
-            pass  # it is gone; its end of file removes it
-        finally:
+            with contextlib.suppress(OSError):
+                member.sock.sendall(data)
             with contextlib.suppress(OSError):
                 member.sock.setblocking(False)
+        except OSError:
+            pass  # it is gone; its end of file removes it
 
     def _active(self) -> list[Member]:
         return [m for m in self._members.values() if m.name not in self._frozen]
@@ -410,7 +421,18 @@ class Coordinator:
                 for name in names:
                     self.busy_wall[name] = self.busy_wall.get(name, 0.0) + time.monotonic() - since
                 self._woken = None
-            if self._probes:
+            # Those due now are woken before any probe is asked: the time does not move for
+            # them, and nothing they do reads a standby. A probe is asked only before the
+            # time moves on, or is handed back to the engine.
+            due = (
+                []
+                if self._now >= self._target
+                else sorted(
+                    (m for m in self._active() if (d := m.due_at()) is not None and d <= self._now),
+                    key=lambda m: m.order,
+                )
+            )
+            if not due and self._probes:
                 held = self._held()
                 if any(probe(held) for probe in self._probes):
                     return True
@@ -418,10 +440,6 @@ class Coordinator:
                 self._target = None
                 self._lock.notify_all()
                 return False
-            due = sorted(
-                (m for m in self._active() if (d := m.due_at()) is not None and d <= self._now),
-                key=lambda m: m.order,
-            )
             if due:
                 rank = due[0].rank
                 woken = [m for m in due if m.rank == rank]

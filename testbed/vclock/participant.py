@@ -9,6 +9,13 @@ I/O it waits on. A thread is marked running *before* it is woken, by whoever wak
 that is reported before the waker goes on: a handoff inside a process never looks like
 quiescence from outside.
 
+Reports cost the run its pace (each is a message the coordinator reads while everyone
+waits), so only what the coordinator can act on is sent. A busy process is busy, whatever
+its other threads wait on. And a call just begun counts as running for its first
+`FRESH_IO_WALL_S` of wall time: most calls answer within it, and only one still blocked
+then (a black hole, a frozen server) is reported as I/O. Both are the same to the
+coordinator (each holds the time); the difference is a message pair per call.
+
 A process whose coordinator is gone exits: nobody would ever wake it again.
 """
 
@@ -20,6 +27,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +38,9 @@ from testbed.vclock import wire
 from testbed.vclock.wire import now_path
 
 ORPHANED_EXIT = 70  # the run's clock went away
+# A call still blocked after this much wall time is reported as I/O (until then it is work,
+# as it most likely is): how late a blocked call is seen, never what the run does.
+FRESH_IO_WALL_S = 0.002
 T = TypeVar("T")
 
 
@@ -42,6 +53,7 @@ class Slot:
     io: tuple[str, str | None, float, str | None] | None = None
     cancel: Callable[[], None] | None = None
     cancelled: bool = False
+    fresh: float | None = None  # a call just begun: running, from this monotonic instant
 
 
 class VirtualClock:
@@ -73,8 +85,10 @@ class VirtualClock:
         self._local.slot = main
         self._slots: set[Slot] = {main}
         self._said: tuple[Any, ...] | None = None
+        self._fresh = threading.Condition(self._lock)
         self._report(force=True)
         threading.Thread(target=self._listen, daemon=True, name="virtual-clock").start()
+        threading.Thread(target=self._age_calls, daemon=True, name="virtual-clock-io").start()
 
     # --- reading and waiting -------------------------------------------------------------
 
@@ -127,18 +141,19 @@ class VirtualClock:
         blocked, `cancel()` is called: the call must then fail promptly."""
         slot = self._slot()
         with self._lock:
-            slot.state, slot.io, slot.cancel, slot.cancelled = (
+            slot.state, slot.io, slot.cancel, slot.cancelled, slot.fresh = (
                 "io",
                 (target, route, deadline, via),
                 cancel,
                 False,
+                time.monotonic(),
             )
-            self._report()
+            self._fresh.notify()
         try:
             yield
         finally:
             with self._lock:
-                slot.state, slot.io, slot.cancel = "running", None, None
+                slot.state, slot.io, slot.cancel, slot.fresh = "running", None, None, None
                 self._report()
 
     def _slot(self) -> Slot:
@@ -178,6 +193,23 @@ class VirtualClock:
         slot.state = "running"
         slot.event.set()
 
+    def _age_calls(self) -> None:
+        """Calls still blocked `FRESH_IO_WALL_S` after they began are reported as I/O."""
+        with self._lock:
+            while True:
+                began = [s.fresh for s in self._slots if s.fresh is not None]
+                if not began:
+                    self._fresh.wait()
+                    continue
+                now = time.monotonic()
+                if min(began) + FRESH_IO_WALL_S > now:
+                    self._fresh.wait(min(began) + FRESH_IO_WALL_S - now)
+                    continue
+                for slot in self._slots:
+                    if slot.fresh is not None and slot.fresh + FRESH_IO_WALL_S <= now:
+                        slot.fresh = None
+                self._report()
+
     # --- the coordinator -----------------------------------------------------------------
 
     def _listen(self) -> None:
@@ -216,13 +248,18 @@ class VirtualClock:
 
     def _report(self, force: bool = False) -> None:
         """Under the lock: tell the coordinator what this process is doing, if it changed."""
-        busy = any(s.state == "running" or (s.state == "io" and s.cancelled) for s in self._slots)
-        wakes = [s.until for s in self._slots if s.state == "parked" and s.until is not None]
-        ios = sorted(
-            [list(s.io) for s in self._slots if s.state == "io" and s.io is not None],
-            key=lambda io: (io[0], io[1] or "", io[2], io[3] or ""),
+        busy = any(
+            s.state == "running" or (s.state == "io" and (s.cancelled or s.fresh is not None))
+            for s in self._slots
         )
-        wake = min(wakes) if wakes else None
+        wake, ios = None, []
+        if not busy:  # what a busy process waits on is nothing the coordinator can act on
+            wakes = [s.until for s in self._slots if s.state == "parked" and s.until is not None]
+            ios = sorted(
+                [list(s.io) for s in self._slots if s.state == "io" and s.io is not None],
+                key=lambda io: (io[0], io[1] or "", io[2], io[3] or ""),
+            )
+            wake = min(wakes) if wakes else None
         summary = (busy, wake, ios, self._gen)
         if summary == self._said and not force:
             return

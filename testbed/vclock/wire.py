@@ -16,8 +16,12 @@ from typing import Any
 ENV_PREFIX = "virtual:"
 
 
+def encode(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.sendall((json.dumps(message, separators=(",", ":")) + "\n").encode())
+    sock.sendall(encode(message))
 
 
 class Reader:
