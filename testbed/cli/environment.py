@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from testbed import procs
+from testbed import ports, procs
 from testbed.backends.choose import BACKENDS
 from testbed.backends.storage import STORAGES
 from testbed.cli.output import (
@@ -89,6 +89,7 @@ def up(
             err.print(f"all {len(rows)} servers answered; stopping")
         elif detach:
             left_running = True
+            ports.hand_over(backend_run.run.path)
             err.print(f"left running; stop with: testbed down {backend_run.id}")
         else:
             err.print("running; press Ctrl-C to stop")

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from testbed import launcher, procs
+from testbed import launcher, ports, procs
 from testbed.backends.choose import open_backend
 from testbed.clock import Clock
 from testbed.deployment import Deployment, bring_up
@@ -146,6 +146,7 @@ class ScenarioRun:
         self.refuse_virtual()
         history = self.open_history()
         steps = self.plan(history)
+        leased_before = ports.held()
         try:
             with self.environment(history, steps) as (deployment, pipeline):
                 self._play(steps, deployment, pipeline, history)
@@ -155,6 +156,7 @@ class ScenarioRun:
             raise
         finally:
             history.close()
+            ports.release(sorted(ports.held() - leased_before))  # its servers are gone
         return self.out
 
     def open_history(self) -> History:
