@@ -16,6 +16,9 @@ import yaml
 from testbed.errors import InvalidFile
 
 FieldPath = tuple[str | int, ...]
+# A scenario or topology a person wrote has hundreds of values; a file whose aliases expand
+# past this is a mistake (or an attack) that would otherwise take minutes and gigabytes.
+MAX_NODES = 100_000
 
 
 def format_path(path: FieldPath) -> str:
@@ -59,8 +62,10 @@ def load(path: str | Path) -> DataFile:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidFile(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidFile(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidFile(f"{path}: not a text file (not UTF-8 at byte {exc.start})") from None
+    except OSError as exc:
+        raise InvalidFile(f"{path}: cannot read: {exc.strerror or exc}") from None
     return loads(text, source=str(path))
 
 
@@ -76,8 +81,30 @@ def loads(text: str, source: str = "<string>") -> DataFile:
         raise InvalidFile(f"{source}: not valid YAML: {exc}") from None
     result = DataFile(source=source, data=None)
     if root is not None:
+        size = _expanded_size(root, {})
+        if size > MAX_NODES:
+            raise InvalidFile(
+                f"{source}: expands to more than {MAX_NODES:,} values (YAML aliases repeating"
+                " aliases): write the steps out, or use fewer nested anchors"
+            )
         result.data = _build(root, (), result)
     return result
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values the node tree becomes once every alias is expanded, counted on the
+    tree as composed (an alias is the same node object again: each is counted once, so a
+    "billion laughs" file costs a pass over what was written, not over what it means)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    sizes[id(node)] = size = min(size, MAX_NODES + 1)
+    return size
 
 
 _scalars = yaml.SafeLoader("")

@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from testbed.cli.output import err, home_option, out, stop_on_signals, user_errors
+from testbed.cli.output import (
+    err,
+    home_option,
+    out,
+    stop_on_signals,
+    user_errors,
+    writable_folder,
+)
 from testbed.errors import TestbedError
 
 TOPOLOGIES = ("active-standby", "active-active")
@@ -37,6 +44,7 @@ CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (import
     "out_dir",
     type=click.Path(file_okay=False),
     default=None,
+    callback=writable_folder,
     help="Where reproductions go (default: .testbed/fuzz/<time>).",
 )
 @click.option(

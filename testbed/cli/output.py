@@ -10,9 +10,11 @@ Every command module imports this one and nothing imports the command modules bu
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,10 +34,28 @@ toxiproxy_image_option = click.option(
     help="Docker backend: run this image (e.g. a real Toxiproxy) as the WAN proxy.",
 )
 
+
+def writable_folder(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A folder the command will write into, checked before anything starts: one that
+    cannot be made or written is a bad value, not a traceback once servers run."""
+    if value is None:
+        return value
+    folder = Path(value)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".writable-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise click.BadParameter(f"{value}: cannot be written ({exc.strerror or exc})") from None
+    return value
+
+
 home_option = click.option(
     "--home",
     type=click.Path(file_okay=False),
     default=None,
+    callback=writable_folder,
     help="Folder holding runs/ (default: $TESTBED_HOME or ./.testbed).",
 )
 

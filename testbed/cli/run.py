@@ -18,6 +18,7 @@ from testbed.cli.output import (
     stop_on_signals,
     toxiproxy_image_option,
     user_errors,
+    writable_folder,
 )
 from testbed.errors import CannotRunHere, TestbedError
 
@@ -58,6 +59,7 @@ def list_scenarios() -> None:
     "out_dir",
     type=click.Path(file_okay=False),
     default=None,
+    callback=writable_folder,
     help="Where reports go (default: .testbed/reports/<scenario>-<time>).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")

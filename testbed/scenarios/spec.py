@@ -27,6 +27,13 @@ from testbed.verdict.tolerance import (
 
 TOP_KEYS = ("name", "description", "topology", "clock", "settings", "workload", "steps", "expect")
 SETTINGS = ("extract_data_stuck_threshold", "delayed_data_threshold", "heartbeat_interval")
+# Bounds on what a file may ask for: past them a run would take hours or gigabytes and
+# nobody meant it. A contact centre's busiest site sees tens of thousands of calls an hour;
+# the catalog's longest scenario is a day.
+MAX_RATE_PER_HOUR = 100_000
+MAX_SCENARIO_S = 1000 * 3600.0
+LONGEST = "1000h"
+MAX_CHAOS_FAULTS = 10_000
 PROCESS_VERBS = ("kill", "stop", "start", "pause", "resume")
 DR_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
 CHAOS_FAULTS = ("partition", "latency", "bandwidth", "kill", "stop", "pause")
@@ -161,6 +168,13 @@ class _Parser:
         except TestbedError as exc:
             raise self.fail(path, str(exc)) from None
 
+    def positive(self, value: Any, path: tuple) -> float:
+        """A duration that means nothing at zero (a threshold, a period, a settle)."""
+        seconds = self.duration(value, path)
+        if seconds <= 0:
+            raise self.fail(path, f"{value!r}: must be longer than 0s")
+        return seconds
+
     def mapping(self, value: Any, path: tuple, keys: tuple[str, ...]) -> dict:
         if value is None:
             return {}
@@ -188,7 +202,7 @@ class _Parser:
         except TestbedError as exc:
             raise self.fail(("clock",), str(exc)) from None
         settings = {
-            key: self.duration(value, ("settings", key))
+            key: self.positive(value, ("settings", key))
             for key, value in self.mapping(top.get("settings"), ("settings",), SETTINGS).items()
         }
         workload = self.mapping(top.get("workload"), ("workload",), ("rate", "seed"))
@@ -233,7 +247,7 @@ class _Parser:
     def rate(self, value: Any) -> float:
         path = ("workload", "rate")
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return float(value)
+            return self.bounded_rate(float(value), value)
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\w+)\s*", str(value))
         if not match:
             raise self.fail(path, f"{value!r} is not a rate like 600/h")
@@ -243,6 +257,15 @@ class _Parser:
         rate = float(match.group(1)) * 3600.0 / per
         if rate <= 0:
             raise self.fail(path, "the rate must be positive")
+        return self.bounded_rate(rate, value)
+
+    def bounded_rate(self, rate: float, value: Any) -> float:
+        if rate > MAX_RATE_PER_HOUR:
+            raise self.fail(
+                ("workload", "rate"),
+                f"{value!r} is {rate:,.0f} events per site per hour, more than the workload"
+                f" generator's {MAX_RATE_PER_HOUR:,}/h",
+            )
         return rate
 
     def step(self, raw: Any, path: tuple, names: _Names) -> Step:
@@ -251,6 +274,10 @@ class _Parser:
         if "at" not in raw:
             raise self.fail(path, "missing required field 'at'")
         at = self.duration(raw["at"], (*path, "at"))
+        if at > MAX_SCENARIO_S:
+            raise self.fail(
+                (*path, "at"), f"{raw['at']!r} is past the longest scenario ({LONGEST})"
+            )
         verbs = [k for k in raw if k in VERB_KEYS]
         if len(verbs) != 1:
             unknown = [
@@ -308,15 +335,26 @@ class _Parser:
                 )
         elif verb in PROCESS_VERBS:
             names.target(options.get("target", value), vpath, self)
-        elif verb in ("settle", "wait"):
+        elif verb == "settle":
+            value = self.positive(value, vpath)
+        elif verb == "wait":
             value = self.duration(value, vpath)
+        if verb in ("settle", "wait") and at + value > MAX_SCENARIO_S:
+            raise self.fail(vpath, f"ends past the longest scenario ({LONGEST})")
         elif verb == "chaos":
             options["until"] = self.duration(options.get("until"), (*path, "until"))
             if options["until"] <= at:
                 raise self.fail((*path, "until"), "must be after `at`")
-            options["mean_interval"] = self.duration(
+            options["mean_interval"] = self.positive(
                 options.get("mean_interval", "1h"), (*path, "mean_interval")
             )
+            faults_expected = (options["until"] - at) / options["mean_interval"]
+            if faults_expected > MAX_CHAOS_FAULTS:
+                raise self.fail(
+                    (*path, "mean_interval"),
+                    f"about {faults_expected:,.0f} faults from `at` to `until`, more than"
+                    f" {MAX_CHAOS_FAULTS:,}: make it longer",
+                )
             faults = options.get("faults", ["partition", "latency", "kill"])
             for i, fault in enumerate(faults if isinstance(faults, list) else [faults]):
                 if fault not in CHAOS_FAULTS:

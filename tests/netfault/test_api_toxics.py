@@ -248,6 +248,8 @@ INVALID_ATTRIBUTES = [
     ("slow_close", {"delay": -1}, "delay"),
     ("limit_data", {"bytes": -1}, "bytes"),
     ("bandwidth", {"rate": [1]}, "rate"),
+    ("bandwidth", {"rate": 1e300}, "rate"),  # past int64, as the reference decodes it
+    ("latency", {"latency": 2**63}, "latency"),
 ]
 
 

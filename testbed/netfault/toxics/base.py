@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+INT64_MAX = 2**63 - 1
+
 
 @dataclass(slots=True)
 class Chunk:
@@ -80,6 +82,8 @@ class Toxic:
                 raise AttributeError_(f"attribute {key} must be an integer, not {value!r}")
             if value < 0:
                 raise AttributeError_(f"attribute {key} must not be negative ({value})")
+            if value > INT64_MAX:  # the reference decodes into int64 and refuses the rest
+                raise AttributeError_(f"attribute {key} is out of range ({value:g})")
             values[key] = int(value)
         for key in cls.text_attribute_names if Toxic.extensions else ():
             text = raw.get(key)
