@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import textwrap
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 from testbed.history import read_history
 from testbed.launcher import LAUNCH_ENV
+from testbed.procs import stop_on_signals
 from testbed.scenarios.engine import ScenarioRun
 from testbed.scenarios.spec import load_scenario
 from testbed.verdict.report import write_reports
@@ -121,4 +123,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

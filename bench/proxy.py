@@ -40,6 +40,7 @@ from typing import Any
 from testbed.backends.local import LocalBackend
 from testbed.ports import LOOPBACK, free_port, port_is_free
 from testbed.postgres import split_address
+from testbed.procs import stop_on_signals
 
 CHUNK = 1 << 20
 PEER_START_TIMEOUT_S = 5.0
@@ -68,6 +69,8 @@ backend target
 
 
 def _sink(listener: socket.socket, result: Connection) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked helper just ends when stopped
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the benchmark to handle
     conn, _ = listener.accept()
     total = 0
     while data := conn.recv(CHUNK):
@@ -335,4 +338,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from testbed.pipeline.pqueue import Item
 from testbed.pipeline.schema import IDB_DDL, INFOMART_DDL
 from testbed.pipeline.workload import schedule
 from testbed.postgres import Server, split_address
+from testbed.procs import stop_on_signals
 
 SITE, SOURCE = "site1", "icon1a"
 BATCHES = 50
@@ -251,4 +253,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -117,3 +117,16 @@ def stop_group(pid: int, pgid: int, first: int = signal.SIGINT, timeout: float =
         wait_until(lambda: not group_alive(pgid), 5.0)
     signal_group(pgid, signal.SIGKILL)
     wait_until(lambda: not group_alive(pgid), 10.0)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C does: through the cleanup path. Ctrl-C
+    too when started in the background of a shell script, which leaves SIGINT ignored (and
+    Python then installs no handler for it)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)

@@ -16,6 +16,8 @@ every server and process it started.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,16 @@ from testbed.operations.dr import Operator
 from testbed.pipeline.control import Pipeline, PipelineSettings
 from testbed.topology import Topology, default_topology
 from testbed.verdict.checks import Outcome
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A session stopped with SIGTERM (a CI job cancelled, `timeout`) tears its fixtures
+    down as Ctrl-C does, so their servers stop; a handler someone else set is kept."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

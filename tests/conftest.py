@@ -44,3 +44,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _before = pytest.StashKey[set[int]]()
+
+
+@pytest.fixture(autouse=True)
+def _own_run_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test registers its runs in a registry of its own: a test's `testbed down --all`
+    stops what that test started, never the runs of the tests around it."""
+    from testbed.backends import runs
+
+    monkeypatch.setenv(runs.REGISTRY_ENV, str(tmp_path_factory.mktemp("run-registry")))
+    yield

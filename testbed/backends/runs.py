@@ -3,16 +3,24 @@
 Every process a run starts is written to `run.json` before the runner waits for it, so a
 runner that crashes (or is SIGKILLed) leaves enough behind for `testbed down` to find and
 stop its servers. The record is rewritten atomically, so a reader never sees half of it.
+
+Runs are made under many homes (a benchmark's or a test session's temporary folder, the
+user's `.testbed`), so each is also *registered*: a file per run in one folder per user
+on the machine, naming the run's folder, removed with the run. `testbed down --all` stops
+every registered run too, wherever its home was: a benchmark or a test session killed with
+SIGKILL leaves nothing that `down --all` cannot find.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +29,7 @@ from pathlib import Path
 from testbed import procs
 
 MANIFEST = "run.json"
+REGISTRY_ENV = "TESTBED_RUN_REGISTRY"  # another registry folder (tests)
 
 
 def home_dir(explicit: str | Path | None = None) -> Path:
@@ -89,6 +98,7 @@ class RunDir:
         )
         run = cls(path, manifest)
         run.save()
+        register(run.path)
         return run
 
     @classmethod
@@ -152,6 +162,7 @@ class RunDir:
         if not self.data_root.is_relative_to(self.path):
             discard(self.data_root)
         shutil.rmtree(self.path, ignore_errors=True)
+        unregister(self.path)
 
 
 DISCARDED = ".discarded"
@@ -178,6 +189,44 @@ def discard(folder: Path) -> None:
         )
     except (OSError, subprocess.CalledProcessError):
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def registry() -> Path:
+    """This user's registry of runs on this machine."""
+    default = Path(tempfile.gettempdir()) / f"bc-testbed-runs-{os.getuid()}"
+    folder = Path(os.environ.get(REGISTRY_ENV) or default)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def _entry(path: Path) -> Path:
+    return registry() / path.absolute().as_posix().strip("/").replace("/", "%")
+
+
+def register(path: Path) -> None:
+    with contextlib.suppress(OSError):  # no registry: `down` still finds it under its home
+        _entry(path).write_text(str(path.absolute()))
+
+
+def unregister(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _entry(path).unlink(missing_ok=True)
+
+
+def registered_runs() -> list[RunDir]:
+    """Every run this user has on this machine, whatever its home; an entry whose run
+    folder is gone is dropped."""
+    found = []
+    try:
+        entries = sorted(registry().iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            found.append(RunDir.load(Path(entry.read_text())))
+        except (OSError, ValueError, TypeError):
+            entry.unlink(missing_ok=True)
+    return sorted(found, key=lambda run: run.manifest.created)
 
 
 def list_runs(home: Path) -> list[RunDir]:

@@ -181,7 +181,13 @@ def status(as_json: bool, home: str | None) -> None:
 
 @click.command()
 @click.argument("run_id", required=False)
-@click.option("--all", "every", is_flag=True, help="Stop every run, not only the newest.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Stop every run, not only the newest: under the home, and every run of yours on"
+    " this machine under any other (a benchmark's, a test session's).",
+)
 @click.option("--keep", is_flag=True, help="Keep the run folders (data and logs).")
 @home_option
 @user_errors
@@ -196,6 +202,9 @@ def down(run_id: str | None, every: bool, keep: bool, home: str | None) -> None:
             raise TestbedError(f"no run '{run_id}' under {runs.home_dir(home)}; see testbed status")
     else:
         targets = found if every else found[-1:]
+    if every:  # and the runs of other homes (a killed benchmark's, a test session's)
+        here = {run.path.absolute() for run in targets}
+        targets += [r for r in runs.registered_runs() if r.path.absolute() not in here]
     if not targets:
         err.print("no runs to stop")
         return

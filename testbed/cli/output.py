@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.errors import TestbedError
+from testbed.procs import stop_on_signals as stop_on_signals  # re-exported for the commands
 
 # Piped output is read by programs and logs: do not wrap table rows at 80 columns there.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -75,19 +75,6 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP end the run like Ctrl-C does: through the cleanup path. Ctrl-C
-    too when started in the background of a shell script, which leaves SIGINT ignored (and
-    Python then installs no handler for it)."""
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
 
 
 def print_servers(title: str, rows: list[dict[str, Any]], states: bool = False) -> None:
