@@ -304,7 +304,9 @@ def _loss(
                 problems.append(
                     f"{site}: {len(times)} events lost, expected {want['events']} (margin {margin})"
                 )
-        elif prediction.censuses:
+        elif any(census["site"] == site for census in prediction.censuses):
+            # Only the lost site's loss is a census's count; every other site's window is
+            # judged as it would be without the disaster.
             problems.append(f"{site}: a disaster's loss is a count of events, not a window")
         else:
             # The rules on the timeline as written must give the stated window; the events
