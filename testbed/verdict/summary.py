@@ -34,6 +34,7 @@ def verdict_paragraph(outcome: Outcome) -> str:
         for c in outcome.checks
         if not c.passed and c.name != "loss" and not c.name.startswith("loss:")
     ]
+    sentences += _waiting_sentences(f)
     text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
     for check in outcome.checks:
         if (check.name == "loss" or check.name.startswith("loss:")) and not check.passed:
@@ -59,6 +60,25 @@ def _loss_sentence(own: dict[str, Any], run: dict[str, Any], as_predicted: bool 
     if as_predicted is False:
         return "no site lost anything"
     return "no site lost anything, as the rules predict"
+
+
+def _waiting_sentences(f: dict[str, Any]) -> list[str]:
+    """What waits for a procedure, and which one releases it."""
+    failed_at = {
+        p.get("site"): p.get("t")
+        for p in f.get("procedures") or []
+        if p.get("procedure") == "fail-site"
+    }
+    sentences = []
+    for site, count in sorted((f.get("waiting_events") or {}).items()):
+        label = site.replace("site", "site ") if site.startswith("site") else site
+        when = failed_at.get(site)
+        at = f" at {_minutes(float(when))}" if when is not None else ""
+        sentences.append(
+            f"{label} was lost{at} and is not retired: {count:,} of its events wait;"
+            f" `{f.get('waiting_release') or 'activate-gim'}` releases them"
+        )
+    return sentences
 
 
 def _infomart_label(name: str) -> str:
