@@ -142,7 +142,10 @@ _thread_lock = threading.Lock()  # flock is per open file: threads of one proces
 def _allocation_lock() -> Iterator[_Leases]:
     folder = leases_folder()
     with _thread_lock:
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        # Read-only is enough to lock, and works on a lock file another user made.
+        fd = os.open(folder / ".lock", os.O_RDONLY | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)  # ours: open to every user, whatever the umask
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield _Leases(folder)

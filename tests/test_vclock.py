@@ -322,3 +322,12 @@ def socket_server(path: Path) -> socket.socket:
     server.bind(str(path))
     server.listen(4)
     return server
+
+
+def test_a_coordinator_for_a_deep_folder_leaves_no_folder_of_its_own(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    coordinator = Coordinator(deep)
+    own = coordinator.path.parent
+    assert own != deep and own.name.startswith("testbed-clock-")  # sun_path is 108 bytes
+    coordinator.close()
+    assert not own.exists()

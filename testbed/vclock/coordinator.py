@@ -47,6 +47,7 @@ RANKS = {"proxy": 0, "source": 1, "icon": 2, "gim": 3}
 PROBE_POLL_WALL_S = 0.005  # how often a probe that says "still moving" is asked again
 WAKES_PER_INSTANT_MAX = 10_000  # a participant woken this often at one instant never parks
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+SHORT_FOLDER_PREFIX = "testbed-clock-"  # a folder of our own when the run's is too deep
 
 Blocked = Callable[[str, str | None], bool]
 Probe = Callable[[frozenset[str]], bool]  # given the proxies whose bytes are held
@@ -140,7 +141,7 @@ class Coordinator:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder.absolute() / "clock.sock"
         if len(str(path)) > SOCKET_PATH_MAX:  # a deep run folder: a short one of our own
-            path = Path(tempfile.mkdtemp(prefix="testbed-clock-")) / "clock.sock"
+            path = Path(tempfile.mkdtemp(prefix=SHORT_FOLDER_PREFIX)) / "clock.sock"
         path.unlink(missing_ok=True)
         return path
 
@@ -291,6 +292,9 @@ class Coordinator:
         self._now_file.close()
         self.path.unlink(missing_ok=True)
         now_path(self.path).unlink(missing_ok=True)
+        if self.path.parent.name.startswith(SHORT_FOLDER_PREFIX):  # made for a deep folder
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
 
     def __enter__(self) -> Coordinator:
         return self
