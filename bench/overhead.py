@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import textwrap
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from testbed.history import read_history
 from testbed.launcher import LAUNCH_ENV
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 from testbed.scenarios.engine import ScenarioRun
 from testbed.scenarios.spec import load_scenario
 from testbed.verdict.report import write_reports
@@ -123,9 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 
@@ -30,7 +29,7 @@ from testbed.clock import Clock
 from testbed.deployment import bring_up
 from testbed.errors import TestbedError
 from testbed.pipeline.control import Pipeline, PipelineSettings
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 from testbed.topology import default_topology
 
 SETTLE_WALL_S = 120.0  # a trial that has not caught up by then fell behind for good
@@ -146,9 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

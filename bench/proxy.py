@@ -40,7 +40,7 @@ from typing import Any
 from testbed.backends.local import LocalBackend
 from testbed.ports import LOOPBACK, free_port, port_is_free
 from testbed.postgres import split_address
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 
 CHUNK = 1 << 20
 PEER_START_TIMEOUT_S = 5.0
@@ -338,9 +338,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

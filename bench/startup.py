@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
@@ -32,7 +31,7 @@ from testbed.backends.pgbin import find_binaries
 from testbed.backends.storage import STORAGES, ram_available, storage_choice
 from testbed.backends.template import ensure_template
 from testbed.deployment import bring_up
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 from testbed.topology import default_topology
 
 
@@ -166,9 +165,4 @@ def swarm_figures(runs: int) -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from testbed.pipeline.pqueue import Item
 from testbed.pipeline.schema import IDB_DDL, INFOMART_DDL
 from testbed.pipeline.workload import schedule
 from testbed.postgres import Server, split_address
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 
 SITE, SOURCE = "site1", "icon1a"
 BATCHES = 50
@@ -253,9 +252,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

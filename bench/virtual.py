@@ -18,14 +18,13 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from testbed.history import of_kind, read_history
-from testbed.procs import stop_on_signals
+from testbed.procs import run_stoppable
 from testbed.scenarios.engine import ScenarioRun
 from testbed.scenarios.spec import load_scenario
 from testbed.verdict.report import write_reports
@@ -89,9 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_signals()  # SIGTERM (a `timeout`, a CI cancel) stops what it started, as Ctrl-C
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_stoppable(main)

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from testbed import procs
+
 LOOPBACK = "127.0.0.1"
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LINUX_EPHEMERAL_RANGE = (32768, 60999)
@@ -97,13 +99,6 @@ def release(ports: list[int]) -> None:
     """End this process's leases on `ports` (a run that ended)."""
     with _allocation_lock() as leases:
         for port in ports:
-            leases.drop(port, only_mine=True)
-
-
-def release_all() -> None:
-    """End every lease this process holds."""
-    with _allocation_lock() as leases:
-        for port in leases.mine():
             leases.drop(port)
 
 
@@ -113,15 +108,16 @@ def hand_over(folder: Path) -> None:
     ICONs bind their ports again at every restart until `testbed down` removes it."""
     holder = f"run {folder.absolute()}"
     with _allocation_lock() as leases:
-        for port in leases.mine():
+        for port in sorted(_held):
             with contextlib.suppress(OSError):
                 (leases.folder / str(port)).write_text(holder)
+        _held.clear()
 
 
 def held() -> set[int]:
     """The ports leased to this process now."""
-    with _allocation_lock() as leases:
-        return set(leases.mine())
+    with _thread_lock:
+        return set(_held)
 
 
 def leases_folder() -> Path:
@@ -136,6 +132,7 @@ def leases_folder() -> Path:
 
 
 _thread_lock = threading.Lock()  # flock is per open file: threads of one process take turns
+_held: set[int] = set()  # this process's leases (the files say so too; this saves reading them)
 
 
 @contextlib.contextmanager
@@ -179,35 +176,21 @@ class _Leases:
         except OSError:
             tmp.unlink(missing_ok=True)
             return False
+        _held.add(port)
         return True
 
-    def drop(self, port: int, only_mine: bool = True) -> None:
+    def drop(self, port: int) -> None:
+        """End this process's lease on `port` (another holder's is left alone)."""
+        _held.discard(port)
         path = self.folder / str(port)
         with contextlib.suppress(OSError):
-            if not only_mine or path.read_text() == self.me:
+            if path.read_text() == self.me:
                 path.unlink()
-
-    def mine(self) -> list[int]:
-        found = []
-        for path in self.folder.iterdir():
-            if path.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if path.read_text() == self.me:
-                        found.append(int(path.name))
-        return found
 
 
 def _identity(pid: int) -> str:
     """A process id with its start time: a recycled pid is another holder."""
-    return f"{pid} {_start_time(pid)}"
-
-
-def _start_time(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat[stat.rfind(")") + 2 :].split()[19]
+    return f"{pid} {procs.start_time(pid)}"
 
 
 def _alive(holder: str) -> bool:
@@ -216,4 +199,4 @@ def _alive(holder: str) -> bool:
     pid_text, _, start = holder.strip().partition(" ")
     if not pid_text.isdigit():
         return False  # torn or foreign: lapsed
-    return _start_time(int(pid_text)) == start
+    return procs.start_time(int(pid_text)) == start

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,16 @@ def state(pid: int) -> str | None:
         return None
     # The command name is in parentheses and may contain spaces: split after the last ')'.
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot), None if there is none: with the
+    pid, it names one process however often the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def alive(pid: int) -> bool:
@@ -130,3 +141,14 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
+
+
+def run_stoppable(main: Callable[[], object]) -> None:
+    """`main()` of a script (a benchmark) that starts servers: SIGTERM (a `timeout`, a CI
+    cancel) and Ctrl-C stop what it started, through its cleanup, and end it with 130."""
+    stop_on_signals()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)

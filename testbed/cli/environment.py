@@ -18,7 +18,6 @@ from testbed.cli.output import (
     home_option,
     print_servers,
     print_wan,
-    stop_on_signals,
     toxiproxy_image_option,
     user_errors,
 )
@@ -63,7 +62,7 @@ def up(
     if detach and once:
         raise TestbedError("--detach and --once contradict each other; choose one")
     topo = load_topology(topology)
-    stop_on_signals()
+    procs.stop_on_signals()
     backend_run = open_backend(
         backend,
         home=home,

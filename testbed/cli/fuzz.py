@@ -14,11 +14,11 @@ from testbed.cli.output import (
     err,
     home_option,
     out,
-    stop_on_signals,
     user_errors,
     writable_folder,
 )
 from testbed.errors import TestbedError
+from testbed.procs import stop_on_signals
 
 TOPOLOGIES = ("active-standby", "active-active")
 CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (imported lazily)

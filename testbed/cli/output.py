@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.errors import TestbedError
-from testbed.procs import stop_on_signals as stop_on_signals  # re-exported for the commands
 
 # Piped output is read by programs and logs: do not wrap table rows at 80 columns there.
 out = Console(width=None if sys.stdout.isatty() else 200)

@@ -15,12 +15,12 @@ from testbed.cli.output import (
     err,
     home_option,
     out,
-    stop_on_signals,
     toxiproxy_image_option,
     user_errors,
     writable_folder,
 )
 from testbed.errors import CannotRunHere, TestbedError
+from testbed.procs import stop_on_signals
 
 
 @click.command("list")

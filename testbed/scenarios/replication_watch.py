@@ -63,19 +63,16 @@ class ReplicationWatch:
         for name in (standby, primary):
             if self.deployment.server(name).state() != "running":
                 return False
-        unsent, walsenders = self._row(primary, SENT_SQL)
+        unsent, walsenders = self._conns.row(primary, SENT_SQL)
         if not walsenders:
             return False  # not streaming (cut, or reconnecting): a retry is a step away
         if unsent and unsent > 0:
             return True
-        (sent,) = self._row(primary, SENT_MAX_SQL)
-        received, unreplayed = self._row(standby, STANDBY_SQL)
+        (sent,) = self._conns.row(primary, SENT_MAX_SQL)
+        received, unreplayed = self._conns.row(standby, STANDBY_SQL)
         if unreplayed and unreplayed < 0:
             return True
         return bool(sent and received and _lsn(received) < _lsn(sent))
-
-    def _row(self, server: str, sql: str) -> tuple:
-        return self._conns.row(server, sql)
 
     def close(self) -> None:
         self._conns.close()

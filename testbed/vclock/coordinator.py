@@ -362,19 +362,16 @@ class Coordinator:
         member.sent += 1
         data = wire.encode({"op": op, "t": self._now, "gen": member.sent})
         try:
-            sent = member.sock.send(data)  # a few dozen bytes: whole, but for a full buffer
-            if sent < len(data):
+            sent = member.sock.send(data)  # a few dozen bytes: whole, unless the buffer is full
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # it is gone; its end of file removes it
+        if sent < len(data):  # rare: wait for room
+            with contextlib.suppress(OSError):
                 member.sock.setblocking(True)
                 member.sock.sendall(data[sent:])
                 member.sock.setblocking(False)
-        except BlockingIOError:
-            member.sock.setblocking(True)
-            with contextlib.suppress(OSError):
-                member.sock.sendall(data)
-            with contextlib.suppress(OSError):
-                member.sock.setblocking(False)
-        except OSError:
-            pass  # it is gone; its end of file removes it
 
     def _active(self) -> list[Member]:
         return [m for m in self._members.values() if m.name not in self._frozen]
