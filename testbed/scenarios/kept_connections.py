@@ -18,6 +18,10 @@ from testbed.deployment import Deployment
 CONNECT_TIMEOUT_S = 2
 
 
+class NotRunning(OSError):
+    """The server is stopped or paused: nothing to ask it now."""
+
+
 class KeptConnections:
     """Not thread-safe: one per thread that asks."""
 
@@ -27,7 +31,12 @@ class KeptConnections:
         self._conns: dict[str, psycopg.Connection] = {}
 
     def row(self, server: str, sql: str) -> tuple:
-        """The first row `sql` returns on `server` (empty if none)."""
+        """The first row `sql` returns on `server` (empty if none). A server that is not
+        running is not asked: a paused one never answers, and a kept connection has no
+        deadline (the clock's thread would wait on it for ever)."""
+        state = self.deployment.server(server).state()
+        if state != "running":
+            raise NotRunning(f"{server} is {state}")
         conn = self._conns.get(server)
         if conn is None or conn.closed:
             conn = self._conns[server] = self.deployment.server(server).connect(
