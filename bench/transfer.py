@@ -40,6 +40,7 @@ import psycopg
 
 from testbed.backends.local import LocalBackend
 from testbed.clock import Clock
+from testbed.credentials import ENV as PASSFILE_ENV
 from testbed.netfault.client import ToxiproxyClient
 from testbed.netfault.wan import Traffic
 from testbed.pipeline.icon import Icon
@@ -142,6 +143,7 @@ def icon_wire_bytes(backend: LocalBackend, client: ToxiproxyClient, batch: int) 
     idb = backend.new_server(f"idb-{batch}", "site2", "idb").init().start()
     idb.execute(IDB_DDL)
     route = client.create_proxy(f"icon-{batch}", upstream=idb.address)
+    os.environ[PASSFILE_ENV] = str(idb.passfile)  # what the component's own connect reads
     with tempfile.TemporaryDirectory(prefix="bench-icon-") as folder:
         config = {
             "name": "icon1b",
@@ -152,7 +154,9 @@ def icon_wire_bytes(backend: LocalBackend, client: ToxiproxyClient, batch: int) 
         icon = Icon(config, Clock.start())
         events = schedule(SITE, 600.0, seed=1)
         host, port = split_address(route.listen)
-        with psycopg.connect(host=host, port=port, user="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=host, port=port, user="postgres", autocommit=True, passfile=idb.passfile
+        ) as conn:
             conn.execute("SELECT 1")  # connection start-up is not a batch's cost
             before = _proxy_bytes(client, route.name)
             seq = 0

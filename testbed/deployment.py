@@ -111,6 +111,8 @@ class Deployment:
                 "name": spec.name,
                 "address": self.server(spec.name).address,
                 "pid": self.server(spec.name).pid,
+                "dsn": self.server(spec.name).conninfo(),
+                "passfile": str(self.server(spec.name).passfile or ""),
             }
             for spec in self.topology.servers
             if spec.name in self.backend.servers

@@ -33,6 +33,7 @@ class ServerNode(Protocol):
     host: str
     port: int
     pid: int | None
+    passfile: Path | None  # the run's libpq password file, as this machine's clients read it
 
     def init(self) -> None: ...
     def restore(self, backup: Path) -> None: ...
@@ -174,7 +175,14 @@ class Server:
 
     # --- SQL ----------------------------------------------------------------------------
 
+    @property
+    def passfile(self) -> Path | None:
+        return self.node.passfile
+
     def conninfo(self, dbname: str = "postgres", **extra: Any) -> str:
+        """A DSN that authenticates (it names the run's password file, never the password)."""
+        if self.node.passfile is not None:
+            extra.setdefault("passfile", str(self.node.passfile))
         return psycopg.conninfo.make_conninfo(
             host=self.host, port=self.port, user=SUPERUSER, dbname=dbname, **extra
         )

@@ -26,6 +26,7 @@ import pytest
 
 from testbed.backends.choose import BACKENDS, open_backend
 from testbed.clock import Clock
+from testbed.credentials import ENV as PASSFILE_ENV
 from testbed.deployment import Deployment, bring_up
 from testbed.netfault.wan import Wan
 from testbed.operations.dr import Operator
@@ -81,8 +82,17 @@ def testbed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def testbed_backend(request: pytest.FixtureRequest, testbed_home: Path) -> Iterator[Any]:
-    """An empty run on the chosen backend: make servers with `new_server(name).init().start()`."""
-    with open_backend(request.config.getoption("--testbed-backend"), home=testbed_home) as backend:
+    """An empty run on the chosen backend: make servers with `new_server(name).init().start()`.
+
+    Every server requires the run's password; for the test's duration `PGPASSFILE` names
+    the run's password file, so a plain libpq connection from the test authenticates."""
+    with (
+        open_backend(request.config.getoption("--testbed-backend"), home=testbed_home) as backend,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        passfile = getattr(backend, "passfile", None)
+        if passfile is not None:
+            patch.setenv(PASSFILE_ENV, str(passfile))
         yield backend
 
 

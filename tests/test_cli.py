@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from testbed import procs
+from testbed import credentials, procs
 
 
 def run_cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 120):
@@ -54,9 +54,16 @@ def test_up_detach_json_then_down(home: Path) -> None:
     assert len(servers) >= 4
     assert {s["site"] for s in servers} == {"site1", "site2"}
     for server in servers:
-        assert set(server) == {"site", "role", "name", "host", "port", "pid"}
-        with psycopg.connect(host=server["host"], port=server["port"], user="postgres") as conn:
+        assert set(server) == {"site", "role", "name", "host", "port", "pid", "dsn", "passfile"}
+        with psycopg.connect(server["dsn"]) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        # The password is in the file the DSN names, and nowhere in what was printed.
+        assert "password" not in server["dsn"]
+        assert credentials.read_password(Path(server["passfile"])) not in result.stdout
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                host=server["host"], port=server["port"], user="postgres", passfile="/dev/null"
+            ).close()
     assert len(_running_servers(home)) == len(servers)
 
     down = run_cli("down", home=home)
@@ -186,11 +193,13 @@ def test_dr_procedures_chain_on_a_detached_run(home: Path) -> None:
         assert json.loads(result.stdout)["procedure"] == step[0]
     running = {s["name"] for s in _running_servers(home)}
     assert running == {"idb2", "infomart2", "idb3", "infomart3"}
+    infomart2 = next(s for s in _running_servers(home) if s["name"] == "infomart2")
     standby = psycopg.connect(
         host="127.0.0.1",
-        port=next(s["port"] for s in _running_servers(home) if s["name"] == "infomart2"),
+        port=infomart2["port"],
         user="postgres",
         dbname="postgres",
+        passfile=infomart2["passfile"],
     )
     with standby:
         assert standby.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True

@@ -214,8 +214,13 @@ def test_a_port_published_by_a_server_answers_only_on_loopback(docker_backend) -
     server.init().start()
     ports = docker_backend.nodes["idb9"].container.attrs["HostConfig"]["PortBindings"]
     assert all(b["HostIp"] == "127.0.0.1" for bindings in ports.values() for b in bindings)
-    with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres") as conn:
+    with psycopg.connect(server.conninfo()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    # ... and only with the run's password (SCRAM-SHA-256, from the mounted password file).
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(
+            host="127.0.0.1", port=server.port, user="postgres", passfile="/dev/null"
+        ).close()
 
 
 def _compose_command() -> list[str] | None:
@@ -228,15 +233,21 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def test_a_scenario_runs_against_the_compose_environment(engine, run_scenario) -> None:
+def test_a_scenario_runs_against_the_compose_environment(
+    engine, run_scenario, tmp_path: Path
+) -> None:
+    from testbed.backends.composefile import write
     from testbed.backends.local import port_is_free
+    from testbed.topology import default_topology
 
     command = _compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     if not all(port_is_free("127.0.0.1", p) for p in (8474, 15432, 15433, 15434, 15435)):
         pytest.skip("the Compose environment's fixed ports are in use on this machine")
-    compose_file = Path(__file__).resolve().parents[1] / "compose" / "two-site.yml"
+    # The checked-in files, with a password file of their own (`testbed compose` writes one).
+    compose_file = write(default_topology(), tmp_path / "compose")[0]
+    assert (tmp_path / "compose" / "pgpass").stat().st_mode & 0o077 == 0
     base = [*command, "-p", "bc-testbed", "-f", str(compose_file)]
     up = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, timeout=300)
     try:

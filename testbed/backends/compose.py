@@ -23,8 +23,9 @@ import docker.errors
 
 from testbed.backends import runs
 from testbed.backends.composefile import PROXY_API, server_ports, wan_routes
-from testbed.backends.docker import DockerNode
+from testbed.backends.docker import SECRET_PATH, DockerNode
 from testbed.backends.images import engine_client
+from testbed.credentials import read_password, write_passfile
 from testbed.errors import ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.ports import LOOPBACK
@@ -91,6 +92,11 @@ class ComposeBackend:
         home_path.mkdir(parents=True, exist_ok=True)
         self.run = runs.RunDir.create(home_path, self.name, owner)
         self.data_root = self.run.path
+        try:
+            self.passfile = write_passfile(self.data_root, self._password())
+        except BaseException:
+            self.run.remove()
+            raise
         self.nodes: dict[str, ComposeNode] = {}
         self.servers: dict[str, Server] = {}
         self.attached = True
@@ -99,6 +105,24 @@ class ComposeBackend:
     @property
     def id(self) -> str:
         return self.run.id
+
+    def _password(self) -> str:
+        """The environment's password, from the file its servers' secret is made of (the
+        `pgpass` that `testbed compose` wrote beside the Compose file)."""
+        for container in self.containers.values():
+            for mount in container.attrs.get("Mounts") or []:
+                if mount.get("Destination") == SECRET_PATH and mount.get("Source"):
+                    try:
+                        return read_password(Path(mount["Source"]))
+                    except (OSError, IndexError) as exc:
+                        raise TestbedError(
+                            f"cannot read the Compose environment's password file"
+                            f" {mount['Source']}: {exc}"
+                        ) from None
+        raise TestbedError(
+            "the Compose environment's servers have no password secret: regenerate the files"
+            " with `testbed compose` and recreate it (`docker compose ... up -d`)"
+        )
 
     def attach_topology(self, topology: Topology) -> Any:
         """The environment as a Deployment of `topology`, reset to a clean slate."""

@@ -25,6 +25,7 @@ import psycopg
 
 from testbed.backends import images, runs
 from testbed.backends.local import SHUTDOWN_SIGNALS
+from testbed.credentials import new_password, write_passfile
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
 from testbed.ports import LOOPBACK, free_port, free_ports, port_is_free
@@ -37,6 +38,7 @@ PROXY_ALIAS = "wan-proxy"
 PROXY_API_PORT = 8474
 ROUTE_PORTS = tuple(range(20000, 20032))  # the proxy's listen ports, published at start
 READY_TIMEOUT_S = 120.0
+SECRET_PATH = "/run/secrets/pgpass"  # where the image's entrypoint reads the run's password
 
 
 def _configure_testcontainers() -> None:
@@ -51,11 +53,16 @@ def _name(run_id: str, what: str) -> str:
     return f"bc-testbed-{run_id}-{what}"
 
 
-def answers(host: str, port: int) -> bool:
+def answers(host: str, port: int, passfile: Path | None) -> bool:
     """The server at host:port takes a connection and a query (the readiness probe)."""
     try:
         with psycopg.connect(
-            host=host, port=port, user=SUPERUSER, dbname="postgres", connect_timeout=2
+            host=host,
+            port=port,
+            user=SUPERUSER,
+            dbname="postgres",
+            connect_timeout=2,
+            passfile=str(passfile) if passfile else None,
         ) as conn:
             conn.execute("SELECT 1")
         return True
@@ -85,6 +92,7 @@ class DockerNode:
         self.container: Any = None
         self._made_with: str | None = None  # the PRIMARY its container was created with
         self.logfile = backend.run.path / f"{name}.log"
+        self.passfile: Path | None = backend.passfile
 
     @property
     def pid(self) -> int | None:
@@ -184,6 +192,7 @@ class DockerNode:
             .with_network(self.backend.network(self.site))
             .with_network_aliases(self.name)
             .with_volume_mapping(self.volume, "/var/lib/testbed", "rw")  # a named volume
+            .with_volume_mapping(str(self.passfile), SECRET_PATH, "ro")  # the run's password
             .with_kwargs(labels={LABEL: self.backend.id})
         )
         return _publish(container, PG_PORT, self.port)
@@ -193,7 +202,7 @@ class DockerNode:
         while time.monotonic() < deadline:
             if self.state() == "stopped" and not self._restarting():
                 raise ServerFailed(f"{self.name} did not start: {self._last_log_line()}")
-            if answers(self.host, self.port):
+            if answers(self.host, self.port, self.passfile):
                 return
             time.sleep(0.05)
         raise ServerFailed(
@@ -289,6 +298,7 @@ class DockerBackend:
         home_path.mkdir(parents=True, exist_ok=True)
         self.run = runs.RunDir.create(home_path, self.name, owner)
         self.data_root = self.run.path
+        self.passfile = write_passfile(self.data_root, new_password())
         self.nodes: dict[str, DockerNode] = {}
         self.servers: dict[str, Server] = {}
         self.networks: dict[str, Any] = {}

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,9 @@ from testbed.backends.pgbin import PgBinaries, find_binaries
 from testbed.backends.proxyproc import NAME as PROXY_NAME
 from testbed.backends.proxyproc import ProxyProcess
 from testbed.backends.storage import data_root_for, storage_choice
-from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template
+from testbed.backends.template import SERVER_CONF, SUPERUSER, ensure_template, personalise
+from testbed.credentials import ENV as PASSFILE_ENV
+from testbed.credentials import PASSFILE_NAME, new_password, read_password, write_passfile
 from testbed.errors import MissingBinaries, PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ToxiproxyClient
 from testbed.ports import LOOPBACK, free_port, port_is_free
@@ -59,6 +62,7 @@ class LocalNode:
         self.backups = backend.data_root / "backups" / name
         self.pid: int | None = None
         self.primary_conninfo: str | None = None  # set while configured as a standby
+        self.passfile: Path | None = backend.passfile  # clients and this server's WAL receiver
         self._proc: subprocess.Popen | None = None
         self.dir.mkdir(parents=True)
         backend.user.own(self.dir)
@@ -74,6 +78,7 @@ class LocalNode:
         node.dir = node.datadir.parent
         node.logfile = node.dir / "server.log"
         node.backups = backend.data_root / "backups" / record.name
+        node.passfile = backend.passfile
         alive = record.pid is not None and procs.is_ours(record.pid, record.datadir)
         node.pid = record.pid if alive else None
         node._proc = None
@@ -170,6 +175,7 @@ class LocalNode:
             text=True,
             check=False,
             cwd=self.dir,
+            env={**_server_env(), PASSFILE_ENV: str(self.passfile)},
             **self.backend.user.popen_kwargs(),
         )
         if result.returncode != 0:
@@ -235,7 +241,8 @@ class LocalNode:
                 stderr=log,
                 cwd=self.dir,
                 start_new_session=True,
-                env=_server_env(),
+                # Its WAL receiver authenticates to its primary with the run's password.
+                env={**_server_env(), PASSFILE_ENV: str(self.passfile)},
                 **self.backend.user.popen_kwargs(),
             )
         self.pid = self._proc.pid
@@ -376,7 +383,9 @@ class LocalBackend:
                 " checkout where others can traverse, install a system PostgreSQL, or set"
                 " TESTBED_PG_BIN"
             )
-        self.template = ensure_template(self.bins, self.user)
+        self.cached_template = ensure_template(self.bins, self.user)
+        self._template: Path | None = None
+        self._template_lock = threading.Lock()
         self.keep = keep
         home_path = runs.home_dir(home)
         home_path.mkdir(parents=True, exist_ok=True)
@@ -384,6 +393,8 @@ class LocalBackend:
         try:
             self.data_root = data_root_for(self.run.path, self.user, storage_choice(storage))
             self.run.update(data_root=str(self.data_root))
+            self.passfile = write_passfile(self.data_root, new_password())
+            self.user.own(self.passfile)
         except BaseException:
             self.run.remove()
             raise
@@ -412,11 +423,15 @@ class LocalBackend:
         backend = cls.__new__(cls)
         backend.bins = find_binaries()
         backend.user = server_user()
-        backend.template = ensure_template(backend.bins, backend.user)
+        backend.cached_template = ensure_template(backend.bins, backend.user)
         backend.keep = True
         backend.attached = True
         backend.run = run
         backend.data_root = run.data_root
+        backend.passfile = run.data_root / PASSFILE_NAME
+        made = run.data_root / "template"
+        backend._template_lock = threading.Lock()
+        backend._template = made if (made / "PG_VERSION").exists() else None
         backend.nodes = {
             name: LocalNode.existing(backend, record)
             for name, record in run.manifest.servers.items()
@@ -430,6 +445,21 @@ class LocalBackend:
     @property
     def id(self) -> str:
         return self.run.id
+
+    @property
+    def template(self) -> Path:
+        """The run's own copy of the cached template, with the run's password (made on
+        first use: a run that only attaches or restores never pays for it)."""
+        with self._template_lock:
+            if self._template is None:
+                self._template = personalise(
+                    self.cached_template,
+                    self.data_root / "template",
+                    self.bins,
+                    self.user,
+                    read_password(self.passfile),
+                )
+            return self._template
 
     def new_server(
         self, name: str, site: str = "site1", role: str = "idb", port: int | None = None

@@ -14,9 +14,9 @@ On one machine the testbed makes a one-node swarm on loopback (and leaves it at 
 and gives that node every site's label. On many nodes the user labels them.
 
 Ports are published in host mode on the task's node, because swarm cannot publish on one
-address only: they listen on every interface of that node for the run's life. Servers
-accept connections without a password, so run the swarm on hosts whose ports untrusted
-networks cannot reach.
+address only: they listen on every interface of that node for the run's life. So every
+server requires the run's password (SCRAM-SHA-256, handed to the tasks as a Docker secret),
+and the WAN proxy's API the run's bearer token from any caller beyond the node's loopback.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends import runs, swarmfile
+from testbed.backends.composefile import PASSWORD_SECRET
 from testbed.backends.docker import (
     LABEL,
     PROXY_ALIAS,
@@ -44,6 +45,7 @@ from testbed.backends.local import SHUTDOWN_SIGNALS
 from testbed.backends.swarmtask import AgentClient, ComponentProcess, Task
 from testbed.errors import PortInUse, ServerFailed, TestbedError
 from testbed.netfault.client import ProxyUnavailable, ToxiproxyClient
+from testbed.netfault.http import TOKEN_ENV
 from testbed.ports import LOOPBACK, free_ports
 from testbed.postgres import Server
 from testbed.topology import Topology
@@ -70,6 +72,7 @@ class SwarmNode:
         self.task = Task(backend, self.service, self.volume, "supervise")
         self.created = False
         self.logfile = backend.run.path / f"{name}.log"
+        self.passfile: Path | None = backend.passfile
 
     @property
     def pid(self) -> int | None:
@@ -147,7 +150,7 @@ class SwarmNode:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if answers(self.host, self.port):
+            if answers(self.host, self.port, self.passfile):
                 return
             report = self.task.supervised()
             if report["state"] == "stopped" and report.get("starts"):
@@ -214,6 +217,7 @@ class SwarmBackend(DockerBackend):
             raise TestbedError("--toxiproxy-image needs --backend docker")
         super().__init__(home=home, keep=keep, owner=owner)
         self.token = secrets.token_hex(16)
+        self.proxy_token = secrets.token_urlsafe(24)  # the WAN proxy API's bearer token
         self.agent_port = free_ports(1)[0]
         self.agents: dict[str, AgentClient] = {}
         self.node_addresses: dict[str, str] = {}
@@ -222,6 +226,7 @@ class SwarmBackend(DockerBackend):
         self._swarm_lock = threading.Lock()
         self.changes: dict[str, Any] = {"made_swarm": False, "labels": []}
         self.labelled: set[str] = set()  # sites a node carries the label of
+        self._password_secret: tuple[str, str] | None = None
         try:
             self._join_swarm()
             self._start_agents()
@@ -343,11 +348,25 @@ class SwarmBackend(DockerBackend):
             site: self.network(site).name for site in entry.get("networks", {}) if site != "host"
         }
         labels = {LABEL: self.id, "com.docker.stack.namespace": _name(self.id, "stack")}
-        kwargs = swarmfile.service_kwargs(name, entry, networks, volumes or {}, labels)
+        kwargs = swarmfile.service_kwargs(
+            name, entry, networks, volumes or {}, labels, {PASSWORD_SECRET: self._secret()}
+        )
         try:
             self.client.services.create(**kwargs)
         except Exception as exc:
             raise TestbedError(f"swarm refused the service {name}: {exc}") from None
+
+    def _secret(self) -> tuple[str, str]:
+        """The run's password file as a Docker secret (made on first use): its id and name.
+        Only the tasks it is given to see it, and only as a file."""
+        with self._swarm_lock:
+            if self._password_secret is None:
+                name = _name(self.id, PASSWORD_SECRET)
+                made = self.client.secrets.create(
+                    name=name, data=self.passfile.read_bytes(), labels={LABEL: self.id}
+                )
+                self._password_secret = (made.id, name)
+            return self._password_secret
 
     # --- Docker objects --------------------------------------------------------------------
 
@@ -409,6 +428,8 @@ class SwarmBackend(DockerBackend):
             ports = {api_port: PROXY_API_PORT}
             ports.update({host: inner for inner, host in self.route_ports.items()})
             entry = swarmfile.proxy_service(sites, ports, image=self.tags["proxy"])
+            # Published on the node's every address: callers beyond loopback need the token.
+            entry["environment"] = {TOKEN_ENV: self.proxy_token}
             self.create_service(self.proxy_service, entry)
             task = Task(self, self.proxy_service, "", "")
             try:
@@ -418,7 +439,7 @@ class SwarmBackend(DockerBackend):
                 self.remove_service(self.proxy_service)
                 if attempt == 2:
                     raise
-        client = ToxiproxyClient(f"http://{task.node_address}:{api_port}")
+        client = ToxiproxyClient(f"http://{task.node_address}:{api_port}", token=self.proxy_token)
         try:
             client.wait_until_ready(30.0)
         except ProxyUnavailable:
@@ -529,6 +550,10 @@ def remove_swarm_run(
     for volume in client.volumes.list(filters={"label": label}):
         with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
+    with contextlib.suppress(docker.errors.APIError):
+        for secret in client.secrets.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                secret.remove()
     _undo_changes(client, changes or {})
     return removed
 

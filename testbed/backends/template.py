@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.backends.osuser import ServerUser
 from testbed.backends.pgbin import PgBinaries
+from testbed.credentials import new_password, set_password_sql
 from testbed.errors import ServerFailed, TestbedError
 
 SUPERUSER = "postgres"
@@ -51,15 +52,23 @@ wal_retrieve_retry_interval = 100ms
 include_if_exists = '{SERVER_CONF}'
 """
 
-PG_HBA_CONF = """# bc-testbed: loopback only, no passwords (the servers are throwaway test fixtures)
-local   all          all                  trust
-host    all          all  127.0.0.1/32    trust
-host    all          all  ::1/128         trust
-host    replication  all  127.0.0.1/32    trust
-host    replication  all  ::1/128         trust
+PG_HBA_CONF = """# bc-testbed: loopback only, and the run's password (testbed/credentials.py)
+host    all          all  127.0.0.1/32    scram-sha-256
+host    all          all  ::1/128         scram-sha-256
+host    replication  all  127.0.0.1/32    scram-sha-256
+host    replication  all  ::1/128         scram-sha-256
 """
 
-INITDB_ARGS = ("--username", SUPERUSER, "--auth", "trust", "--encoding", "UTF8", "--locale", "C")
+INITDB_ARGS = (
+    "--username",
+    SUPERUSER,
+    "--auth",
+    "scram-sha-256",
+    "--encoding",
+    "UTF8",
+    "--locale",
+    "C",
+)
 
 
 def cache_root() -> Path:
@@ -98,10 +107,23 @@ def ensure_template(bins: PgBinaries, user: ServerUser, root: Path | None = None
         )
     scratch = templates / f".initdb-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(mode=0o700)
+    # initdb wants a superuser password for scram-sha-256; the template's is thrown away
+    # (every run sets its own, `personalise`).
+    pwfile = scratch / "pwfile"
+    pwfile.write_text(new_password() + "\n", encoding="utf-8")
+    pwfile.chmod(0o600)
     user.own(scratch)
     try:
         result = subprocess.run(
-            [bins.path("initdb"), "--pgdata", str(scratch / "data"), "--no-sync", *INITDB_ARGS],
+            [
+                bins.path("initdb"),
+                "--pgdata",
+                str(scratch / "data"),
+                "--no-sync",
+                "--pwfile",
+                str(pwfile),
+                *INITDB_ARGS,
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -124,3 +146,41 @@ def ensure_template(bins: PgBinaries, user: ServerUser, root: Path | None = None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def personalise(
+    template: Path, dest: Path, bins: PgBinaries, user: ServerUser, password: str
+) -> Path:
+    """A copy of the cached template whose superuser has the run's password: every server
+    of the run is copied from it, so copies made before a primary first starts are still
+    the same cluster at the same checkpoint (a standby of it, `clones_one_template`). The
+    password goes in through single-user mode, as a SCRAM verifier: no server listens yet."""
+    for argv, stdin, what in (
+        (["cp", "-a", str(template), str(dest)], None, f"copy into {dest}"),
+        (
+            [
+                bins.path("postgres"),
+                "--single",
+                "-D",
+                str(dest),
+                *("-c", "log_min_messages=fatal", "-c", "unix_socket_directories="),
+                SUPERUSER,
+            ],
+            set_password_sql(SUPERUSER, password),
+            "setting the run's password",
+        ),
+    ):
+        result = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=dest.parent,
+            **user.popen_kwargs(),
+        )
+        errors = [line for line in result.stdout.splitlines() if "ERROR" in line]
+        if result.returncode != 0 or errors:
+            last = errors or (result.stderr or result.stdout).strip().splitlines()
+            raise ServerFailed(f"{what} failed: {last[-1] if last else result.returncode}")
+    return dest

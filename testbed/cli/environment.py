@@ -16,11 +16,13 @@ from testbed.backends.storage import STORAGES
 from testbed.cli.output import (
     err,
     home_option,
+    print_passfile,
     print_servers,
     print_wan,
     toxiproxy_image_option,
     user_errors,
 )
+from testbed.credentials import PASSFILE_NAME
 from testbed.errors import TestbedError
 
 
@@ -82,6 +84,7 @@ def up(
         else:
             print_servers(f"run {backend_run.id}: {topo.name}", rows)
             print_wan(deployment.wan_rows())
+            print_passfile(rows)
         if once:
             for server in deployment.servers.values():
                 server.scalar("SELECT 1")
@@ -112,6 +115,8 @@ def _json_row(topo: Any, row: dict[str, Any]) -> dict[str, Any]:
         "host": host,
         "port": int(port),
         "pid": row["pid"],
+        "dsn": row["dsn"],  # names the run's password file; the password is in no output
+        "passfile": row["passfile"],
     }
 
 
@@ -125,6 +130,7 @@ def status(as_json: bool, home: str | None) -> None:
 
     report: list[dict[str, Any]] = []
     for run in runs.list_runs(runs.home_dir(home)):
+        passfile = run.data_root / PASSFILE_NAME
         servers = []
         for record in run.manifest.servers.values():
             if record.pid and procs.is_ours(record.pid, record.datadir):
@@ -140,6 +146,7 @@ def status(as_json: bool, home: str | None) -> None:
                     "port": record.port,
                     "pid": record.pid if state != "stopped" else None,
                     "state": state,
+                    "passfile": str(passfile) if passfile.exists() else None,
                 }
             )
         processes = [

@@ -88,6 +88,20 @@ def print_servers(title: str, rows: list[dict[str, Any]], states: bool = False) 
     out.print(table)
 
 
+def print_passfile(rows: list[dict[str, Any]]) -> None:
+    """How to reach a server by hand: the run's password file, never the password."""
+    passfiles = {str(row.get("passfile") or "") for row in rows} - {""}
+    if not passfiles or not rows:
+        return
+    host, _, port = str(rows[0]["address"]).rpartition(":")
+    err.print(
+        "every server requires the run's password, in a libpq password file only you can"
+        f" read: PGPASSFILE={' '.join(sorted(passfiles))} psql -h {host} -p {port} -U postgres",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def print_wan(rows: list[dict[str, str]]) -> None:
     if not rows:
         return

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from testbed.errors import TestbedError
+from testbed.netfault.http import TOKEN_ENV
 
 DEFAULT_URL = "http://127.0.0.1:8474"
 
@@ -134,8 +135,12 @@ class Proxy:
 
 
 class ToxiproxyClient:
-    def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str | None = None, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         self.url = (url or os.environ.get("TESTBED_TOXIPROXY_URL") or DEFAULT_URL).rstrip("/")
+        # A proxy reached beyond loopback (a swarm's) wants its run's bearer token.
+        self.token = token or os.environ.get(TOKEN_ENV) or None
         parts = urlsplit(self.url if "//" in self.url else f"http://{self.url}")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 8474
@@ -163,6 +168,8 @@ class ToxiproxyClient:
         has closed meanwhile fails before the request reaches it, and is replaced once."""
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json", "User-Agent": "bc-testbed"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         for attempt in (1, 2):
             with self._lock:
                 conn = self._idle.pop() if self._idle and attempt == 1 else None

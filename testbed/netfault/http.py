@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -97,9 +100,39 @@ def _encode(response: Response, keep_alive: bool) -> bytes:
     return head + (response.body if response.status not in (204, 304) else b"")
 
 
+TOKEN_ENV = "TESTBED_PROXY_TOKEN"
+
+
+def from_loopback(peer: object) -> bool:
+    """Whether a connection's peer address is this machine's loopback (IPv4-mapped too)."""
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def refusal(request: Request, peer: object, token: str | None) -> Response | None:
+    """The API is not an open relay: with a token, a caller from anywhere but loopback must
+    present it (`Authorization: Bearer TOKEN`); loopback keeps Toxiproxy's open surface."""
+    if token is None or from_loopback(peer):
+        return None
+    given = request.headers.get("authorization", "")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    body = json.dumps({"error": "this API needs the run's bearer token", "status": 401})
+    return Response(401, body.encode(), {"Content-Type": "application/json"})
+
+
 async def serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Handler,
+    token: str | None = None,
 ) -> None:
+    peer = writer.get_extra_info("peername")
     try:
         while True:
             try:
@@ -110,7 +143,7 @@ async def serve_connection(
                 return
             if request is None:
                 return
-            response = await handler(request)
+            response = refusal(request, peer, token) or await handler(request)
             keep_alive = request.headers.get("connection", "").lower() != "close" and (
                 request.headers[":version"] != "HTTP/1.0"
                 or request.headers.get("connection", "").lower() == "keep-alive"
@@ -126,9 +159,11 @@ async def serve_connection(
             writer.close()
 
 
-async def start(handler: Handler, host: str, port: int) -> asyncio.base_events.Server:
+async def start(
+    handler: Handler, host: str, port: int, token: str | None = None
+) -> asyncio.base_events.Server:
     return await asyncio.start_server(
-        lambda r, w: serve_connection(r, w, handler),
+        lambda r, w: serve_connection(r, w, handler, token),
         host,
         port,
         limit=MAX_HEADER_BYTES,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -38,14 +39,14 @@ class ProxyServer:
         self.pool = workers.WorkerPool(forked) if forked else None
         self._http: list[asyncio.base_events.Server] = []
 
-    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+    async def start(self, host: str, port: int, token: str | None = None) -> list[tuple[str, int]]:
         if self.pool is not None:  # ready before the API answers, to take the first clients
             await self.pool.start()
             workers.install(self.pool)
         hosts = ["127.0.0.1"] if host == "localhost" else [host]  # clients dial 127.0.0.1
         try:
             for each in hosts:
-                self._http.append(await http.start(self.handle, each, port))
+                self._http.append(await http.start(self.handle, each, port, token))
         except OSError:
             await self.close()
             raise
@@ -126,8 +127,9 @@ async def serve(
     Toxic.extensions = not args.reference
     relay_workers = len(forked or ())
     server = ProxyServer(forked)
+    token = os.environ.get(http.TOKEN_ENV) or None
     try:
-        bound = await server.start(args.host, args.port)
+        bound = await server.start(args.host, args.port, token)
     except OSError as exc:
         raise SystemExit(
             f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}"
@@ -140,8 +142,13 @@ async def serve(
     relays = (
         f"{relay_workers} relay workers in {relay_name}" if relay_workers else "no relay workers"
     )
+    guard = (
+        "callers beyond loopback need the bearer token"
+        if token
+        else "open to every caller that can reach it"
+    )
     print(
-        f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays})",
+        f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays}; {guard})",
         file=sys.stderr,
     )
     stop = asyncio.Event()

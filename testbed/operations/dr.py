@@ -129,6 +129,7 @@ class Operator:
                 user=SUPERUSER,
                 dbname="postgres",
                 connect_timeout=REACH_TIMEOUT_S,
+                passfile=str(self.deployment.server(server).passfile or "") or None,
             ) as conn:
                 conn.execute("SELECT 1")
             return True

@@ -22,6 +22,7 @@ from typing import Any
 from testbed import launcher, procs
 from testbed.backends.runs import ProcessRecord, RunDir
 from testbed.clock import Clock
+from testbed.credentials import ENV as PASSFILE_ENV
 from testbed.deployment import Deployment, in_parallel
 from testbed.errors import TestbedError
 from testbed.pipeline.component import read_status
@@ -56,8 +57,10 @@ class ManagedProcess:
         workdir: Path,
         clock: AnyClock,
         run: RunDir | None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = env or {}
         self.module = module
         self.config = config
         self.workdir = workdir
@@ -85,7 +88,7 @@ class ManagedProcess:
         if self.state() != "stopped":
             raise TestbedError(f"{self.name} is already {self.state()}")
         (self.workdir / "status.json").unlink(missing_ok=True)
-        env = {**os.environ, **self.clock.to_env()}
+        env = {**os.environ, **self.env, **self.clock.to_env()}
         self._proc = launcher.start(self.module, [str(self.config_path)], env, self.log)
         if self.run is not None:
             self.run.record_process(ProcessRecord(self.name, self._proc.pid, str(self.config_path)))
@@ -196,7 +199,12 @@ class Pipeline:
             return backend.component(
                 name, module, config["site"], config, self.clock.to_env(), workdir
             )
-        return ManagedProcess(name, module, config, workdir, self.clock, self.run)
+        return ManagedProcess(name, module, config, workdir, self.clock, self.run, self._env())
+
+    def _env(self) -> dict[str, str]:
+        """What a component on this machine needs to authenticate: the run's password file."""
+        passfile = getattr(self.deployment.backend, "passfile", None)
+        return {PASSFILE_ENV: str(passfile)} if passfile is not None else {}
 
     def _path(self, name: str, filename: str) -> str:
         """Where a component keeps one of its files, as the component sees it."""
