@@ -57,11 +57,33 @@ def test_the_generator_draws_a_disaster_during_a_cut_and_faults_on_the_replaceme
                 failed = verbs.index("fail-site")
                 during |= "partition" in verbs[:failed] and "heal" in verbs[failed:]
             after |= any(
-                step.get("partition") == ["site2", "site3"]
+                step.get("partition") in (["site2", "site3"], ["site1", "site3"])
                 or any(str(step.get(v, "")).endswith("3") for v in ("kill", "stop", "pause"))
                 for step in doc["steps"]
             )
     assert during and after
+
+
+def test_the_generator_loses_either_site_and_follows_each_ones_procedure() -> None:
+    """The standby site lost too: GIM 1 retires it, site 3 replaces it, Info Mart 1 is
+    copied there; losing site 1 keeps its own procedure (promote, activate-gim site 2)."""
+    procedures: dict[str, set[str]] = {"site1": set(), "site2": set()}
+    for seed in range(1, 30):
+        for doc in generate(seed, 10, clock="virtual"):
+            lost = next((s["fail-site"] for s in doc["steps"] if "fail-site" in s), None)
+            if lost is None:
+                continue
+            for step in doc["steps"]:
+                verb = next(k for k in step if k != "at")
+                value = step[verb]
+                procedures[lost].add(
+                    f"{verb} {value.get('from') if isinstance(value, dict) else value}"
+                )
+                if verb == "add-site":
+                    assert step["replaces"] == lost
+    assert {"activate-gim site1", "add-site site3", "transfer site1"} <= procedures["site2"]
+    assert "promote site2" not in procedures["site2"]
+    assert {"promote site2", "activate-gim site2", "transfer site2"} <= procedures["site1"]
 
 
 def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:

@@ -216,43 +216,59 @@ class _Generator:
         )
 
     def disaster(self, at: float, threshold: float) -> list[Doc]:
-        """Site 1 lost, then as much of the documented recovery as the dice say; after a
-        replacement site came, maybe a fault on its parts or its link."""
+        """A site lost (either one), then as much of the documented recovery as the dice
+        say; after a replacement site came, maybe a fault on its parts or its link."""
         rng = self.rng
-        steps: list[Doc] = [{"at": _duration(at), "fail-site": "site1"}]
+        lost = rng.choice(["site1", "site2"])
+        survivor = "site2" if lost == "site1" else "site1"
+        steps: list[Doc] = [{"at": _duration(at), "fail-site": lost}]
         t = at + rng.uniform(0.3, 1.5) * H
         if self.topology == "active-active":
-            return [*steps, {"at": _duration(t), "activate-gim": "site2"}]
-        for verb, value in (
-            ("promote", "site2"),
-            ("activate-gim", "site2"),
-            ("add-site", "site3"),
-            (
-                "transfer",
-                {"from": "site2", "to": "site3", "gim": rng.choice(["running", "stopped"])},
-            ),
-            ("switchover", "site3"),
-        ):
-            steps.append({"at": _duration(t), verb: value})
+            return [*steps, {"at": _duration(t), "activate-gim": survivor}]
+        if lost == "site1":
+            procedure: list[tuple[str, Any]] = [
+                ("promote", "site2"),
+                ("activate-gim", "site2"),
+                ("add-site", "site3"),
+                (
+                    "transfer",
+                    {"from": "site2", "to": "site3", "gim": rng.choice(["running", "stopped"])},
+                ),
+                ("switchover", "site3"),
+            ]
+        else:  # the standby site: GIM 1 retires it, site 3 replaces it with a copy of IM 1
+            procedure = [
+                ("activate-gim", "site1"),
+                ("add-site", "site3"),
+                (
+                    "transfer",
+                    {"from": "site1", "to": "site3", "gim": rng.choice(["running", "stopped"])},
+                ),
+            ]
+        for verb, value in procedure:
+            step: Doc = {"at": _duration(t), verb: value}
+            if verb == "add-site":
+                step["replaces"] = lost
+            steps.append(step)
             t += rng.uniform(0.2, 1.0) * H
             if verb == "activate-gim" and rng.random() < 0.5:
                 return steps
             if verb in ("add-site", "transfer", "switchover") and rng.random() < 0.3:
                 break
         if rng.random() < 0.5:
-            steps += self.replacement_fault(t, threshold)
+            steps += self.replacement_fault(t, threshold, survivor)
         return steps
 
-    def replacement_fault(self, at: float, threshold: float) -> list[Doc]:
-        """A fault on the replacement site after it came: its link to site 2, an ICON of
-        its pair, or its IDB, for a span around the threshold."""
+    def replacement_fault(self, at: float, threshold: float, survivor: str) -> list[Doc]:
+        """A fault on the replacement site after it came: its link to the surviving site,
+        an ICON of its pair, or its IDB, for a span around the threshold."""
         rng = self.rng
         back = at + rng.choice([rng.uniform(0.2, 0.9), rng.uniform(1.1, 1.6)]) * threshold
         kind = rng.choice(["partition", "process", "server"])
         if kind == "partition":
-            cut: Doc = {"at": _duration(at), "partition": ["site2", "site3"]}
+            cut: Doc = {"at": _duration(at), "partition": [survivor, "site3"]}
             cut["mode"] = rng.choice(["reset", "blackhole"])
-            return [cut, {"at": _duration(back), "heal": ["site2", "site3"]}]
+            return [cut, {"at": _duration(back), "heal": [survivor, "site3"]}]
         target = rng.choice(["icon3a", "icon3b"]) if kind == "process" else "idb3"
         verb = rng.choice(["kill", "stop", "pause"])
         restore = "resume" if verb == "pause" else "start"
