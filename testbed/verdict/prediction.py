@@ -16,6 +16,9 @@ shows as a mismatch instead of being predicted by the same bug.
   past the threshold: in service at some time in (S + threshold, H). It returns at R, the
   first time from H on that a GIM is in service: its events in [S, R - threshold) are lost.
   Otherwise nothing of that gap is lost.
+- A site is back the moment a GIM in service can read writes of its members that no GIM
+  has read, whatever their age: made while their IDB could not be read, or in flight when
+  their IDB froze (the frozen server commits them when it resumes).
 - Events emitted while both ICONs of the pair are down reach no queue: lost.
 - A site lost in a disaster (`fail-site`) loses exactly the events the census taken at the
   moment of failure found in no surviving store (IDB or replicated Info Mart); the rules
@@ -471,25 +474,54 @@ def _predict_chain(
                 and (where is None or timeline.linked(where, idb_site, t))
             )
 
+        def unread(start: float, site: str = site) -> dict[tuple[str, str], float]:
+            """Writes of the site's members that no GIM had read by `start`, per (ICON,
+            IDB): the newest time each put data there. A write lands unread while its IDB
+            cannot be read (behind a cut, or no GIM in service), and a write in flight when
+            its IDB froze lands when the server resumes: the statement waits in the frozen
+            server's socket, and it runs and commits then, though its ICON gave up on it."""
+            pending: dict[tuple[str, str], float] = {}
+            before = [p for p in points if p < start]
+            for a, b in itertools.pairwise([*before, start]):
+                mid = (a + b) / 2
+                for name, paused, resumed in thaws:
+                    if a == paused < resumed:
+                        for pair in writes(paused - 1e-6):
+                            if pair[1] == name:
+                                pending[pair] = paused
+                for pair in [k for k in pending if readable(mid, k[1])]:
+                    del pending[pair]
+                for pair in writes(mid):
+                    if not readable(mid, pair[1]):
+                        pending[pair] = b
+            return pending
+
         def completeness(start: float, end: float) -> list[tuple[float, float, float]]:
             """A gap in the flow as spans (from, to, complete-to). The completeness is the
-            gap's start, until an IDB that a member went on writing to (while GIM could
-            not read it) becomes readable with the member no longer writing: then its
-            backlog brings the completeness up to when that member stopped."""
+            gap's start, until an IDB holding writes no GIM has read (made while it could
+            not be read, or in flight when it froze) becomes readable: the site is back
+            then, whatever the age of what arrives (the reconnection time of the rule), and
+            what arrives brings the completeness up to its newest write."""
             spans = []
             since, complete = start, start
-            written: dict[tuple[str, str], float] = {}
+            pending = unread(start)
             inside = [p for p in points if start < p < end]
             for a, b in itertools.pairwise([start, *inside, end]):
                 mid = (a + b) / 2
-                backlog = max(
-                    (w for (_, idb), w in written.items() if readable(mid, idb)), default=-INF
-                )
-                if backlog > complete:
-                    spans.append((since, a, complete))
-                    since, complete = a, backlog
+                for name, paused, resumed in thaws:
+                    if a == paused < resumed:
+                        for pair in writes(paused - 1e-6):
+                            if pair[1] == name:
+                                pending[pair] = paused
+                arrived = [k for k in pending if readable(mid, k[1])]
+                if arrived:
+                    newest = max(pending.pop(k) for k in arrived)
+                    if a > since:
+                        spans.append((since, a, complete))
+                        since = a
+                    complete = max(complete, newest)
                 for pair in writes(mid):
-                    written[pair] = b
+                    pending[pair] = b
             spans.append((since, end, complete))
             return spans
 
