@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.backends.local import LocalBackend
+from testbed.credentials import ENV as PASSFILE_ENV
 from testbed.ports import LOOPBACK, free_port, port_is_free
 from testbed.postgres import split_address
 from testbed.procs import run_stoppable
@@ -275,6 +276,7 @@ def main() -> None:
         sink_port = free_port()
         sink = f"{LOOPBACK}:{sink_port}"
         server = backend.new_server("bench").init().start()
+        os.environ[PASSFILE_ENV] = str(backend.passfile)  # pgbench authenticates with it
         pgbench = backend.bins.path("pgbench")
         init = [pgbench, "-h", server.host, "-p", str(server.port), "-U", "postgres"]
         subprocess.run([*init, "-i", "-s", "5", "-q", "postgres"], capture_output=True, check=True)

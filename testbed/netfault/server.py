@@ -148,7 +148,7 @@ async def serve(
         else "open to every caller that can reach it"
     )
     print(
-        f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays}; {guard})",
+        f"proxy API listening on {listening} ({loop.loop_name(running)}, {relays}); {guard}",
         file=sys.stderr,
     )
     stop = asyncio.Event()
