@@ -156,7 +156,13 @@ def test_a_campaign_writes_each_disagreement_as_a_scenario_file(tmp_path: Path) 
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    for args in (["--runs", "0"], ["--topology", "ring"], ["--shrink-budget", "-1"]):
+    for args in (
+        ["--runs", "0"],
+        ["--topology", "ring"],
+        ["--shrink-budget", "-1"],
+        ["--jobs", "0"],
+        ["--jobs", "2", "--clock", "realtime"],
+    ):
         done = subprocess.run(
             [sys.executable, "-m", "testbed", "fuzz", *args, "--out", str(tmp_path)],
             capture_output=True,
@@ -180,6 +186,8 @@ def test_a_small_campaign_on_real_servers_agrees(tmp_path: Path) -> None:
             "3",
             "--seed",
             "11",
+            "--jobs",  # judged side by side: on virtual time the machine's load moves nothing
+            "2",
             "--json",
             "--out",
             str(tmp_path / "fuzz"),

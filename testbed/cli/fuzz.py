@@ -54,6 +54,13 @@ CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (import
     show_default=True,
     help="Runs spent shrinking each disagreement.",
 )
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Scenarios judged at once (virtual time only: its verdicts do not depend on load).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @home_option
 @user_errors
@@ -64,6 +71,7 @@ def fuzz(
     clock: str,
     out_dir: str | None,
     shrink_budget: int,
+    jobs: int,
     as_json: bool,
     home: str | None,
 ) -> None:
@@ -79,6 +87,13 @@ def fuzz(
         raise TestbedError(f"--topology {topology!r} is not one of: {', '.join(TOPOLOGIES)}")
     if clock not in CLOCKS:
         raise TestbedError(f"--clock {clock!r} is not one of: {', '.join(CLOCKS)}")
+    if jobs < 1:
+        raise TestbedError(f"--jobs {jobs}: judge at least one scenario at a time")
+    if jobs > 1 and clock != "virtual":
+        raise TestbedError(
+            f"--jobs {jobs} needs --clock virtual: on the realtime clock runs that share the"
+            " machine move each other's edges"
+        )
     folder = Path(out_dir) if out_dir else Path(".testbed/fuzz") / time.strftime("%Y%m%d-%H%M%S")
     stop_on_signals()
     with Progress(
@@ -93,7 +108,9 @@ def fuzz(
         def progress(index: int, name: str) -> None:
             bar.update(task, completed=index, description=f"{topology}: {name}")
 
-        result = campaign(runs, seed, topology, folder, home, shrink_budget, progress, clock=clock)
+        result = campaign(
+            runs, seed, topology, folder, home, shrink_budget, progress, clock=clock, jobs=jobs
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

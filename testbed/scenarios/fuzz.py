@@ -11,7 +11,9 @@ the seed: the same seed draws the same scenarios.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import random
 import shutil
 import tempfile
@@ -430,6 +432,31 @@ def load_check(doc: Doc) -> None:
 # --- the campaign ----------------------------------------------------------------------------
 
 
+def _judged(
+    docs: list[Doc],
+    out: Path,
+    run_one: Callable[[Doc, Path], Verdict],
+    home: str | None,
+    jobs: int,
+    progress: Callable[[int, str], None] | None,
+) -> Iterator[tuple[int, Doc, Verdict]]:
+    """Each document with its verdict, in the order drawn; `jobs` at a time, each in a new
+    interpreter (a run holds signal handlers, a fork server and a clock of its own)."""
+    if jobs <= 1:
+        for index, doc in enumerate(docs):
+            if progress:
+                progress(index, doc["name"])
+            yield index, doc, run_one(doc, out / "runs" / doc["name"])
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(judge, doc, out / "runs" / doc["name"], home) for doc in docs]
+        for index, (doc, future) in enumerate(zip(docs, futures, strict=True)):
+            if progress:
+                progress(index, doc["name"])
+            yield index, doc, future.result()
+
+
 def fuzz(
     runs: int,
     seed: int,
@@ -440,17 +467,18 @@ def fuzz(
     progress: Callable[[int, str], None] | None = None,
     judge_fn: Callable[[Doc, Path], Verdict] | None = None,
     clock: str = "realtime",
+    jobs: int = 1,
 ) -> FuzzResult:
-    """Draw `runs` scenarios, judge each; shrink and write out every disagreement."""
+    """Draw `runs` scenarios, judge each; shrink and write out every disagreement. With
+    `jobs` > 1 that many are judged at once, each in a process of its own: on virtual time
+    a run's outcome does not depend on how busy the machine is, so they may share it."""
     run_one = judge_fn or (lambda doc, folder: judge(doc, folder, home))
     result = FuzzResult(seed=seed, topology=topology, clock=clock)
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    for index, doc in enumerate(generate(seed, runs, topology, clock)):
-        if progress:
-            progress(index, doc["name"])
+    docs = list(generate(seed, runs, topology, clock))
+    for _index, doc, verdict in _judged(docs, out, run_one, home, jobs, progress):
         folder = out / "runs" / doc["name"]
-        verdict = run_one(doc, folder)
         result.runs += 1
         result.tolerance_s_max = max(result.tolerance_s_max, verdict.tolerance_s)
         if verdict.agreed:
