@@ -373,8 +373,11 @@ class Gim:
         answer to an earlier cycle (a source that was blocked past its deadline) is taken
         too, but it is not one of this cycle's: counting it as one left a fresh answer
         waiting a cycle, and what GIM knew a cycle late (found by `testbed fuzz`)."""
-        got: list[Any] = []
-        waiting = set(asked)
+        # What came in since the last cycle first, asked or not: when every source is still
+        # busy with an earlier request (black-holed or frozen), none is asked, and a late
+        # answer left in the mailbox kept its source busy for ever (found by testbed fuzz).
+        got: list[Any] = self.results.drain()
+        waiting = set(asked) - {result.source for result in got}
         while waiting:
             result = self.results.get(until)
             if result is None:
