@@ -474,6 +474,16 @@ def _predict_chain(
                 and (where is None or timeline.linked(where, idb_site, t))
             )
 
+        def in_flight_at_freeze(t: float) -> dict[tuple[str, str], float]:
+            """The writes in flight to an IDB that froze at `t`: (ICON, IDB) -> t."""
+            return {
+                pair: t
+                for name, paused, resumed in thaws
+                if t == paused < resumed
+                for pair in writes(paused - 1e-6)
+                if pair[1] == name
+            }
+
         def unread(start: float, site: str = site) -> dict[tuple[str, str], float]:
             """Writes of the site's members that no GIM had read by `start`, per (ICON,
             IDB): the newest time each put data there. A write lands unread while its IDB
@@ -484,11 +494,7 @@ def _predict_chain(
             before = [p for p in points if p < start]
             for a, b in itertools.pairwise([*before, start]):
                 mid = (a + b) / 2
-                for name, paused, resumed in thaws:
-                    if a == paused < resumed:
-                        for pair in writes(paused - 1e-6):
-                            if pair[1] == name:
-                                pending[pair] = paused
+                pending.update(in_flight_at_freeze(a))
                 for pair in [k for k in pending if readable(mid, k[1])]:
                     del pending[pair]
                 for pair in writes(mid):
@@ -508,11 +514,7 @@ def _predict_chain(
             inside = [p for p in points if start < p < end]
             for a, b in itertools.pairwise([start, *inside, end]):
                 mid = (a + b) / 2
-                for name, paused, resumed in thaws:
-                    if a == paused < resumed:
-                        for pair in writes(paused - 1e-6):
-                            if pair[1] == name:
-                                pending[pair] = paused
+                pending.update(in_flight_at_freeze(a))
                 arrived = [k for k in pending if readable(mid, k[1])]
                 if arrived:
                     newest = max(pending.pop(k) for k in arrived)
