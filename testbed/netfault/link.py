@@ -425,29 +425,31 @@ class Connection:
     def other(self, side: Side) -> Side:
         return self.server if side is self.client else self.client
 
-    def clock_state(self) -> tuple[bool, bool]:
-        """(busy, holds) as the virtual clock asks it: busy while it has work it can do
+    def clock_state(self) -> tuple[bool, bool, bool]:
+        """(busy, holds, due) as the virtual clock asks it: busy while it has work it can do
         now (bytes to take through its toxics, or unread bytes behind a chunk it holds:
         they are read and stamped before the time may move); holds while a toxic keeps a
-        chunk of it until a later instant."""
+        chunk of it until a later instant, or swallows what comes; due only in the first
+        case (what a black hole swallows never arrives: nobody may wait for it to land)."""
         if self.closed or self.loan is not None:
-            return False, False
+            return False, False, False
         if self._dial is not None and not self._dial.done():
             # A `slow_open` holds it; a dial itself is no work the clock waits for: the
             # client's call through it is running meanwhile, or blocked by a fault (a
             # frozen server that never accepts keeps a dial hanging for wall minutes).
-            return False, self.up.holds()
+            holds = self.up.holds()
+            return False, holds, holds
         directions = (self.up, self.down)
         if any(d.runnable() for d in directions):
-            return True, False
+            return True, False, False
         if any(d.holds() for d in directions):
             busy = any(
                 not side._holds and timebase.unread(side.transport)
                 for side in (self.client, self.server)
             )
-            return busy, True
+            return busy, True, True
         # Bytes into a black hole need no stamp: unread or not, they never arrive.
-        return False, any(d.swallows() for d in directions)
+        return False, any(d.swallows() for d in directions), False
 
     def side_made(self, side: Side) -> None:
         if side is self.client and self._dial is None:

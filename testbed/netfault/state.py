@@ -45,19 +45,23 @@ class ProxyCollection:
         self._proxies: dict[str, Proxy] = {}
         self.links = Links()
 
-    def clock_state(self) -> tuple[bool, list[str]]:
-        """For the virtual clock: whether any connection has work it can do now, and the
-        proxies a toxic of which holds bytes until a later instant."""
-        busy, held = False, []
+    def clock_state(self) -> tuple[bool, list[str], list[str]]:
+        """For the virtual clock: whether any connection has work it can do now, the
+        proxies a toxic of which holds bytes until a later instant or swallows them, and
+        those of them with bytes due at a later instant (that will land)."""
+        busy, held, due = False, [], []
         for name, proxy in self._proxies.items():
-            holds = False
+            holds = lands = False
             for conn in proxy.connections:
-                conn_busy, conn_holds = conn.clock_state()
+                conn_busy, conn_holds, conn_due = conn.clock_state()
                 busy = busy or conn_busy
                 holds = holds or conn_holds
+                lands = lands or conn_due
             if holds:
                 held.append(name)
-        return busy, held
+            if lands:
+                due.append(name)
+        return busy, held, due
 
     def items(self) -> ItemsView[str, Proxy]:
         return self._proxies.items()

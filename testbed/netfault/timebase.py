@@ -48,7 +48,8 @@ class Handle(Protocol):
 class State(Protocol):
     """What the proxy server tells the time about its connections (`ProxyServer`)."""
 
-    def clock_state(self) -> tuple[bool, list[str]]: ...  # (busy, names of held proxies)
+    # (busy, proxies holding or swallowing bytes, those of them with bytes due to land)
+    def clock_state(self) -> tuple[bool, list[str], list[str]]: ...
 
 
 class WallTime:
@@ -170,8 +171,8 @@ class VirtualTime:
         self._report_due = False
         if self.closed:
             return
-        busy, held = self._state.clock_state()
-        summary = (busy, None if busy else self._wake(), sorted(held), self._gen)
+        busy, held, due = self._state.clock_state()
+        summary = (busy, None if busy else self._wake(), sorted(held), sorted(due), self._gen)
         if summary != self._said:
             self._said = summary
             message = {
@@ -181,6 +182,7 @@ class VirtualTime:
                 "wake": summary[1],
                 "ios": [],
                 "held": summary[2],
+                "due": summary[3],
             }
             try:  # whole or not at all: the clock's thread always reads, so this is brief
                 self._sock.setblocking(True)

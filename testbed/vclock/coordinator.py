@@ -68,6 +68,7 @@ class Member:
     wake: float | None = None
     ios: list[tuple[str, str | None, float, str | None]] = field(default_factory=list)
     held: frozenset[str] = frozenset()  # the WAN proxy: proxies whose bytes a toxic holds
+    due: frozenset[str] = frozenset()  # ... of them, those whose bytes land at an instant
     wakes_here: int = 0  # wakes at the current instant
 
     @property
@@ -202,12 +203,13 @@ class Coordinator:
         return box["value"]
 
     def run_until_released(self, proxies: frozenset[str], wall_limit: float = 120.0) -> None:
-        """Let the time run until the WAN proxy holds no bytes of these proxies (what a
-        dead site sent just before it died lands where it was going), then hold it."""
+        """Let the time run until the WAN proxy holds no bytes of these proxies that are due
+        to land (what a dead site sent just before it died lands where it was going; what
+        a black hole swallowed never does), then hold it."""
         released = threading.Event()
 
-        def moving(held: frozenset[str]) -> bool:
-            if held & proxies:
+        def moving(_held: frozenset[str]) -> bool:
+            if self._due() & proxies:
                 return False  # due at their release: the time may jump there
             released.set()
             return True  # until the waiting work below has returned
@@ -357,6 +359,7 @@ class Coordinator:
                 member.wake = message["wake"]
                 member.ios = [(str(t), r, float(d), via) for t, r, d, via in message["ios"]]
                 member.held = frozenset(message.get("held") or ())
+                member.due = frozenset(message.get("due") or ())
 
     def _send(self, member: Member, op: str) -> None:
         member.sent += 1
@@ -382,6 +385,13 @@ class Coordinator:
         for member in self._members.values():
             held |= member.held
         return held
+
+    def _due(self) -> frozenset[str]:
+        """The proxies with bytes the WAN proxy releases at a later instant."""
+        due: frozenset[str] = frozenset()
+        for member in self._members.values():
+            due |= member.due
+        return due
 
     def _waits(self, io: tuple[str, str | None, float, str | None], held: frozenset[str]) -> bool:
         """A call that cannot progress before an instant: the faults block it, or the
