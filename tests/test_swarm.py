@@ -9,6 +9,7 @@ swarm is made by the backend when none is active, and left when the run ends.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from testbed.backends.supervise import Supervisor
@@ -129,13 +131,12 @@ def _swarm_state(engine) -> str:
 def _of_run(engine, run_id: str) -> dict[str, list[str]]:
     """What carries the run's label (any run's: "")."""
     label = {"label": f"bc-testbed.run={run_id}" if run_id else "bc-testbed.run"}
-    services = (
-        [s.name for s in engine.services.list(filters=label)]
-        if _swarm_state(engine) == "active"
-        else []
-    )
+    active = _swarm_state(engine) == "active"
+    services = [s.name for s in engine.services.list(filters=label)] if active else []
+    secrets = [s.name for s in engine.secrets.list(filters=label)] if active else []
     return {
         "services": services,
+        "secrets": secrets,
         "containers": [c.name for c in engine.containers.list(all=True, filters=label)],
         "networks": [n.name for n in engine.networks.list(filters=label)],
         "volumes": [v.name for v in engine.volumes.list(filters=label)],
@@ -158,6 +159,7 @@ def _assert_nothing_left(engine, run_id: str, swarm_before: str, labels_before: 
     it added, and the swarm as it was before."""
     assert _of_run(engine, run_id) == {
         "services": [],
+        "secrets": [],
         "containers": [],
         "networks": [],
         "volumes": [],
@@ -195,6 +197,19 @@ def test_a_killed_icon_loses_its_process_not_its_container_or_its_queue(swarm_ru
     kill is a SIGKILL of the ICON inside its container (which stays, with its network), and
     the restarted ICON drains the same queue into idb1."""
     deployment, pipeline = swarm_run
+    # Ports published on every address of the node let in nobody without the run's
+    # secrets: a server wants the password, the WAN proxy's API the token (a call reaches
+    # the task through the engine's port forwarding, so not from its loopback).
+    idb1 = deployment.server("idb1")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(
+            host=idb1.host, port=idb1.port, user="postgres", passfile="/dev/null"
+        ).close()
+    proxy = deployment.backend.proxy_client
+    api = http.client.HTTPConnection(proxy.host, proxy.port, timeout=10)
+    api.request("GET", "/proxies")
+    assert api.getresponse().status == 401
+    assert proxy.proxies()  # the run's own client sends the token
     pipeline.start()
     icon = pipeline.icons["icon2b"]
     container = icon.task.container
