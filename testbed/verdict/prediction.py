@@ -19,6 +19,9 @@ shows as a mismatch instead of being predicted by the same bug.
 - A site is back the moment a GIM in service can read writes of its members that no GIM
   has read, whatever their age: made while their IDB could not be read, or in flight when
   their IDB froze (the frozen server commits them when it resumes).
+- A return's cut judges every copy that reaches GIM only from then on: an event older than
+  the cut whose only copies were out of GIM's reach until the return is lost, wherever it
+  lies (its partner missed it, and the one copy waited in an IDB GIM could not read).
 - Events emitted while both ICONs of the pair are down reach no queue: lost.
 - A site lost in a disaster (`fail-site`) loses exactly the events the census taken at the
   moment of failure found in no surviving store (IDB or replicated Info Mart); the rules
@@ -527,9 +530,37 @@ def _predict_chain(
             spans.append((since, end, complete))
             return spans
 
+        def delivered(a: float, b: float) -> float | None:
+            """When GIM first can read a copy of an event emitted in [a, b): None if at
+            once (a member up then writes it to an IDB GIM reads), else the first time a
+            member's copy (queued on its disk until its IDB takes it) can be read; INF if
+            no member took it."""
+            mid = (a + b) / 2
+            first = INF
+            for m in members(mid):
+                if timeline.is_down(m.name, mid):
+                    continue  # it missed the event: no copy
+                later = [p for p in points if p >= b]
+                written = (
+                    None
+                    if (m.name, m.idb) in writes(mid)
+                    else next((p for p in later if (m.name, m.idb) in writes(p + 1e-6)), INF)
+                )
+                if written is None and readable(mid, m.idb):
+                    return None
+                since = b if written is None else written
+                read = (
+                    since
+                    if readable(since + 1e-6, m.idb)
+                    else next((p for p in later if p >= since and readable(p + 1e-6, m.idb)), INF)
+                )
+                first = min(first, read)
+            return first
+
         failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
         unsure: list[Band] = []  # what may go either way, and why
+        returns: list[tuple[float, float, bool]] = []  # (back at, its cut, surely stuck)
         segments = _segments(points, serving)
         for start, end in _intervals(points, lambda t, f=flows: not f(t)):
             if start >= failed_at:
@@ -573,6 +604,7 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
+                returns.append((returned, cut, sure is not None))
                 slow_back = IN_FLIGHT_TRIPS * rtt_at(returned)  # the extraction bringing it
                 # A heal step that took long may have brought GIM's route back before it
                 # was done: the cut may then come that much early.
@@ -656,6 +688,22 @@ def _predict_chain(
                     f"{site}: {why} in [{start:.0f}s, {end:.0f}s): it may fall behind past"
                     " the threshold, so its events then may go either way"
                 )
+        # A copy that reaches GIM only after a return is judged by that return's cut, like
+        # the gap's own events: an event older than the cut whose only copies were out of
+        # GIM's reach until then (its partner missed it, a hole the other member covers
+        # only in an IDB GIM could not read) is discarded too, wherever it lies.
+        for returned, cut, surely in returns:
+            for a, b in itertools.pairwise(points):
+                if a >= min(cut, failed_at):
+                    break
+                arrives = delivered(a, b)
+                if arrives is None or arrives == INF or arrives < returned:
+                    continue  # read before the return (or never emitted to a member)
+                window = (a, min(b, cut, failed_at))
+                if surely:
+                    lost.append(window)
+                else:
+                    unsure.append((*window, STUCK_EDGE))
         windows[site] = _merge(lost)
         restarted = [
             (a - 1.0, b, SOURCE_DOWN)
