@@ -579,6 +579,13 @@ class Gim:
         of what arrives; what is older than that time minus the threshold is discarded."""
         returned = False
         for name, site in sites.items():
+            if name in self.retired and site["stuck"]:
+                # Retired: no longer waited for, so no longer stuck either (it will never
+                # send again); what it staged goes on, as the procedure releases it.
+                site["stuck"] = False
+                self.log.warning("site %s is retired: no longer stuck", name)
+                conn.execute("UPDATE gim_site SET stuck = false WHERE site = %s", (name,))
+                continue
             since = site["complete_to"] if site["complete_to"] is not None else self.started
             if site["returned_at"] is not None:
                 since = max(since, site["returned_at"])
