@@ -560,7 +560,9 @@ def _predict_chain(
         failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
         unsure: list[Band] = []  # what may go either way, and why
-        returns: list[tuple[float, float, bool]] = []  # (back at, its cut, surely stuck)
+        # (back at, the gap's completeness, its cut at the earliest and at the latest, and
+        # whether surely stuck) of every return from stuck
+        returns: list[tuple[float, float, float, float, bool]] = []
         segments = _segments(points, serving)
         for start, end in _intervals(points, lambda t, f=flows: not f(t)):
             if start >= failed_at:
@@ -604,11 +606,13 @@ def _predict_chain(
                 returned = back if back is not None else timeline.end
                 backs = {returned} if sure is not None else {*backs, returned}
                 cut = returned - threshold
-                returns.append((returned, cut, sure is not None))
                 slow_back = IN_FLIGHT_TRIPS * rtt_at(returned)  # the extraction bringing it
                 # A heal step that took long may have brought GIM's route back before it
                 # was done: the cut may then come that much early.
                 early = returned - timeline.healing.get(returned, returned)
+                returns.append(
+                    (returned, complete, cut - early, cut + reconnect + slow_back, sure is not None)
+                )
                 if cut + reconnect + slow_back + tol <= complete - slow:
                     continue
                 if slow:
@@ -692,18 +696,22 @@ def _predict_chain(
         # the gap's own events: an event older than the cut whose only copies were out of
         # GIM's reach until then (its partner missed it, a hole the other member covers
         # only in an IDB GIM could not read) is discarded too, wherever it lies.
-        for returned, cut, surely in returns:
+        for returned, complete, cut, cut_late, surely in returns:
+            # The gap's own events are judged above; these are older (a hole before it).
+            before = min(complete, failed_at)
             for a, b in itertools.pairwise(points):
-                if a >= min(cut, failed_at):
+                if a >= min(cut_late, before):
                     break
                 arrives = delivered(a, b)
                 if arrives is None or arrives == INF or arrives < returned:
                     continue  # read before the return (or never emitted to a member)
-                window = (a, min(b, cut, failed_at))
-                if surely:
-                    lost.append(window)
-                else:
-                    unsure.append((*window, STUCK_EDGE))
+                if surely and a < min(cut, before):
+                    lost.append((a, min(b, cut, before)))
+                edge = (max(a, cut), min(b, cut_late, before))
+                if not surely:
+                    unsure.append((a, min(b, cut_late, before), STUCK_EDGE))
+                elif edge[1] > edge[0]:
+                    unsure.append((*edge, LATE_RETURN))
         windows[site] = _merge(lost)
         restarted = [
             (a - 1.0, b, SOURCE_DOWN)
