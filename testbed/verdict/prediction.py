@@ -40,6 +40,7 @@ round trips of that extraction) as well.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -536,24 +537,23 @@ def _predict_chain(
             member's copy (queued on its disk until its IDB takes it) can be read; INF if
             no member took it."""
             mid = (a + b) / 2
+            taking = [m for m in members(mid) if not timeline.is_down(m.name, mid)]
+            now = writes(mid)
+            if any((m.name, m.idb) in now and readable(mid, m.idb) for m in taking):
+                return None
+            later = points[bisect.bisect_left(points, b) :]
             first = INF
-            for m in members(mid):
-                if timeline.is_down(m.name, mid):
-                    continue  # it missed the event: no copy
-                later = [p for p in points if p >= b]
+            for m in taking:
+                pair = (m.name, m.idb)
                 written = (
-                    None
-                    if (m.name, m.idb) in writes(mid)
-                    else next((p for p in later if (m.name, m.idb) in writes(p + 1e-6)), INF)
+                    b if pair in now else next((p for p in later if pair in writes(p + 1e-6)), INF)
                 )
-                if written is None and readable(mid, m.idb):
-                    return None
-                since = b if written is None else written
-                read = (
-                    since
-                    if readable(since + 1e-6, m.idb)
-                    else next((p for p in later if p >= since and readable(p + 1e-6, m.idb)), INF)
-                )
+                if written == INF:
+                    continue
+                if readable(written + 1e-6, m.idb):
+                    first = min(first, written)
+                    continue
+                read = next((p for p in later if p >= written and readable(p + 1e-6, m.idb)), INF)
                 first = min(first, read)
             return first
 
