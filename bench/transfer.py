@@ -154,9 +154,7 @@ def icon_wire_bytes(backend: LocalBackend, client: ToxiproxyClient, batch: int) 
         icon = Icon(config, Clock.start())
         events = schedule(SITE, 600.0, seed=1)
         host, port = split_address(route.listen)
-        with psycopg.connect(
-            host=host, port=port, user="postgres", autocommit=True, passfile=idb.passfile
-        ) as conn:
+        with psycopg.connect(idb.conninfo(), host=host, port=port, autocommit=True) as conn:
             conn.execute("SELECT 1")  # connection start-up is not a batch's cost
             before = _proxy_bytes(client, route.name)
             seq = 0

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from testbed.errors import TestbedError
@@ -33,6 +34,7 @@ INITIAL_BACKUP = "initial"
 class Backend(Protocol):
     name: str
     servers: dict[str, Server]
+    passfile: Path  # the run's libpq password file (testbed.credentials)
 
     @property
     def id(self) -> str: ...

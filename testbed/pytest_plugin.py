@@ -90,9 +90,7 @@ def testbed_backend(request: pytest.FixtureRequest, testbed_home: Path) -> Itera
         open_backend(request.config.getoption("--testbed-backend"), home=testbed_home) as backend,
         pytest.MonkeyPatch.context() as patch,
     ):
-        passfile = getattr(backend, "passfile", None)
-        if passfile is not None:
-            patch.setenv(PASSFILE_ENV, str(passfile))
+        patch.setenv(PASSFILE_ENV, str(backend.passfile))
         yield backend
 
 

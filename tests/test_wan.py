@@ -24,13 +24,7 @@ def wan_deployment(testbed_deployment: Deployment) -> Deployment:
 def connect_via(deployment: Deployment, client: str, server: str, **kw) -> psycopg.Connection:
     host, port = split_address(deployment.address_for(client, server))
     return psycopg.connect(
-        host=host,
-        port=port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-        passfile=deployment.server(server).passfile,
-        **kw,
+        deployment.server(server).conninfo(), host=host, port=port, autocommit=True, **kw
     )
 
 

@@ -31,7 +31,7 @@ from testbed.deployment import Deployment
 from testbed.errors import Refused, TestbedError
 from testbed.netfault.wan import Traffic
 from testbed.pipeline.control import Pipeline
-from testbed.postgres import SUPERUSER, Server, format_lsn, split_address
+from testbed.postgres import Server, format_lsn, split_address
 from testbed.topology import (
     INFOMART_DATABASE,
     GimSpec,
@@ -123,14 +123,8 @@ class Operator:
     def _reachable(self, client: str, server: str) -> bool:
         host, port = split_address(self.deployment.address_for(client, server))
         try:
-            with psycopg.connect(
-                host=host,
-                port=port,
-                user=SUPERUSER,
-                dbname="postgres",
-                connect_timeout=REACH_TIMEOUT_S,
-                passfile=str(self.deployment.server(server).passfile or "") or None,
-            ) as conn:
+            dsn = self.deployment.server(server).conninfo(connect_timeout=REACH_TIMEOUT_S)
+            with psycopg.connect(dsn, host=host, port=port) as conn:  # where `client` dials
                 conn.execute("SELECT 1")
             return True
         except psycopg.Error:

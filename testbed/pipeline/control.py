@@ -203,8 +203,7 @@ class Pipeline:
 
     def _env(self) -> dict[str, str]:
         """What a component on this machine needs to authenticate: the run's password file."""
-        passfile = getattr(self.deployment.backend, "passfile", None)
-        return {PASSFILE_ENV: str(passfile)} if passfile is not None else {}
+        return {PASSFILE_ENV: str(self.deployment.backend.passfile)}
 
     def _path(self, name: str, filename: str) -> str:
         """Where a component keeps one of its files, as the component sees it."""

@@ -439,14 +439,14 @@ def _judged(
     home: str | None,
     jobs: int,
     progress: Callable[[int, str], None] | None,
-) -> Iterator[tuple[int, Doc, Verdict]]:
+) -> Iterator[tuple[Doc, Verdict]]:
     """Each document with its verdict, in the order drawn; `jobs` at a time, each in a new
     interpreter (a run holds signal handlers, a fork server and a clock of its own)."""
     if jobs <= 1:
         for index, doc in enumerate(docs):
             if progress:
                 progress(index, doc["name"])
-            yield index, doc, run_one(doc, out / "runs" / doc["name"])
+            yield doc, run_one(doc, out / "runs" / doc["name"])
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
@@ -454,7 +454,7 @@ def _judged(
         for index, (doc, future) in enumerate(zip(docs, futures, strict=True)):
             if progress:
                 progress(index, doc["name"])
-            yield index, doc, future.result()
+            yield doc, future.result()
 
 
 def fuzz(
@@ -477,7 +477,7 @@ def fuzz(
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     docs = list(generate(seed, runs, topology, clock))
-    for _index, doc, verdict in _judged(docs, out, run_one, home, jobs, progress):
+    for doc, verdict in _judged(docs, out, run_one, home, jobs, progress):
         folder = out / "runs" / doc["name"]
         result.runs += 1
         result.tolerance_s_max = max(result.tolerance_s_max, verdict.tolerance_s)

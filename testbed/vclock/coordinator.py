@@ -380,18 +380,12 @@ class Coordinator:
         return [m for m in self._members.values() if m.name not in self._frozen]
 
     def _held(self) -> frozenset[str]:
-        """The proxies whose bytes the WAN proxy holds until a later instant."""
-        held: frozenset[str] = frozenset()
-        for member in self._members.values():
-            held |= member.held
-        return held
+        """The proxies whose bytes the WAN proxy holds until a later instant, or swallows."""
+        return frozenset().union(*(m.held for m in self._members.values()))
 
     def _due(self) -> frozenset[str]:
         """The proxies with bytes the WAN proxy releases at a later instant."""
-        due: frozenset[str] = frozenset()
-        for member in self._members.values():
-            due |= member.due
-        return due
+        return frozenset().union(*(m.due for m in self._members.values()))
 
     def _waits(self, io: tuple[str, str | None, float, str | None], held: frozenset[str]) -> bool:
         """A call that cannot progress before an instant: the faults block it, or the
