@@ -53,7 +53,14 @@ def _gim(infomart: Server, tmp_path: Path) -> Gim:
 
 
 def _answer(source: str, heartbeat: float, read_at: float) -> Extracted:
-    return Extracted(source, new_hwm=1, events=[], heartbeat=heartbeat, read_at=read_at)
+    return Extracted(
+        source,
+        new_hwm=1,
+        events=[],
+        heartbeat=heartbeat,
+        read_at=read_at,
+        spans=[(0.0, heartbeat)],  # a member that has held every event from the start
+    )
 
 
 def _primed(gim: Gim, since: float) -> None:

@@ -12,7 +12,12 @@ merge, discards and the transform. A crash at any point loses or doubles nothing
 the whole state lives in the Info Mart, a GIM started at the other site after a promotion
 continues from the replicated state.
 
-- A site's data is complete up to the newest heartbeat of either member of its ICON pair.
+- A site's data is complete as far as its members' heartbeats vouch for it, each only from
+  its own vouching start on (DESIGN.md section 1: a member that missed calls proves
+  completeness only from when it caught up; the gap is covered by its partner). The
+  completeness moves to the newest heartbeat of a member that vouches from at or before
+  it. When every member has been heard vouching only from later on, no member holds what
+  lies between: it moves to the earliest of those starts (see `advance_completeness`).
 - The transform boundary is the smallest completeness over the sites that are not stuck.
 - A site is stuck while its completeness lags scenario time by more than
   `extract_data_stuck_threshold`; GIM goes on without it. When it comes back (the lag falls
@@ -74,6 +79,8 @@ class Extracted:
     events: list[tuple[str, str, float, str]]
     heartbeat: float | None
     read_at: float = 0.0  # scenario time of the snapshot: when the source could be read
+    # (since, newest heartbeat) per vouching start among the heartbeats read
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -109,10 +116,13 @@ EXTRACT_SQL = (
     "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)"
     " SELECT NULL::text, NULL::text, NULL::float8, NULL::text, snap.xmin::text,"
     "  (SELECT max(h.ts) FROM heartbeats h"
-    "   WHERE h.txid >= %(hwm)s::xid8 AND h.txid < snap.xmin)"
+    "   WHERE h.txid >= %(hwm)s::xid8 AND h.txid < snap.xmin),"
+    "  (SELECT json_agg(json_build_array(v.since, v.ts)) FROM"
+    "   (SELECT h.since, max(h.ts) AS ts FROM heartbeats h"
+    "    WHERE h.txid >= %(hwm)s::xid8 AND h.txid < snap.xmin GROUP BY h.since) v)"
     " FROM snap"
     " UNION ALL"
-    " SELECT e.event_id, e.site, e.ts, e.payload, NULL, NULL FROM events e, snap"
+    " SELECT e.event_id, e.site, e.ts, e.payload, NULL, NULL, NULL::json FROM events e, snap"
     " WHERE e.txid >= %(hwm)s::xid8 AND e.txid < snap.xmin"
 )
 
@@ -232,9 +242,64 @@ class Extractor(threading.Thread):
                 rows = conn.execute(EXTRACT_SQL, {"hwm": str(hwm)}).fetchall()
             except psycopg.errors.UndefinedTable:  # ICON has not created its tables yet
                 return Extracted(self.source.name, hwm, [], None, self._now())
-        xmin, heartbeat = next((r[4], r[5]) for r in rows if r[0] is None)
+        xmin, heartbeat, spans = next((r[4], r[5], r[6]) for r in rows if r[0] is None)
         events = [r[:4] for r in rows if r[0] is not None]
-        return Extracted(self.source.name, max(hwm, int(xmin)), events, heartbeat, read_at)
+        return Extracted(
+            self.source.name,
+            max(hwm, int(xmin)),
+            events,
+            heartbeat,
+            read_at,
+            [(-INF if since is None else float(since), float(to)) for since, to in spans or []],
+        )
+
+
+def merge_spans(
+    known: list[tuple[float, float]], heard: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """A member's vouched spans (since, to) with what a new extraction heard, one per
+    vouching start, the newest heartbeat of each. A heartbeat that vouches only for its
+    own instant (no source session open) says only "heard anew from here": of a run of
+    them, the first and the newest are kept (the jump over a hole needs no other)."""
+    spans = dict(known)
+    for since, to in heard:
+        spans[since] = max(spans.get(since, to), to)
+    kept: list[tuple[float, float]] = []
+    for since, to in sorted(spans.items()):
+        if since == to and len(kept) >= 2 and all(a == b for a, b in kept[-2:]):
+            kept[-1] = (since, to)  # a run of them: its first and its newest
+            continue
+        kept.append((since, to))
+    return kept
+
+
+def advance_completeness(
+    complete: float | None, members: list[list[tuple[float, float]]]
+) -> float | None:
+    """A site's completeness given what each member's heartbeats vouch for (DESIGN.md
+    section 1). It moves to the newest heartbeat of a member vouching from at or before it.
+    When every member has vouched from later only, what lies between is held by none of
+    them (each missed it): it moves to the earliest such start, and on from there. A member
+    not heard from since (its IDB out of reach, or it is down) may hold it: it waits."""
+    spans = [sp for member in members for sp in member]
+    if not spans:
+        return complete
+    if complete is None:  # first heard: from the earliest start any member vouches from
+        complete = min(since for since, _ in spans)
+    while True:
+        reach = [to for since, to in spans if since <= complete < to]
+        if reach:
+            complete = max(reach)
+            continue
+        later = [min((a for a, _ in member if a > complete), default=None) for member in members]
+        if members and all(a is not None for a in later):
+            complete = min(a for a in later if a is not None)
+            continue
+        return complete
+
+
+def _spans_json(spans: list[tuple[float, float]]) -> str:
+    return json.dumps([[None if a == -INF else a, b] for a, b in spans])
 
 
 class Gim:
@@ -264,6 +329,7 @@ class Gim:
         self.retired = set(config.get("retired_sites", []))
         self.results: Any = self.virtual.mailbox() if self.virtual is not None else queue.Queue()
         self.hwm: dict[str, int] = {}
+        self.coverage: dict[str, list[tuple[float, float]]] = {}  # per source, as committed
         self.warned: set[str] = set()
         self.conn: psycopg.Connection | None = None
         self.figures: dict[str, Any] = {}
@@ -314,7 +380,12 @@ class Gim:
                 "INSERT INTO gim_state (id, updated_ts) VALUES (1, %s) ON CONFLICT DO NOTHING",
                 (now,),
             )
-            self.hwm = dict(conn.execute("SELECT source, hwm FROM gim_source").fetchall())
+            rows = conn.execute("SELECT source, hwm, coverage FROM gim_source").fetchall()
+            self.hwm = {source: hwm for source, hwm, _ in rows}
+            self.coverage = {
+                source: [(-INF if a is None else a, b) for a, b in json.loads(spans)]
+                for source, _, spans in rows
+            }
         self.log.info(
             "Info Mart connected at %s; high-water marks %s", self.config["infomart"], self.hwm
         )
@@ -495,21 +566,36 @@ class Gim:
             boundary = scalar(
                 conn, "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
             )
+            coverage = {name: merge_spans(self.coverage.get(name, []), []) for name in self.sources}
+            for result in results:
+                coverage[result.source] = merge_spans(coverage[result.source], result.spans)
+            # The marks move on in every cycle, so the heartbeats they pass over must count
+            # in every cycle too, judged or not: else a site's completeness stays where it
+            # was before a gap while the rows that advanced it are never read again.
+            was = {name: site["complete_to"] for name, site in sites.items()}
+            for name, site in sites.items():
+                members = [coverage[s.name] for s in self.sources.values() if s.site == name]
+                site["complete_to"] = advance_completeness(site["complete_to"], members)
+            for source in self.sources.values():
+                complete = sites[source.site]["complete_to"]
+                if complete is not None:
+                    coverage[source.name] = [sp for sp in coverage[source.name] if sp[1] > complete]
             for result in results:
                 fresh = bool(result.events) or result.heartbeat is not None
                 conn.execute(
                     "UPDATE gim_source SET hwm = %s, rows_extracted = rows_extracted + %s,"
-                    " last_data_ts = CASE WHEN %s THEN %s ELSE coalesce(last_data_ts, %s) END"
-                    " WHERE source = %s",
-                    (result.new_hwm, len(result.events), fresh, now, now, result.source),
+                    " last_data_ts = CASE WHEN %s THEN %s ELSE coalesce(last_data_ts, %s) END,"
+                    " coverage = %s WHERE source = %s",
+                    (
+                        result.new_hwm,
+                        len(result.events),
+                        fresh,
+                        now,
+                        now,
+                        _spans_json(coverage[result.source]),
+                        result.source,
+                    ),
                 )
-                site = sites[self.sources[result.source].site]
-                beat = result.heartbeat
-                if beat is not None and (site["complete_to"] is None or beat > site["complete_to"]):
-                    site["complete_to"] = beat
-            # The marks move on in every cycle, so the heartbeats they pass over must count
-            # in every cycle too, judged or not: else a site's completeness stays where it
-            # was before a gap while the rows that advanced it are never read again.
             for name, site in sites.items():
                 conn.execute(
                     "UPDATE gim_site SET complete_to = %s WHERE site = %s"
@@ -519,10 +605,12 @@ class Gim:
             # A GIM back in service (started, resumed, its Info Mart back) first hears every
             # source anew: otherwise it would find every site "stuck" on what it knew before.
             primed = all(self._fresh(s) for s in self.sources.values())
-            advanced: dict[str, float] = {}  # site -> when it could first be read again
+            # site -> when it could first be read again: its completeness moved (what a
+            # member brings that vouches only from later waits, staged, like its partner's)
+            advanced: dict[str, float] = {}
             for r in results:
-                if r.events or r.heartbeat is not None:
-                    site_name = self.sources[r.source].site
+                site_name = self.sources[r.source].site
+                if r.spans and sites[site_name]["complete_to"] != was[site_name]:
                     advanced[site_name] = min(advanced.get(site_name, r.read_at), r.read_at)
             returned = self._site_transitions(conn, sites, now, advanced) if primed else False
             if any(r.events for r in results):
@@ -557,6 +645,7 @@ class Gim:
             self._warn_delayed(conn, now)
         for result in results:
             self.hwm[result.source] = result.new_hwm
+        self.coverage = coverage
         self.figures = {"transform_boundary": boundary, "sites": sites}
 
     def _fresh(self, source: Source) -> bool:

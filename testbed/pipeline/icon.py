@@ -16,7 +16,9 @@ its IDB database in order, in batches, exactly once.
 - Heartbeats go through the same queue, so a heartbeat in the IDB means every event queued
   before it is there too. Its value is the data source's watermark (every event up to it
   was delivered) while a source session is open, or ICON's own clock when none is (no
-  source, no calls).
+  source, no calls). Each also says since when this ICON holds every event (`since`: the
+  vouching start its source gave, or the heartbeat's own time when no session is open):
+  a member that missed calls proves nothing before it caught up (DESIGN.md section 1).
 - Source sessions (start and end) are recorded in the IDB, like ICON's session tables.
 
 Run as `python -m testbed.pipeline.icon CONFIG.json`, with the run's clock in the environment.
@@ -86,6 +88,7 @@ class Icon:
         # each source vouches only for its own events (calls moved from a lost site arrive
         # on a second session).
         self.watermarks: dict[str, float] = {}
+        self.vouching: dict[str, float] = {}  # per open session, its source's vouching start
         self.written = 0
         self.last_seq = 0
         self.idb_connected = False
@@ -99,6 +102,12 @@ class Icon:
     def watermark(self) -> float | None:
         marks = list(self.watermarks.values())
         return min(marks) if marks else None
+
+    @property
+    def since(self) -> float | None:
+        """Since when every open session's source has given this ICON all it emitted."""
+        starts = list(self.vouching.values())
+        return max(starts) if starts else None
 
     def serve_intake(self, listener: socket.socket) -> None:
         while True:
@@ -116,18 +125,20 @@ class Icon:
         reader = conn.makefile("rb")
         try:
             while header := reader.readline():
-                _, watermark, count = header.split()
+                _, watermark, count, *vouching = header.split()
                 items = []
                 for _ in range(int(count)):
                     items.append(("event", self.clock.now(), _parse_event(reader.readline())))
                 if items:
                     self._queue(items)  # durable before the acknowledgement
                 self.watermarks[session] = float(watermark)
+                self.vouching[session] = float(vouching[0]) if vouching else 0.0
                 conn.sendall(f"OK {len(items)}\n".encode())
         except (OSError, ValueError) as exc:
             self.log.warning("source session %s broke: %s", session, exc)
         finally:
             self.watermarks.pop(session, None)
+            self.vouching.pop(session, None)
             self._queue([("session", self.clock.now(), {"id": session, "event": "end"})])
             self.log.info("source session %s ended", session)
 
@@ -226,9 +237,10 @@ class Icon:
             "   SELECT e.id, e.site, e.ts, e.payload, %(icon)s, e.seq"
             "   FROM json_to_recordset(%(events)s::json)"
             "   AS e(id text, site text, ts float8, payload text, seq int8)),"
-            " hb AS (INSERT INTO heartbeats (icon, ts, queue_seq)"
-            "   SELECT %(icon)s, h.ts, h.seq"
-            "   FROM json_to_recordset(%(beats)s::json) AS h(ts float8, seq int8)),"
+            " hb AS (INSERT INTO heartbeats (icon, ts, since, queue_seq)"
+            "   SELECT %(icon)s, h.ts, h.since, h.seq"
+            "   FROM json_to_recordset(%(beats)s::json)"
+            "   AS h(ts float8, since float8, seq int8)),"
             " se AS (INSERT INTO sessions (icon, session_id, event, ts, queue_seq)"
             "   SELECT %(icon)s, x.id, x.event, x.ts, x.seq"
             "   FROM json_to_recordset(%(sessions)s::json)"
@@ -250,7 +262,12 @@ class Icon:
                         for e in events
                     ]
                 ),
-                "beats": json.dumps([{"ts": b.body["ts"], "seq": b.seq} for b in beats]),
+                "beats": json.dumps(
+                    [
+                        {"ts": b.body["ts"], "since": b.body.get("since"), "seq": b.seq}
+                        for b in beats
+                    ]
+                ),
                 "sessions": json.dumps(
                     [
                         {"id": x.body["id"], "event": x.body["event"], "ts": x.ts, "seq": x.seq}
@@ -267,8 +284,10 @@ class Icon:
         now = self.clock.now()
         if now < self.next_heartbeat:
             return
-        value = self.watermark if self.watermark is not None else now
-        self.queue.append([("heartbeat", now, {"ts": value})])
+        value, since = self.watermark, self.since
+        if value is None or since is None:
+            value = since = now  # no source talks to it: it vouches for this instant only
+        self.queue.append([("heartbeat", now, {"ts": value, "since": since})])
         if self.virtual is not None:
             self.next_heartbeat = next_on_grid(now, self.heartbeat_interval)
         else:

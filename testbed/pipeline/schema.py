@@ -22,6 +22,7 @@ CREATE INDEX IF NOT EXISTS events_txid ON events (txid);
 CREATE TABLE IF NOT EXISTS heartbeats (
     icon      text NOT NULL,
     ts        double precision NOT NULL,
+    since     double precision,  -- since when its ICON holds every event (NULL: always)
     queue_seq bigint NOT NULL,
     txid      xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS gim_source (
     site           text NOT NULL,
     hwm            bigint NOT NULL DEFAULT 0,
     last_data_ts   double precision,
-    rows_extracted bigint NOT NULL DEFAULT 0
+    rows_extracted bigint NOT NULL DEFAULT 0,
+    coverage       text NOT NULL DEFAULT '[]'  -- [since, to] spans its heartbeats vouch for
 );
 CREATE TABLE IF NOT EXISTS gim_site (
     site           text PRIMARY KEY,

@@ -10,6 +10,13 @@ ledger, and only the ledger, is what the checkers call the truth.
 A data source that is not running emits nothing: calls that were not taken never happened,
 so a restarted source goes on from the schedule's next event after the current time.
 
+Every batch tells its ICON since when that ICON has had every event of this source (its
+*vouching start*): the source's first call for a new stream, or, after the ICON missed a
+batch, the watermark of the probe it answered again. ICON's heartbeats carry it, so GIM
+counts a member's heartbeats only for the span it holds whole (DESIGN.md: a restarted
+ICON proves completeness only from its restart on). A restarted source keeps it: the
+delivery log says whether the ICON took everything the ledger holds.
+
 Run as `python -m testbed.pipeline.workload CONFIG.json`, with the run's clock in the environment.
 """
 
@@ -111,9 +118,10 @@ class IconLink:
         name: str,
         port: int,
         ack_timeout: float,
-        record: Callable[[list[Event], str, bool], None],
+        record: Callable[[list[Event], str, bool, float], None],
         host: str = "127.0.0.1",
         clock: VirtualClock | None = None,
+        since: float = 0.0,
     ) -> None:
         self.clock = clock
         self.gate: Gate | None = clock.gate() if clock is not None else None
@@ -125,7 +133,8 @@ class IconLink:
         self.record = record
         self.sock: socket.socket | None = None
         self.reader: Any = None
-        self.pending: collections.deque[tuple[list[Event], bytes]] = collections.deque()
+        self.pending: collections.deque[tuple[list[Event], bytes, bytes]] = collections.deque()
+        self.since = since  # the ICON has every event of this source from here on
         self.ready = threading.Condition()
         self.closing = False
 
@@ -140,9 +149,10 @@ class IconLink:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def offer(self, batch: list[Event], payload: bytes) -> None:
+    def offer(self, batch: list[Event], watermark: float, body: bytes) -> None:
+        header = f"B {watermark!r} {len(batch)} ".encode()
         with self.ready:
-            self.pending.append((batch, payload))
+            self.pending.append((batch, header, body))
             self.ready.notify()
         if self.gate is not None:
             self.gate.open()
@@ -155,7 +165,7 @@ class IconLink:
         if self.gate is not None:
             self.gate.open()
 
-    def _take(self, healthy: bool) -> list[tuple[list[Event], bytes]] | None:
+    def _take(self, healthy: bool) -> list[tuple[list[Event], bytes, bytes]] | None:
         """What to deliver next (everything waiting, once the ICON failed); None: done."""
         while True:
             with self.ready:
@@ -170,6 +180,10 @@ class IconLink:
                     self.ready.wait()
                     continue
             self.gate.wait()
+
+    def _framed(self, header: bytes, body: bytes) -> bytes:
+        """The batch as sent: its header ends with this ICON's vouching start."""
+        return header + repr(self.since).encode() + b"\n" + body
 
     def exchange(self, payload: bytes, count: int) -> bool:
         """Send a batch and wait for its acknowledgement: whether the ICON took it."""
@@ -192,20 +206,22 @@ class IconLink:
             if waiting is None:
                 break
             if healthy:
-                batch, payload = waiting[0]
-                delivered = self.exchange(payload, len(batch))
+                batch, header, body = waiting[0]
+                delivered = self.exchange(self._framed(header, body), len(batch))
                 healthy = delivered
                 if batch:
-                    self.record(batch, self.name, delivered)
+                    self.record(batch, self.name, delivered, self.since)
                 continue
             # Unreachable or frozen: what waited is missed. A probe (the newest batch's
             # watermark, no events) tells whether it answers again; a frozen ICON finds no
-            # events in its socket when it wakes, as a down ICON would have taken none.
-            for batch, _ in waiting:
+            # events in its socket when it wakes, as a down ICON would have taken none. It
+            # vouches from the probe's watermark on: it holds nothing it missed.
+            for batch, _, _ in waiting:
                 if batch:
-                    self.record(batch, self.name, False)
-            header = waiting[-1][1].split(b"\n", 1)[0].rsplit(b" ", 1)[0]
-            healthy = self.exchange(header + b" 0\n", 0)
+                    self.record(batch, self.name, False, self.since)
+            header = waiting[-1][1]
+            self.since = float(header.split()[1])
+            healthy = self.exchange(self._framed(b" ".join(header.split()[:2]) + b" 0 ", b""), 0)
         self.close()
 
     def send(self, payload: bytes) -> bool:
@@ -243,16 +259,46 @@ class DeliveryLog:
     """Which ICON acknowledged which batch: one JSON line per batch and ICON."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the source
         self._lock = threading.Lock()
         self.last: dict[str, bool] = {}
 
-    def record(self, batch: list[Event], icon: str, delivered: bool) -> None:
+    def record(self, batch: list[Event], icon: str, delivered: bool, since: float) -> None:
         line = {"first": batch[0].id, "last": batch[-1].id, "count": len(batch)}
         with self._lock:
             self.last[icon] = delivered
-            self._file.write(json.dumps({**line, "delivered": {icon: delivered}}) + "\n")
+            self._file.write(
+                json.dumps({**line, "delivered": {icon: delivered}, "since": since}) + "\n"
+            )
             self._file.flush()
+
+    def vouching(self, icons: list[str], ledger: list[Event], start: float) -> dict[str, float]:
+        """Per ICON, since when it has had every event of this source, as a source
+        (re)starting at `start` can tell: from its stream's start if it never emitted; else
+        what the ICON's newest batch said, if the ICON took the ledger's last event (no call
+        happened while the source was down); else from `start` (the ICON missed a batch, or
+        the source died before it answered)."""
+        if not ledger:
+            return dict.fromkeys(icons, 0.0)
+        newest: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    for icon in record["delivered"]:
+                        newest[icon] = record
+        vouch = {}
+        for icon in icons:
+            record = newest.get(icon)
+            whole = (
+                record is not None
+                and record["delivered"][icon]
+                and record["last"] == ledger[-1].id
+                and "since" in record
+            )
+            vouch[icon] = float(record["since"]) if whole and record else start
+        return vouch
 
 
 def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
@@ -267,6 +313,10 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
     heartbeat = float(config.get("heartbeat_interval", 60.0))
     virtual = clock if isinstance(clock, VirtualClock) else None
     wait = heartbeat if virtual is not None else ack_timeout(clock, heartbeat)  # type: ignore[arg-type]
+    start = clock.now()
+    vouch = deliveries.vouching(
+        [icon["name"] for icon in config["icons"]], Ledger.read(ledger.path), start
+    )
     links = [
         IconLink(
             icon["name"],
@@ -275,6 +325,7 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
             deliveries.record,
             icon.get("host", "127.0.0.1"),
             virtual,
+            vouch[icon["name"]],
         )
         for icon in config["icons"]
     ]
@@ -283,7 +334,6 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
     events = schedule(
         site, float(config["rate_per_hour"]), int(config["seed"]), config.get("id_prefix")
     )
-    start = clock.now()
     upcoming = next(events)
     while upcoming.ts < start:  # not running then: those calls never happened
         upcoming = next(events)
@@ -307,12 +357,9 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
         if batch:
             ledger.append(batch)
             emitted += len(batch)
-        payload = (
-            f"B {now!r} {len(batch)}\n".encode()
-            + "".join(e.to_json() + "\n" for e in batch).encode()
-        )
+        body = "".join(e.to_json() + "\n" for e in batch).encode()
         for link in links:
-            link.offer(batch, payload)
+            link.offer(batch, now, body)
         write_status(
             config["status"],
             {

@@ -424,6 +424,103 @@ def _predict_chain(
                     return True
             return False
 
+        def flows_through(m: Any, t: float) -> bool:
+            """Member `m` writes to its IDB at `t`, and a GIM in service reads that IDB."""
+            site_of = {s.name: s.site for s in timeline.topology_at(t).servers}
+            return (
+                not timeline.is_down(m.name, t)
+                and not timeline.is_down(m.idb, t)
+                and timeline.linked(m.site, site_of[m.idb], t)
+                and readable(t, m.idb)
+            )
+
+        source_downs = timeline.down.get(source_name(site), [])
+        miss_cache: dict[str, list[Window]] = {}
+
+        def misses(
+            name: str,
+            miss_cache: dict[str, list[Window]] = miss_cache,
+            source_downs: list[Window] = source_downs,
+        ) -> list[Window]:
+            """The spans in which member `name` missed calls its data source emitted: down
+            (a freeze only past the source's acknowledgement wait) while the source ran,
+            each up to where the member vouches again (its return, or its source's)."""
+            if name not in miss_cache:
+                paused = {a for n, a in timeline.frozen if n == name}
+                found = []
+                for a, b in timeline.down.get(name, []):
+                    if a in paused and b - a <= ack_grace:
+                        continue  # answered within the source's wait: it missed nothing
+                    if any(sa <= a and b <= sb for sa, sb in source_downs):
+                        continue  # its source emitted nothing meanwhile
+                    back = next((sb for sa, sb in source_downs if sa <= b < sb), b)
+                    found.append((a, back))
+                miss_cache[name] = found
+            return miss_cache[name]
+
+        def vouches_from(name: str, t: float, source_downs: list[Window] = source_downs) -> float:
+            """Since when member `name`'s heartbeats at `t` say it holds every event of its
+            site: the end of its latest miss (DESIGN.md section 1); with its source down,
+            no session is open and it vouches for the instant only."""
+            if any(a <= t < b for a, b in source_downs):
+                return t
+            return max((back for _, back in misses(name) if back <= t), default=-INF)
+
+        def vouched_to(name: str, complete: float, newest: float) -> float:
+            """How far a backlog of member `name` (its newest write at `newest`) brings a
+            completeness at `complete`: all of it if the member held everything since;
+            else up to where it began to miss."""
+            if vouches_from(name, newest) <= complete:
+                return newest
+            began = [a for a, _ in misses(name) if a >= complete]
+            return min(newest, min(began)) if began else complete
+
+        def arrive(pending: dict[tuple[str, str], float], t: float, complete: float) -> float:
+            """Backlogs that became readable at `t` (taken out of `pending`), and the
+            completeness they bring."""
+            for pair in [k for k in pending if readable(t, k[1])]:
+                complete = max(complete, vouched_to(pair[0], complete, pending.pop(pair)))
+            return complete
+
+        def gaps(site: str = site) -> list[Window]:
+            """The spans in which the site's completeness stays behind: from where the flow
+            stopped until a member that held everything since (or every member, each heard
+            vouching from later on only: none holds what lies between) flows again."""
+            found: list[Window] = []
+            start: float | None = None
+            complete = -INF
+            heard: set[str] = set()
+            pending: dict[tuple[str, str], float] = {}
+            for a, b in itertools.pairwise(points):
+                if b <= a:
+                    continue
+                mid = (a + b) / 2
+                if start is None:
+                    if not flows(mid):
+                        start, complete, heard, pending = a, a, set(), unread(a)
+                    continue
+                pending.update(in_flight_at_freeze(a))
+                complete = arrive(pending, mid, complete)
+                for pair in writes(mid):
+                    pending[pair] = b
+                now = members(mid, site)
+                if not now:
+                    found.append((start, a))
+                    start = None
+                    continue
+                if not serving(mid):
+                    continue
+                flowing = [m for m in now if flows_through(m, mid)]
+                heard |= {m.name for m in flowing if vouches_from(m.name, mid) > complete}
+                if any(vouches_from(m.name, mid) <= complete for m in flowing) or all(
+                    m.name in heard for m in now
+                ):
+                    found.append((start, a))
+                    start = None
+            if start is not None:
+                found.append((start, points[-1]))
+            return found
+
         def both_down(t: float, site: str = site) -> bool:
             found = members(t, site)
             return bool(found) and all(timeline.is_down(m.name, t) for m in found)
@@ -519,13 +616,12 @@ def _predict_chain(
             for a, b in itertools.pairwise([start, *inside, end]):
                 mid = (a + b) / 2
                 pending.update(in_flight_at_freeze(a))
-                arrived = [k for k in pending if readable(mid, k[1])]
-                if arrived:
-                    newest = max(pending.pop(k) for k in arrived)
+                brought = arrive(pending, mid, complete)
+                if brought > complete:
                     if a > since:
                         spans.append((since, a, complete))
                         since = a
-                    complete = max(complete, newest)
+                    complete = brought
                 for pair in writes(mid):
                     pending[pair] = b
             spans.append((since, end, complete))
@@ -564,7 +660,7 @@ def _predict_chain(
         # whether surely stuck) of every return from stuck
         returns: list[tuple[float, float, float, float, bool]] = []
         segments = _segments(points, serving)
-        for start, end in _intervals(points, lambda t, f=flows: not f(t)):
+        for start, end in gaps():
             if start >= failed_at:
                 continue  # explained by the census of the failure
             end_cut = min(end, failed_at)
