@@ -605,12 +605,19 @@ class Gim:
             # A GIM back in service (started, resumed, its Info Mart back) first hears every
             # source anew: otherwise it would find every site "stuck" on what it knew before.
             primed = all(self._fresh(s) for s in self.sources.values())
-            # site -> when it could first be read again: its completeness moved (what a
-            # member brings that vouches only from later waits, staged, like its partner's)
+            # site -> when it could first be read again: rows of a member that holds all
+            # since the site's completeness (its extraction advanced, whatever the age of
+            # what it brings), or any that moved the completeness. What a member vouching
+            # only from later brings waits, staged, like the rest of a stuck site's rows.
             advanced: dict[str, float] = {}
             for r in results:
                 site_name = self.sources[r.source].site
-                if r.spans and sites[site_name]["complete_to"] != was[site_name]:
+                complete = was[site_name]
+                known = coverage[r.source]
+                counts = not known or complete is None or min(a for a, _ in known) <= complete
+                if (r.events or r.spans) and (
+                    counts or sites[site_name]["complete_to"] != complete
+                ):
                     advanced[site_name] = min(advanced.get(site_name, r.read_at), r.read_at)
             returned = self._site_transitions(conn, sites, now, advanced) if primed else False
             if any(r.events for r in results):
