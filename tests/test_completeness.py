@@ -4,7 +4,10 @@ covered by its partner). Pure functions of GIM, checked on hand-made spans."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from testbed.pipeline.gim import advance_completeness, merge_spans
+from testbed.pipeline.workload import DeliveryLog, Event
 
 H = 3600.0
 
@@ -54,3 +57,24 @@ def test_instants_without_a_session_keep_the_first_and_last_of_a_run() -> None:
         (240.0, 300.0),
     ]
     assert merge_spans([(0.0, 60.0)], [(0.0, 120.0)]) == [(0.0, 120.0)]
+
+
+def test_a_restarted_source_keeps_the_vouching_start_of_an_icon_that_took_its_ledger(
+    tmp_path: Path,
+) -> None:
+    """A source down emits nothing: an ICON that took its ledger's last event holds all it
+    ever emitted, and goes on vouching from where it did; one that missed the last batch
+    (or was never heard) vouches from the restart."""
+    log = DeliveryLog(tmp_path / "deliveries.jsonl")
+    assert log.vouching(["icon1a", "icon1b"], [], start=500.0) == {"icon1a": 0.0, "icon1b": 0.0}
+    first = [
+        Event("site1-000000000", "site1", 10.0, "x"),
+        Event("site1-000000001", "site1", 20.0, "y"),
+    ]
+    last = [Event("site1-000000002", "site1", 70.0, "z")]
+    log.record(first, "icon1a", True, 0.0)
+    log.record(first, "icon1b", True, 0.0)
+    log.record(last, "icon1a", True, 0.0)
+    log.record(last, "icon1b", False, 0.0)
+    vouch = log.vouching(["icon1a", "icon1b", "icon1c"], [*first, *last], start=500.0)
+    assert vouch == {"icon1a": 0.0, "icon1b": 500.0, "icon1c": 500.0}
