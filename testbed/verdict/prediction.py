@@ -475,12 +475,20 @@ def _predict_chain(
             began = [a for a, _ in misses(name) if a >= complete]
             return min(newest, min(began)) if began else complete
 
-        def arrive(pending: dict[tuple[str, str], float], t: float, complete: float) -> float:
-            """Backlogs that became readable at `t` (taken out of `pending`), and the
-            completeness they bring."""
+        def arrive(
+            pending: dict[tuple[str, str], float], t: float, complete: float
+        ) -> tuple[float, bool]:
+            """Backlogs that became readable at `t` (taken out of `pending`): the
+            completeness they bring, and whether one of them brings the site back (rows of
+            a member that held everything since, whatever their age, or a completeness
+            moved on)."""
+            back = False
             for pair in [k for k in pending if readable(t, k[1])]:
-                complete = max(complete, vouched_to(pair[0], complete, pending.pop(pair)))
-            return complete
+                newest = pending.pop(pair)
+                brought = vouched_to(pair[0], complete, newest)
+                back = back or brought > complete or vouches_from(pair[0], newest) <= complete
+                complete = max(complete, brought)
+            return complete, back
 
         def gaps(site: str = site) -> list[Window]:
             """The spans in which the site's completeness stays behind: from where the flow
@@ -500,7 +508,7 @@ def _predict_chain(
                         start, complete, heard, pending = a, a, set(), unread(a)
                     continue
                 pending.update(in_flight_at_freeze(a))
-                complete = arrive(pending, mid, complete)
+                complete, _ = arrive(pending, mid, complete)
                 for pair in writes(mid):
                     pending[pair] = b
                 now = members(mid, site)
@@ -616,8 +624,8 @@ def _predict_chain(
             for a, b in itertools.pairwise([start, *inside, end]):
                 mid = (a + b) / 2
                 pending.update(in_flight_at_freeze(a))
-                brought = arrive(pending, mid, complete)
-                if brought > complete:
+                brought, back = arrive(pending, mid, complete)
+                if back:
                     if a > since:
                         spans.append((since, a, complete))
                         since = a
