@@ -466,27 +466,45 @@ def _predict_chain(
                 return t
             return max((back for _, back in misses(name) if back <= t), default=-INF)
 
-        def vouched_to(name: str, complete: float, newest: float) -> float:
-            """How far a backlog of member `name` (its newest write at `newest`) brings a
-            completeness at `complete`: all of it if the member held everything since;
-            else up to where it began to miss."""
-            if vouches_from(name, newest) <= complete:
-                return newest
-            began = [a for a, _ in misses(name) if a >= complete]
-            return min(newest, min(began)) if began else complete
+        def vouched_to(
+            name: str,
+            complete: float,
+            first: float,
+            newest: float,
+            source_downs: list[Window] = source_downs,
+        ) -> float:
+            """How far a backlog of member `name` (written from `first` to `newest`) brings
+            a completeness at `complete`: if the member held everything since, up to its
+            newest write, but no further than where it began to miss or where its data
+            source stopped for good (its heartbeats then vouch for their instant only)."""
+            if vouches_from(name, first) > complete:
+                return complete
+            breaks = [a for a, _ in misses(name) if a >= complete]
+            breaks += [a for a, b in source_downs if a >= complete and b > newest]
+            return min([newest, *breaks])
 
-        def arrive(
-            pending: dict[tuple[str, str], float], t: float, complete: float
-        ) -> tuple[float, bool]:
+        def backlog_from(m: Any, t: float) -> float:
+            """Where member `m`'s data unread at `t` begins: the start of the stretch up
+            to `t` in which it was up but GIM could not read what it wrote (queued in the
+            ICON, or in an IDB out of reach)."""
+            found = t
+            for p in reversed([p for p in points if p < t]):
+                mid = (p + found) / 2
+                if timeline.is_down(m.name, mid) or flows_through(m, mid):
+                    break
+                found = p
+            return found
+
+        def arrive(pending: Unread, t: float, complete: float) -> tuple[float, bool]:
             """Backlogs that became readable at `t` (taken out of `pending`): the
             completeness they bring, and whether one of them brings the site back (rows of
             a member that held everything since, whatever their age, or a completeness
             moved on)."""
             back = False
             for pair in [k for k in pending if readable(t, k[1])]:
-                newest = pending.pop(pair)
-                brought = vouched_to(pair[0], complete, newest)
-                back = back or brought > complete or vouches_from(pair[0], newest) <= complete
+                first, newest = pending.pop(pair)
+                brought = vouched_to(pair[0], complete, first, newest)
+                back = back or brought > complete or vouches_from(pair[0], first) <= complete
                 complete = max(complete, brought)
             return complete, back
 
@@ -498,7 +516,7 @@ def _predict_chain(
             start: float | None = None
             complete = -INF
             heard: set[str] = set()
-            pending: dict[tuple[str, str], float] = {}
+            pending: Unread = {}
             for a, b in itertools.pairwise(points):
                 if b <= a:
                     continue
@@ -507,10 +525,9 @@ def _predict_chain(
                     if not flows(mid):
                         start, complete, heard, pending = a, a, set(), unread(a)
                     continue
-                pending.update(in_flight_at_freeze(a))
+                _add_unread(pending, in_flight_at_freeze(a))
                 complete, _ = arrive(pending, mid, complete)
-                for pair in writes(mid):
-                    pending[pair] = b
+                _add_unread(pending, {pair: (a, b) for pair in writes(mid)})
                 now = members(mid, site)
                 if not now:
                     found.append((start, a))
@@ -520,9 +537,10 @@ def _predict_chain(
                     continue
                 flowing = [m for m in now if flows_through(m, mid)]
                 heard |= {m.name for m in flowing if vouches_from(m.name, mid) > complete}
-                if any(vouches_from(m.name, mid) <= complete for m in flowing) or all(
-                    m.name in heard for m in now
-                ):
+                # What GIM reads first of a member is its oldest unread data: its queue's
+                # heartbeats vouch as they did when they were queued.
+                counts = [vouches_from(m.name, backlog_from(m, a)) <= complete for m in flowing]
+                if any(counts) or all(m.name in heard for m in now):
                     found.append((start, a))
                     start = None
             if start is not None:
@@ -583,32 +601,33 @@ def _predict_chain(
                 and (where is None or timeline.linked(where, idb_site, t))
             )
 
-        def in_flight_at_freeze(t: float) -> dict[tuple[str, str], float]:
-            """The writes in flight to an IDB that froze at `t`: (ICON, IDB) -> t."""
+        def in_flight_at_freeze(t: float) -> Unread:
+            """The writes in flight to an IDB that froze at `t`: (ICON, IDB) -> (t, t)."""
             return {
-                pair: t
+                pair: (t, t)
                 for name, paused, resumed in thaws
                 if t == paused < resumed
                 for pair in writes(paused - 1e-6)
                 if pair[1] == name
             }
 
-        def unread(start: float, site: str = site) -> dict[tuple[str, str], float]:
+        def unread(start: float, site: str = site) -> Unread:
             """Writes of the site's members that no GIM had read by `start`, per (ICON,
-            IDB): the newest time each put data there. A write lands unread while its IDB
+            IDB): the oldest and the newest time each put data there. A write lands unread
+            while its IDB
             cannot be read (behind a cut, or no GIM in service), and a write in flight when
             its IDB froze lands when the server resumes: the statement waits in the frozen
             server's socket, and it runs and commits then, though its ICON gave up on it."""
-            pending: dict[tuple[str, str], float] = {}
+            pending: Unread = {}
             before = [p for p in points if p < start]
             for a, b in itertools.pairwise([*before, start]):
                 mid = (a + b) / 2
-                pending.update(in_flight_at_freeze(a))
+                _add_unread(pending, in_flight_at_freeze(a))
                 for pair in [k for k in pending if readable(mid, k[1])]:
                     del pending[pair]
-                for pair in writes(mid):
-                    if not readable(mid, pair[1]):
-                        pending[pair] = b
+                _add_unread(
+                    pending, {pair: (a, b) for pair in writes(mid) if not readable(mid, pair[1])}
+                )
             return pending
 
         def completeness(start: float, end: float) -> list[tuple[float, float, float]]:
@@ -623,15 +642,14 @@ def _predict_chain(
             inside = [p for p in points if start < p < end]
             for a, b in itertools.pairwise([start, *inside, end]):
                 mid = (a + b) / 2
-                pending.update(in_flight_at_freeze(a))
+                _add_unread(pending, in_flight_at_freeze(a))
                 brought, back = arrive(pending, mid, complete)
                 if back:
                     if a > since:
                         spans.append((since, a, complete))
                         since = a
                     complete = brought
-                for pair in writes(mid):
-                    pending[pair] = b
+                _add_unread(pending, {pair: (a, b) for pair in writes(mid)})
             spans.append((since, end, complete))
             return spans
 
@@ -838,6 +856,18 @@ def _predict_chain(
     return Prediction(
         windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep, bands=bands
     )
+
+
+Unread = dict[tuple[str, str], tuple[float, float]]  # (ICON, IDB) -> (first, newest) write
+
+
+def _add_unread(pending: Unread, writes: Unread) -> None:
+    """Writes no GIM has read yet, kept as the oldest and the newest per (ICON, IDB)."""
+    for pair, (first, newest) in writes.items():
+        if pair in pending:
+            first = min(first, pending[pair][0])
+            newest = max(newest, pending[pair][1])
+        pending[pair] = (first, newest)
 
 
 # Round trips a site's data may be behind when its flow stops over a slow WAN: an ICON's
