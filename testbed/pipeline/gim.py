@@ -696,8 +696,9 @@ class Gim:
                     format_duration(self.threshold),
                 )
                 conn.execute(
-                    "UPDATE gim_site SET stuck = true, stuck_since = %s WHERE site = %s",
-                    (now, name),
+                    "UPDATE gim_site SET stuck = true, stuck_since = %s, lag_from = %s"
+                    " WHERE site = %s",
+                    (now, site["complete_to"], name),
                 )
             elif judged and site["stuck"] and (name in advanced or lag <= self.threshold):
                 site["stuck"] = False
@@ -760,10 +761,14 @@ class Gim:
         )
 
     def _discard_staged(self, conn: psycopg.Connection, now: float) -> None:
-        """A site just came back: what it had staged from before the cut is discarded too."""
+        """A site just came back: what it had staged from before the cut is discarded too,
+        but only from where it began to lag. What it had staged before then came in time:
+        it waited only for the transform boundary (another site lagging), and the outage
+        window of the rule does not reach back before the site's completeness."""
         rows = conn.execute(
             "WITH gone AS (DELETE FROM staging x USING gim_site s WHERE x.site = s.site"
-            " AND s.discard_before IS NOT NULL AND x.ts < s.discard_before RETURNING x.*),"
+            " AND s.discard_before IS NOT NULL AND x.ts < s.discard_before"
+            " AND (s.lag_from IS NULL OR x.ts >= s.lag_from) RETURNING x.*),"
             " kept AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
             " SELECT event_id, site, ts, source, %s FROM gone RETURNING site)"
             " SELECT site, count(*) FROM kept GROUP BY site",

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS gim_site (
     complete_to    double precision,
     stuck          boolean NOT NULL DEFAULT false,
     stuck_since    double precision,
+    lag_from       double precision,  -- its completeness when it was declared stuck
     returned_at    double precision,
     discard_before double precision,
     discarded      bigint NOT NULL DEFAULT 0
