@@ -404,25 +404,12 @@ def _predict_chain(
             return (pair.a, pair.b) if pair else ()
 
         def flows(t: float, site: str = site) -> bool:
-            topo = timeline.topology_at(t)
-            site_of = {s.name: s.site for s in topo.servers}
-            where = gim_site(t)
             found = members(t, site)
             if not found:
                 return True  # no ICONs there (yet): no data to wait for, nothing judged
-            if not serving(t):
-                return False  # completeness moves only while a GIM reads; back, it reads
-                # what waited in the IDBs it can reach (the backlog of `completeness`)
-            for m in found:
-                idb_site = site_of[m.idb]
-                if (
-                    not timeline.is_down(m.name, t)
-                    and not timeline.is_down(m.idb, t)
-                    and timeline.linked(m.site, idb_site, t)
-                    and (where is None or timeline.linked(where, idb_site, t))
-                ):
-                    return True
-            return False
+            # Completeness moves only while a GIM reads; back, it reads what waited in the
+            # IDBs it can reach (the backlog of `completeness`).
+            return any(flows_through(m, t) for m in found)
 
         def flows_through(m: Any, t: float) -> bool:
             """Member `m` writes to its IDB at `t`, and a GIM in service reads that IDB."""
