@@ -63,6 +63,14 @@ class Deployment:
     # A standby promoted while its primary was still running (forced): new -> old primary.
     promoted_from: dict[str, str] = field(default_factory=dict)
     failed_sites: set[str] = field(default_factory=set)
+    # A lost site whose role a new site took (`add-site`): lost site -> its replacement.
+    replaced_by: dict[str, str] = field(default_factory=dict)
+    # An old primary whose standby was promoted past it: its timeline was left behind, so
+    # it must not take writes again until rebuilt from the new primary. old -> new.
+    superseded: dict[str, str] = field(default_factory=dict)
+    # How often each server was rebuilt empty under its old name (a site recovered
+    # without its disks): a new database with new transaction ids, a new source for GIM.
+    incarnation: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.standby_of:
@@ -161,6 +169,9 @@ def attach(topology: Topology, backend: Backend, state: dict | None = None) -> D
         deployment.standby_of = dict(state["standby_of"])
     deployment.promoted_from = dict(state.get("promoted_from", {}))
     deployment.failed_sites = set(state.get("failed_sites", []))
+    deployment.replaced_by = dict(state.get("replaced_by", {}))
+    deployment.superseded = dict(state.get("superseded", {}))
+    deployment.incarnation = dict(state.get("incarnation", {}))
     return deployment
 
 
@@ -171,6 +182,9 @@ def dr_state(deployment: Deployment) -> dict:
         "standby_of": deployment.standby_of,
         "promoted_from": deployment.promoted_from,
         "failed_sites": sorted(deployment.failed_sites),
+        "replaced_by": deployment.replaced_by,
+        "superseded": deployment.superseded,
+        "incarnation": deployment.incarnation,
     }
 
 

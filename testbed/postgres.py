@@ -40,6 +40,7 @@ class ServerNode(Protocol):
     def wipe(self) -> None: ...
     def configure(self, primary_conninfo: str | None = None) -> None: ...
     def basebackup(self, name: str, host: str, port: int) -> Path: ...
+    def rewind(self, host: str, port: int) -> None: ...
     def state(self) -> str: ...
     def start(self, timeout: float = ...) -> None: ...
     def stop(self, mode: str = ..., timeout: float = ..., patience: float | None = ...) -> None: ...
@@ -287,6 +288,21 @@ class Server:
             self.stop()
         self.node.wipe()
         return self.init_from_backup(root, backup_name, streaming=True, via=via)
+
+    def rewind_from(self, root: Server, via: str | None = None) -> Server:
+        """Make this old primary a streaming standby of `root`, which was promoted from its
+        standby: `pg_rewind` copies only the blocks that changed since their timelines
+        forked, where a base backup copies everything. Needs `wal_log_hints` (on in every
+        server here) and the WAL since the fork still on `root`."""
+        if self.state() != "stopped":
+            self.stop()
+        # A newly promoted server's control file shows its new timeline only after its
+        # next checkpoint; pg_rewind reads it there ("no rewind required" otherwise).
+        root.execute("CHECKPOINT")
+        host, port = split_address(via) if via else (root.host, root.port)
+        self.node.rewind(host, port)
+        self.node.configure(primary_conninfo=self._primary_conninfo(root, via))
+        return self
 
     def follow(self, root: Server, via: str | None = None) -> Server:
         """Configure this stopped server as a streaming standby of `root`, keeping its data:

@@ -199,6 +199,12 @@ def renamed_for_site(name: str, old_site: str, new_site: str) -> str:
     return f"{name}_{new_site}"
 
 
+def extraction_source(icon: IconSpec, life: int = 1) -> str:
+    """GIM's name for an ICON's database on its IDB. One on an IDB rebuilt empty under its
+    old name (`life` 2 on) is a new source: its transaction ids start over."""
+    return f"{icon.name}@{icon.idb}" + (f"#{life}" if life > 1 else "")
+
+
 def with_replacement_site(topo: Topology, new_site: str, replaces: str) -> Topology:
     """The topology once `new_site` is built to take over the role of the lost `replaces`:
     an IDB and an empty Info Mart of its own, its own ICON pair (member b writing to the

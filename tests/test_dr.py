@@ -191,3 +191,33 @@ def test_routes_added_later_carry_the_faults_of_their_link(
 def test_unknown_sites_are_refused_with_the_known_ones(testbed_operator: Operator) -> None:
     with pytest.raises(TestbedError, match=r"unknown site .site9.*site1, site2"):
         testbed_operator.promote("site9")
+
+
+@pytest.mark.parametrize("method", ["rewind", "basebackup"])
+def test_a_recovered_sites_old_primary_is_kept_out_until_rebuilt(
+    testbed_deployment: Deployment, testbed_operator: Operator, method: str
+) -> None:
+    _load_schema(testbed_deployment)
+    testbed_operator.fail_site("site1")
+    testbed_operator.promote("site2")
+    new_primary = testbed_deployment.server("infomart2")
+    new_primary.execute(FACTS, (101, 5000), dbname=INFOMART_DATABASE)  # past the fork
+    with pytest.raises(Refused, match="has not failed"):
+        testbed_operator.recover_site("site2")
+    recovered = testbed_operator.recover_site("site1", disks="kept")
+    with pytest.raises(Refused, match="not an old primary"):
+        testbed_operator.transfer("site1", "site2", method="rewind")
+    assert recovered["left_behind"] == {"infomart1": "infomart2"}
+    old = testbed_deployment.server("infomart1")
+    # Back on its old disks: what it had, on the timeline the promotion left.
+    assert old.scalar("SELECT count(*) FROM fact_interaction", dbname=INFOMART_DATABASE) == 100
+    assert not old.is_in_recovery()
+    moved = testbed_operator.transfer("site2", "site1", method=method)
+    assert moved["method"] == method
+    assert moved["wan_bytes"] > 0, moved
+    assert testbed_deployment.standby_of["infomart1"] == "infomart2"
+    assert "infomart1" not in testbed_deployment.superseded
+    new_primary.execute(FACTS, (5001, 5010), dbname=INFOMART_DATABASE)
+    result = compare(new_primary, old)
+    assert result["consistent"], result
+    assert result["sums"]["infomart2"]["fact_interaction"][0] == 5010

@@ -2,6 +2,7 @@
 # Our own entrypoint, so nothing depends on an image's: a primary gets `initdb` and the
 # replication settings on first start; a standby (PRIMARY=host:port) is cloned with
 # pg_basebackup from its primary, through whatever address it is given (the WAN proxy).
+# With REWIND set, an existing data directory is rewound to PRIMARY's timeline instead.
 # The data directory lives in a volume: a restarted container keeps its data.
 # Every connection needs the run's password (SCRAM-SHA-256), replication included. It comes
 # as a libpq password file (`*:*:*:postgres:PASSWORD`) at $TESTBED_PASSFILE, a bind mount or
@@ -50,6 +51,16 @@ host all all all scram-sha-256
 host replication all all scram-sha-256
 HBA
     fi
+fi
+if [ -n "${REWIND:-}" ] && [ -n "${PRIMARY:-}" ] && [ -s "$PGDATA/PG_VERSION" ]; then
+    # An old primary whose standby was promoted: rewound to the new primary's timeline
+    # (only the blocks changed since the fork are copied), then its streaming standby.
+    host=${PRIMARY%:*}; port=${PRIMARY##*:}
+    "$PGBIN/pg_rewind" --target-pgdata "$PGDATA" --no-sync \
+        --source-server "host=$host port=$port user=postgres dbname=postgres"
+    touch "$PGDATA/standby.signal"
+    printf "primary_conninfo = 'host=%s port=%s user=postgres passfile=%s application_name=%s'\n" \
+        "$host" "$port" "$OWN" "${NAME:-standby}" >> "$PGDATA/postgresql.auto.conf"
 fi
 chmod 0700 "$PGDATA"
 exec "$PGBIN/postgres" -D "$PGDATA" -c "cluster_name=testbed-${NAME:-server}" "$@"

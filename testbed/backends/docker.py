@@ -91,6 +91,7 @@ class DockerNode:
         self.primary: str | None = None  # in-network host:port it streams from, if a standby
         self.container: Any = None
         self._made_with: str | None = None  # the PRIMARY its container was created with
+        self._rewind = False  # its next container rewinds its data to `primary` first
         self.logfile = backend.run.path / f"{name}.log"
         self.passfile: Path | None = backend.passfile
 
@@ -121,6 +122,12 @@ class DockerNode:
         """Recorded only: the receiving container takes the backup itself, inside the
         Docker networks, through the address it is configured with."""
         return Path(f"/clone/{self.name}/{name}")
+
+    def rewind(self, host: str, port: int) -> None:
+        """Done by the container itself on its next start (`REWIND`), from `primary`, inside
+        the Docker networks; its data stays in the volume."""
+        self._rewind = True
+        self._remove_container()
 
     def wipe(self) -> None:
         self._remove_container()
@@ -185,6 +192,9 @@ class DockerNode:
         env = {"NAME": self.name}
         if self.primary:
             env["PRIMARY"] = self.primary
+        if self._rewind and self.primary:
+            env["REWIND"] = "1"  # pg_rewind from PRIMARY before it starts as its standby
+            self._rewind = False
         container = (
             DockerContainer(
                 self.backend.tags["postgres"], env=env, name=_name(self.backend.id, self.name)

@@ -159,6 +159,22 @@ class LocalNode:
         )
         return dest
 
+    def rewind(self, host: str, port: int) -> None:
+        """`pg_rewind` this stopped server's data to the timeline of the server at host:port
+        (after a crash it first runs recovery to a clean shutdown, as pg_rewind does)."""
+        source = f"host={host} port={port} user={SUPERUSER} dbname=postgres"
+        self._run_as_server(
+            [
+                self.backend.bins.path("pg_rewind"),
+                "--target-pgdata",
+                str(self.datadir),
+                "--source-server",
+                source,
+                "--no-sync",
+            ],
+            what=f"pg_rewind of {self.name}",
+        )
+
     def _copy_tree(self, source: Path, dest: Path) -> None:
         if dest.exists():
             raise ServerFailed(f"{self.name}: data directory {dest} exists already")

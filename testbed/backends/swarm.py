@@ -97,6 +97,12 @@ class SwarmNode:
     def basebackup(self, name: str, host: str, port: int) -> Path:
         return Path(f"/clone/{self.name}/{name}")
 
+    def rewind(self, host: str, port: int) -> None:
+        raise ServerFailed(
+            f"{self.name}: pg_rewind is not offered on the swarm backend; rebuild it with"
+            " `transfer` (a base backup) instead"
+        )
+
     def wipe(self) -> None:
         if self.created:
             if self.state() != "stopped":

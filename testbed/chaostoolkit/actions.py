@@ -27,6 +27,7 @@ __all__ = [
     "partition",
     "pause",
     "promote",
+    "recover_site",
     "resume",
     "settle",
     "start",
@@ -179,10 +180,18 @@ def add_site(site: str, replaces: str | None = None) -> dict:
 
 
 @user_errors
-def transfer(from_site: str, to_site: str, gim: str = "running") -> dict:
-    """Copy the Info Mart to another site over the WAN (base backup, then streaming), with
-    GIM `running` or `stopped` meanwhile."""
-    return _apply({"transfer": {"from": from_site, "to": to_site, "gim": gim}})
+def recover_site(site: str, disks: str = "kept") -> dict:
+    """The lost site back under its own name: on its old disks (`kept`), or on new ones."""
+    return _apply({"recover-site": site, "disks": disks})
+
+
+@user_errors
+def transfer(
+    from_site: str, to_site: str, gim: str = "running", method: str = "basebackup"
+) -> dict:
+    """Copy the Info Mart to another site over the WAN (base backup, or pg_rewind of an old
+    primary left behind; then streaming), with GIM `running` or `stopped` meanwhile."""
+    return _apply({"transfer": {"from": from_site, "to": to_site, "gim": gim, "method": method}})
 
 
 @user_errors

@@ -102,19 +102,52 @@ def add_site(
     _operate(run_id, home, as_json, lambda op: op.add_site(site, replaces))
 
 
+@dr.command("recover-site")
+@click.argument("site")
+@click.option(
+    "--disks",
+    type=click.Choice(["kept", "lost"]),
+    default="kept",
+    show_default=True,
+    help="kept: its servers restart on their old data; lost: rebuilt empty.",
+)
+@run_option
+@home_option
+@json_option
+@user_errors
+def recover_site(
+    site: str, disks: str, run_id: str | None, home: str | None, as_json: bool
+) -> None:
+    """Bring the failed SITE back under its own name, on its old disks or on new ones."""
+    _operate(run_id, home, as_json, lambda op: op.recover_site(site, disks=disks))
+
+
 @dr.command()
 @click.option("--from", "source", required=True, help="Site whose Info Mart is copied.")
 @click.option("--to", "target", required=True, help="Site that receives the copy.")
 @click.option("--gim", type=click.Choice(["running", "stopped"]), default="running")
+@click.option(
+    "--method",
+    type=click.Choice(["basebackup", "rewind"]),
+    default="basebackup",
+    show_default=True,
+    help="rewind: pg_rewind an old primary that the source's promotion left behind.",
+)
 @run_option
 @home_option
 @json_option
 @user_errors
 def transfer(
-    source: str, target: str, gim: str, run_id: str | None, home: str | None, as_json: bool
+    source: str,
+    target: str,
+    gim: str,
+    method: str,
+    run_id: str | None,
+    home: str | None,
+    as_json: bool,
 ) -> None:
-    """Copy the Info Mart over the WAN (base backup), then stream from it."""
-    _operate(run_id, home, as_json, lambda op: op.transfer(source, target, gim=gim))
+    """Copy the Info Mart over the WAN, then stream from it."""
+    _operate(run_id, home, as_json, lambda op: op.transfer(source, target, gim=gim, method=method))
 
 
 @dr.command()

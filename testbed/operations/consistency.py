@@ -25,7 +25,7 @@ from testbed.deployment import Deployment
 from testbed.digests import EVENTS_DIGEST_SQL
 from testbed.errors import TestbedError
 from testbed.postgres import Server, format_lsn, parse_lsn
-from testbed.topology import INFOMART_DATABASE
+from testbed.topology import INFOMART_DATABASE, extraction_source
 
 # Table -> the key its rows are ordered by; together, everything GIM writes.
 TABLES = {
@@ -177,7 +177,10 @@ def marks(deployment: Deployment, infomart: str) -> dict[str, Any]:
         for table in ("fact_interaction", "staging", "gim_discard")
         for row in server.execute(f"SELECT event_id FROM {table}", dbname=INFOMART_DATABASE)
     }
-    databases = {f"{i.name}@{i.idb}": (i.idb, i.database) for i in deployment.topology.icons}
+    databases = {
+        extraction_source(i, deployment.incarnation.get(i.idb, 1)): (i.idb, i.database)
+        for i in deployment.topology.icons
+    }
     found: dict[str, Any] = {}
     for source, hwm in sorted(marks.items()):
         if source not in databases:

@@ -31,6 +31,7 @@ from testbed.deployment import Deployment
 from testbed.errors import Refused, TestbedError
 from testbed.netfault.wan import Traffic
 from testbed.pipeline.control import Pipeline
+from testbed.pipeline.pqueue import queued_events
 from testbed.postgres import Server, format_lsn, split_address
 from testbed.topology import (
     INFOMART_DATABASE,
@@ -62,6 +63,7 @@ class Operator:
         self.pipeline = pipeline
         self.record = record or (lambda _kind, **_fields: None)
         self._transfers = 0
+        self._lost_at_failure: dict[str, set[str]] = {}  # per failed site: its census's loss
         # How work that moves bytes across the WAN runs: as it is on the realtime clock;
         # on the virtual clock the engine lets the time run meanwhile (a slow link then
         # takes scenario time), given the proxy the bytes go through.
@@ -163,6 +165,7 @@ class Operator:
             gims_there = {g.name for g in self.topology.gims if g.site == site}
             pipeline.active_gims = [g for g in pipeline.active_gims if g not in gims_there]
             facts["census"] = self._census(site, killed)
+            self._lost_at_failure[site] = set(facts["census"]["lost"])
             facts["takeover"] = self._take_over_calls(site, survivors[0])
         self.record("dr", **facts)
         return facts
@@ -301,6 +304,9 @@ class Operator:
         started = time.monotonic()
         standby.promote()
         del self.deployment.standby_of[spec.name]
+        # The old primary's timeline is left behind, whatever becomes of it: should it come
+        # back on its disks, it must not take writes again until rebuilt (`recover-site`).
+        self.deployment.superseded[primary] = spec.name
         if self.deployment.server(primary).state() != "stopped":
             self.deployment.promoted_from[spec.name] = primary
         facts = {
@@ -342,7 +348,18 @@ class Operator:
                 f"{', '.join(others)} still in service: two GIMs loading two Info Marts is"
                 " split brain; fail or stop it first, or force it"
             )
+        left_behind = self.deployment.superseded.get(gim.infomart)
+        if reason is None and left_behind is not None:
+            reason = (
+                f"{gim.infomart} is on the timeline {left_behind} left when it was promoted:"
+                f" loading it again makes two Info Marts that each took writes (the"
+                f" dual-active hazard); rebuild it first (transfer from"
+                f" {self.topology.server(left_behind).site} to {site}), or force it"
+            )
         forced = self._guard("activate-gim", site, reason, force)
+        if forced and left_behind is not None:
+            # Reported as the split it is: the report compares the two Info Marts.
+            self.deployment.promoted_from.setdefault(left_behind, gim.infomart)
         self._start_gim(gim)
         facts = {
             "procedure": "activate-gim",
@@ -352,6 +369,7 @@ class Operator:
             "sources": [s["name"] for s in pipeline.gims[gim.name].config["sources"]],
             "retired_sites": sorted(self.deployment.failed_sites),
             "forced": forced,
+            "dual_active_hazard": forced and left_behind is not None,
         }
         self.record("dr", **facts)
         return facts
@@ -415,6 +433,7 @@ class Operator:
                     if database not in before:
                         self.deployment.server(spec.name).create_database(database)
         self.deployment.topology = new
+        self.deployment.replaced_by[replaces] = site
         for route in new.cross_site_routes():
             if {route.client_site, route.server_site} & self.deployment.failed_sites:
                 continue
@@ -458,15 +477,145 @@ class Operator:
         self._restart_active_gims()
         return {"repointed": repointed, "takeover_stopped": stopped}
 
+    # --- recover-site ---------------------------------------------------------------------
+
+    def recover_site(self, site: str, disks: str = "kept") -> dict[str, Any]:
+        """The lost `site` comes back. On its old disks (`kept`): its servers restart on
+        their data, its ICONs replay what their queues still hold, and an Info Mart that a
+        promotion left behind stays out of service until rebuilt. Without them (`lost`): a
+        replacement under its old name, every server and queue empty."""
+        self._check_site(site)
+        if disks not in ("kept", "lost"):
+            raise TestbedError(f"recover-site: disks are 'kept' or 'lost', not {disks!r}")
+        if site not in self.deployment.failed_sites:
+            raise Refused(f"recover-site {site} refused: {site} has not failed")
+        if site in self.deployment.replaced_by:
+            raise Refused(
+                f"recover-site {site} refused: {self.deployment.replaced_by[site]} replaced it"
+                " already; its partners write to the replacement's IDB now"
+            )
+        started = time.monotonic()
+        specs = self.topology.servers_at(site)
+        # Read before anything restarts: the queues as the disaster left them.
+        queued = self._queued_at(site) if disks == "kept" else set()
+        for spec in specs:
+            server = self.deployment.server(spec.name)
+            if disks == "lost":
+                server.node.wipe()
+                server.init()
+                self.deployment.incarnation[spec.name] = (
+                    self.deployment.incarnation.get(spec.name, 1) + 1
+                )
+                self.deployment.standby_of.pop(spec.name, None)
+                self.deployment.superseded.pop(spec.name, None)
+            server.start()
+            if disks == "lost":
+                for database in spec.databases:
+                    server.create_database(database)
+        in_idbs = self._in_own_idbs(site) if disks == "kept" and self.pipeline else set()
+        self.deployment.failed_sites.discard(site)
+        facts: dict[str, Any] = {
+            "procedure": "recover-site",
+            "site": site,
+            "disks": disks,
+            "servers": [s.name for s in specs],
+            "left_behind": {
+                old: new
+                for old, new in self.deployment.superseded.items()
+                if any(s.name == old for s in specs)
+            },
+        }
+        if self.pipeline is not None:
+            # What the census counted lost that the old disks still hold: it may come back
+            # (the verdict calls it recovered); the rest of the census stands.
+            lost = self._lost_at_failure.get(site, set())
+            facts["held"] = {
+                "icon_queues": len(queued & lost),
+                "idbs": len(in_idbs & lost),
+                "events": sorted((queued | in_idbs) & lost),
+            }
+            facts.update(self._restore_pipeline(site, disks))
+        facts["wall_s"] = round(time.monotonic() - started, 3)
+        self.record("dr", **facts)
+        return facts
+
+    def _queued_at(self, site: str) -> set[str]:
+        """Events the site's ICON queues still hold (ICONs and queues as the loss left them)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return set()
+        return {
+            event_id
+            for icon in self.topology.icons
+            if icon.site == site and icon.name in pipeline.icons
+            for event_id in queued_events(pipeline.icons[icon.name].local_path("queue"))
+        }
+
+    def _in_own_idbs(self, site: str) -> set[str]:
+        """Events of the site's ICONs in its own IDBs, restarted on their old data."""
+        idbs = {s.name for s in self.topology.servers_at(site) if s.role == "idb"}
+        found: set[str] = set()
+        for icon in self.topology.icons:
+            if icon.site == site and icon.idb in idbs:
+                try:
+                    rows = self.deployment.server(icon.idb).execute(
+                        "SELECT event_id FROM events", dbname=icon.database
+                    )
+                except psycopg.errors.UndefinedTable:
+                    continue  # its ICON never wrote there
+                found |= {r[0] for r in rows}
+        return found
+
+    def _restore_pipeline(self, site: str, disks: str) -> dict[str, Any]:
+        """The site's ICONs and calls come back, its IDBs are sources again, and the calls
+        its partner took over return to it. Its GIM stays out of service (`activate-gim`)."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        topo = self.topology
+        icons = [i for i in topo.icons if i.site == site]
+        if disks == "lost":
+            for icon in icons:
+                path = pipeline.icons[icon.name].local_path("queue")
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+        for icon in icons:
+            if pipeline.icons[icon.name].state() == "stopped":
+                pipeline.icons[icon.name].start()
+        for icon in icons:
+            pipeline.wait_ready(pipeline.icons[icon.name])
+        idbs = {s.name for s in topo.servers_at(site) if s.role == "idb"}
+        reattached = sorted(i.name for i in topo.icons if i.idb in idbs and i.site != site)
+        pipeline.detached -= set(reattached)
+        stopped = [n for n in pipeline.sources if n.endswith("_takeover")]
+        for name in stopped:
+            if pipeline.sources[name].state() != "stopped":
+                pipeline.sources[name].stop()
+        source = pipeline.sources[source_name(site)]
+        if source.state() == "stopped":
+            config = {k: v for k, v in source.config.items() if k not in ("name", "status")}
+            if disks == "lost":  # its ICONs hold nothing of before: they vouch from now on
+                source.reconfigure({**config, "vouch_anew": [i.name for i in icons]})
+            source.start()
+            pipeline.wait_ready(source)
+            source.reconfigure(config)
+        self._restart_active_gims()
+        return {"reattached": reattached, "takeover_stopped": stopped}
+
     # --- transfer -------------------------------------------------------------------------
 
-    def transfer(self, source_site: str, target_site: str, gim: str = "running") -> dict[str, Any]:
-        """Copy the Info Mart of `source_site` to `target_site` with a base backup over the
-        WAN, then stream: what GIM loaded meanwhile (if it kept running) is caught up."""
+    def transfer(
+        self, source_site: str, target_site: str, gim: str = "running", method: str = "basebackup"
+    ) -> dict[str, Any]:
+        """Copy the Info Mart of `source_site` to `target_site` over the WAN, then stream:
+        what GIM loaded meanwhile (if it kept running) is caught up. `basebackup` copies it
+        all; `rewind` (pg_rewind) copies only what changed since the target, an old primary
+        that `source_site`'s promotion left behind, forked from it."""
         self._check_site(source_site)
         self._check_site(target_site)
         if gim not in ("running", "stopped"):
             raise TestbedError(f"transfer: gim is 'running' or 'stopped', not {gim!r}")
+        if method not in ("basebackup", "rewind"):
+            raise TestbedError(f"transfer: method is 'basebackup' or 'rewind', not {method!r}")
         src_spec, dst_spec = self._infomart_at(source_site), self._infomart_at(target_site)
         src, dst = self.deployment.server(src_spec.name), self.deployment.server(dst_spec.name)
         why = None
@@ -479,6 +628,11 @@ class Operator:
             for g in self.topology.gims
         ):
             why = f"{dst.name} is loaded by a GIM in service; it cannot be overwritten"
+        elif method == "rewind" and self.deployment.superseded.get(dst.name) != src.name:
+            why = (
+                f"{dst.name} is not an old primary that {src.name}'s promotion left behind:"
+                " pg_rewind has no fork to go back to; copy it with a base backup"
+            )
         if why:
             raise Refused(f"transfer to {target_site} refused: {why}")
         paused = []
@@ -497,10 +651,15 @@ class Operator:
         lsn_before = src.current_lsn()
         proxy = self.deployment.proxy_of(dst.name, src.name)
         started, scenario_started = time.monotonic(), self._scenario_now()
-        path = self.with_time(lambda: src.backup(name, via=via), proxy)
+        path: Path | None = None
+        if method == "rewind":
+            self.with_time(lambda: dst.rewind_from(src, via=via), proxy)
+            size = None  # what it copied is what crossed the WAN (`wan_bytes`)
+        else:
+            path = self.with_time(lambda: src.backup(name, via=via), proxy)
+            size = _tree_bytes(path)
         copy_s = time.monotonic() - started
         copy_scenario = self._scenario_now() - scenario_started
-        size = _tree_bytes(path)
         over_wan = (
             self._wan_share(
                 f"{dst.name}-to-{src.name}", src_spec.site, dst_spec.site, copy_s, traffic_before
@@ -511,9 +670,13 @@ class Operator:
         if over_wan.get("wan_bytes") and copy_scenario > 0:  # the rate a scenario sees
             over_wan["scenario_rate_kb_s"] = round(over_wan["wan_bytes"] / copy_scenario / 1e3, 2)
         lsn_after = src.current_lsn()
-        dst.rebuild_from(src, name, via=via).start()
-        self._remove_backup(path)
+        if path is None:
+            dst.start()
+        else:
+            dst.rebuild_from(src, name, via=via).start()
+            self._remove_backup(path)
         self.deployment.standby_of[dst.name] = src.name
+        self.deployment.superseded.pop(dst.name, None)  # rebuilt: on src's timeline now
         caught_from = time.monotonic()
         target = src.current_lsn()
         self.with_time(lambda: src.wait_for_catchup(dst, target_lsn=target, timeout=120), proxy)
@@ -526,9 +689,10 @@ class Operator:
             "from": source_site,
             "to": target_site,
             "gim": gim,
+            "method": method,
             "bytes": size,
             "copy_wall_s": round(copy_s, 3),
-            "rate_mb_s": round(size / copy_s / 1e6, 2) if copy_s else None,
+            "rate_mb_s": round(size / copy_s / 1e6, 2) if copy_s and size else None,
             "rate_basis": "backup size on disk",
             **over_wan,
             "wal_during_copy_bytes": lsn_after - lsn_before,

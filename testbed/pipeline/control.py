@@ -28,7 +28,13 @@ from testbed.errors import TestbedError
 from testbed.pipeline.component import read_status
 from testbed.pipeline.workload import Event, Ledger
 from testbed.ports import free_port
-from testbed.topology import INFOMART_DATABASE, GimSpec, IconSpec, source_name
+from testbed.topology import (
+    INFOMART_DATABASE,
+    GimSpec,
+    IconSpec,
+    extraction_source,
+    source_name,
+)
 from testbed.vclock.engine_clock import EngineClock
 
 AnyClock = Clock | EngineClock
@@ -266,8 +272,9 @@ class Pipeline:
         sources = [
             {
                 # One source per ICON database: a re-pointed ICON's database on its new IDB
-                # is a new source, with marks of that server's transaction ids.
-                "name": f"{icon.name}@{icon.idb}",
+                # is a new source, with marks of that server's transaction ids; so is one
+                # on an IDB rebuilt empty under its old name (`#2`: its second life).
+                "name": extraction_source(icon, self.deployment.incarnation.get(icon.idb, 1)),
                 "site": icon.site,
                 "member": icon.member,
                 "address": self.address_for(gim.name, icon.idb),

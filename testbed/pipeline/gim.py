@@ -30,6 +30,8 @@ continues from the replicated state.
 - A *retired* site (`retired_sites`: a site lost in a disaster, whose calls moved to the
   survivors) is still extracted from the copies on surviving IDBs, but it no longer gates
   the transform boundary and is never declared stuck: it will never send data again.
+  Should it be recovered (no longer retired), it is waited for again from then on: its
+  lag runs from its recovery, and what its old disks still held arrives as late data.
 
 Run as `python -m testbed.pipeline.gim CONFIG.json`, with the run's clock in the environment.
 """
@@ -380,6 +382,16 @@ class Gim:
                 "INSERT INTO gim_state (id, updated_ts) VALUES (1, %s) ON CONFLICT DO NOTHING",
                 (now,),
             )
+            # A site retired before and no longer (recovered) is waited for again from
+            # now: its lag runs from here, not from what it sent before its loss.
+            conn.execute(
+                "UPDATE gim_site SET retired = false, waited_from = %s"
+                " WHERE retired AND NOT (site = ANY(%s))",
+                (now, sorted(self.retired)),
+            )
+            conn.execute(
+                "UPDATE gim_site SET retired = true WHERE site = ANY(%s)", (sorted(self.retired),)
+            )
             rows = conn.execute("SELECT source, hwm, coverage FROM gim_source").fetchall()
             self.hwm = {source: hwm for source, hwm, _ in rows}
             self.coverage = {
@@ -557,9 +569,11 @@ class Gim:
                     "stuck": row[2],
                     "discard_before": row[3],
                     "returned_at": row[4],
+                    "waited_from": row[5],
                 }
                 for row in conn.execute(
-                    "SELECT site, complete_to, stuck, discard_before, returned_at FROM gim_site"
+                    "SELECT site, complete_to, stuck, discard_before, returned_at, waited_from"
+                    " FROM gim_site"
                     " FOR UPDATE"
                 )
             }
@@ -683,8 +697,9 @@ class Gim:
                 conn.execute("UPDATE gim_site SET stuck = false WHERE site = %s", (name,))
                 continue
             since = site["complete_to"] if site["complete_to"] is not None else self.started
-            if site["returned_at"] is not None:
-                since = max(since, site["returned_at"])
+            for floor in (site["returned_at"], site["waited_from"]):
+                if floor is not None:
+                    since = max(since, floor)
             lag = now - since
             judged = name not in self.retired and name in self.sites
             if judged and not site["stuck"] and lag > self.threshold:

@@ -208,9 +208,11 @@ class Icon:
         with call(self.clock, conn, self.idb_name, self.route, self.via), conn.transaction():
             conn.execute(IDB_DDL)
             row = conn.execute(
-                "SELECT last_seq FROM icon_progress WHERE icon = %s", (self.name,)
+                "SELECT last_seq, queue_id FROM icon_progress WHERE icon = %s", (self.name,)
             ).fetchone()
-        self.last_seq = row[0] if row else 0
+        # Numbers of another queue (this ICON's disk was lost and its queue made anew) say
+        # nothing of this one's.
+        self.last_seq = row[0] if row and row[1] in (None, self.queue.identity) else 0
         self.queue.delete_through(self.last_seq)  # written before a crash: never twice
         self.idb_connected = True
         self.log.info(
@@ -245,11 +247,14 @@ class Icon:
             "   SELECT %(icon)s, x.id, x.event, x.ts, x.seq"
             "   FROM json_to_recordset(%(sessions)s::json)"
             "   AS x(id text, event text, ts float8, seq int8))"
-            " INSERT INTO icon_progress (icon, last_seq) VALUES (%(icon)s, %(top)s)"
-            " ON CONFLICT (icon) DO UPDATE SET last_seq = EXCLUDED.last_seq",
+            " INSERT INTO icon_progress (icon, last_seq, queue_id)"
+            " VALUES (%(icon)s, %(top)s, %(queue)s)"
+            " ON CONFLICT (icon) DO UPDATE SET last_seq = EXCLUDED.last_seq,"
+            " queue_id = EXCLUDED.queue_id",
             {
                 "icon": self.name,
                 "top": top,
+                "queue": self.queue.identity,
                 "events": json.dumps(
                     [
                         {

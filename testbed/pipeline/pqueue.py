@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ class PersistentQueue:
                 "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " kind TEXT NOT NULL, ts REAL NOT NULL, body TEXT NOT NULL, event_ts REAL)"
             )
+            # Who this queue is: its sequence numbers mean something only with it. A queue
+            # made anew (its disk lost) starts them over, and an IDB must not take them for
+            # numbers it has written already.
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('identity', ?)",
+                (uuid.uuid4().hex,),
+            )
+            self.identity: str = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'identity'"
+            ).fetchone()[0]
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(queue)")}
             if "event_ts" not in columns:  # a queue an older version left behind
                 self._db.execute("ALTER TABLE queue ADD COLUMN event_ts REAL")
@@ -123,3 +137,16 @@ class PersistentQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def queued_events(path: Path | str) -> list[str]:
+    """The ids of the events a queue file holds, read without disturbing it (its ICON may
+    be dead or running); none if there is no file or it cannot be read."""
+    if not Path(path).exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            bodies = db.execute("SELECT body FROM queue WHERE kind = 'event'").fetchall()
+    except sqlite3.Error:
+        return []
+    return [json.loads(body)["id"] for (body,) in bodies]

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS icon_progress (
     icon     text PRIMARY KEY,
-    last_seq bigint NOT NULL
+    last_seq bigint NOT NULL,
+    queue_id text  -- which queue the numbers are of: a queue made anew starts over
 );
 """
 
@@ -58,7 +59,9 @@ CREATE TABLE IF NOT EXISTS gim_site (
     lag_from       double precision,  -- its completeness when it was declared stuck
     returned_at    double precision,
     discard_before double precision,
-    discarded      bigint NOT NULL DEFAULT 0
+    discarded      bigint NOT NULL DEFAULT 0,
+    retired        boolean NOT NULL DEFAULT false,  -- lost in a disaster, no longer waited for
+    waited_from    double precision  -- recovered: waited for again from then (its lag too)
 );
 CREATE TABLE IF NOT EXISTS gim_state (
     id                 int PRIMARY KEY CHECK (id = 1),

@@ -317,6 +317,10 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
     vouch = deliveries.vouching(
         [icon["name"] for icon in config["icons"]], Ledger.read(ledger.path), start
     )
+    # ICONs rebuilt without their disks (a site recovered on new ones) hold nothing of
+    # before, whatever the delivery log says they took: they vouch from now on.
+    for name in config.get("vouch_anew", []):
+        vouch[name] = start
     links = [
         IconLink(
             icon["name"],

@@ -392,8 +392,15 @@ class ScenarioRun:
             op.activate_gim(value, force=force)
         elif verb == "add-site":
             op.add_site(value, replaces=options.get("replaces"))
+        elif verb == "recover-site":
+            op.recover_site(value, disks=options.get("disks", "kept"))
         elif verb == "transfer":
-            op.transfer(value["from"], value["to"], gim=value.get("gim", "running"))
+            op.transfer(
+                value["from"],
+                value["to"],
+                gim=value.get("gim", "running"),
+                method=value.get("method", "basebackup"),
+            )
         elif verb == "switchover":
             op.switchover(value)
 

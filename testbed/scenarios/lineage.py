@@ -8,12 +8,12 @@ twice, so a failed check can say where each one went missing.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from testbed.deployment import Deployment
 from testbed.pipeline.control import Pipeline
+from testbed.pipeline.pqueue import queued_events
 from testbed.pipeline.workload import Event
 from testbed.topology import INFOMART_DATABASE
 
@@ -119,11 +119,4 @@ def _index(event_id: str) -> int:
 
 
 def _queued(path: Path, wanted: set[str]) -> list[str]:
-    if not path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            bodies = db.execute("SELECT body FROM queue WHERE kind = 'event'").fetchall()
-    except sqlite3.Error:
-        return []
-    return [b["id"] for (body,) in bodies if (b := json.loads(body))["id"] in wanted]
+    return [event_id for event_id in queued_events(path) if event_id in wanted]

@@ -17,11 +17,9 @@ from typing import Any
 from testbed.clock import format_duration
 from testbed.pipeline.workload import schedule
 from testbed.scenarios import chaos
-from testbed.scenarios.spec import Scenario, Step
+from testbed.scenarios.spec import DR_VERBS, Scenario, Step
 from testbed.topology import Topology
 from testbed.verdict.prediction import Prediction, predict_all
-
-DR_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
 
 
 @dataclass

@@ -35,7 +35,15 @@ MAX_SCENARIO_S = 1000 * 3600.0
 LONGEST = "1000h"
 MAX_CHAOS_FAULTS = 10_000
 PROCESS_VERBS = ("kill", "stop", "start", "pause", "resume")
-DR_VERBS = ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover")
+DR_VERBS = (
+    "fail-site",
+    "promote",
+    "activate-gim",
+    "add-site",
+    "recover-site",
+    "transfer",
+    "switchover",
+)
 CHAOS_FAULTS = ("partition", "latency", "bandwidth", "kill", "stop", "pause")
 VERB_KEYS: dict[str, tuple[str, ...]] = {
     "partition": ("mode", "direction"),
@@ -51,7 +59,8 @@ VERB_KEYS: dict[str, tuple[str, ...]] = {
     "promote": ("force",),
     "activate-gim": ("force",),
     "add-site": ("replaces",),
-    "transfer": ("from", "to", "gim"),
+    "recover-site": ("disks",),
+    "transfer": ("from", "to", "gim", "method"),
     "switchover": (),
 }
 EXPECT_KEYS = ("loss", "duplicates", "replica", "stuck", "stuck_at_end", "rto")
@@ -374,10 +383,10 @@ class _Parser:
             raise self.fail((*path, "force"), "must be true or false")
         if verb == "transfer":
             fields = dict(value) if isinstance(value, dict) else {}
-            fields |= {k: options[k] for k in ("from", "to", "gim") if k in options}
+            fields |= {k: options[k] for k in ("from", "to", "gim", "method") if k in options}
             for key in fields:
-                if key not in ("from", "to", "gim"):
-                    raise self.fail((*vpath, key), "transfer takes from, to and gim")
+                if key not in ("from", "to", "gim", "method"):
+                    raise self.fail((*vpath, key), "transfer takes from, to, gim and method")
             for key in ("from", "to"):
                 if key not in fields:
                     raise self.fail(vpath, f"transfer needs '{key}' (a site)")
@@ -387,6 +396,11 @@ class _Parser:
             fields.setdefault("gim", "running")
             if fields["gim"] not in ("running", "stopped"):
                 raise self.fail((*vpath, "gim"), f"{fields['gim']!r} is not running or stopped")
+            fields.setdefault("method", "basebackup")
+            if fields["method"] not in ("basebackup", "rewind"):
+                raise self.fail(
+                    (*vpath, "method"), f"{fields['method']!r} is not basebackup or rewind"
+                )
             return fields, {}
         if verb == "add-site":
             if not isinstance(value, str) or value in names.sites:
@@ -396,11 +410,25 @@ class _Parser:
                 raise self.fail(vpath, "say which lost site it replaces: `replaces: site1`")
             replaces = replaces or names.failed[0]
             names.site(replaces, (*path, "replaces"), self)
+            if replaces not in names.failed:
+                raise self.fail((*path, "replaces"), f"{replaces} has not failed")
             names.add_site(value, replaces)
             return value, {"replaces": replaces}
         names.site(value, vpath, self)
         if verb == "fail-site":
             names.failed.append(value)
+        if verb == "recover-site":
+            if value not in names.failed:
+                raise self.fail(vpath, f"{value} has not failed; only a lost site recovers")
+            if value in names.replaced:
+                raise self.fail(
+                    vpath, f"{value} was replaced by {names.replaced[value]}; it cannot recover"
+                )
+            disks = options.get("disks", "kept")
+            if disks not in ("kept", "lost"):
+                raise self.fail((*path, "disks"), f"{disks!r} is not kept or lost")
+            names.failed.remove(value)
+            return value, {"disks": disks}
         return value, options
 
     def number(self, value: Any, path: tuple) -> float:
@@ -449,6 +477,7 @@ class _Names:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.failed: list[str] = []
+        self.replaced: dict[str, str] = {}
         self._learn(topology)
 
     def _learn(self, topology: Topology) -> None:
@@ -463,6 +492,7 @@ class _Names:
     def add_site(self, site: str, replaces: str) -> None:
         """Steps after an `add-site` may name the new site and its parts."""
         self.topology = with_replacement_site(self.topology, site, replaces)
+        self.replaced[replaces] = site
         self._learn(self.topology)
 
     def site(self, value: Any, path: tuple, parser: _Parser) -> None:

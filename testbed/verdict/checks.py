@@ -220,6 +220,12 @@ def evaluate(out: Path) -> Outcome:
         # waiting for the procedure that retires it (`waiting_release`).
         "waiting_events": {site: len(ids) for site, ids in waiting.items()},
         "waiting_release": _release(topology, final["infomart"]) if waiting else None,
+        # Per recovered site: events its census counted lost that its old disks gave back.
+        "recovered_events": {
+            c["site"]: len(set(c["lost"]) & set(present))
+            for c in prediction.censuses
+            if c["site"] in {p.get("site") for p in procedures if p["procedure"] == "recover-site"}
+        },
         "either_share": reporting["either_share"],
         "either_bands": reporting["either_bands"],
         "by_infomart": by_infomart,
@@ -630,22 +636,32 @@ def _replica(
 
 
 def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Prediction) -> Check:
-    """A lost site's events before its failure: lost exactly when the census said so."""
+    """A lost site's events before its failure: lost exactly when the census said so, but
+    for what a recovered site's old disks held: that comes back (`recovered`)."""
     problems, parts = [], []
     for census in prediction.censuses:
         site, last = census["site"], census["last_ts"]
-        predicted = set(census["lost"])
+        counted = set(census["lost"])
+        back = counted & prediction.recovered
+        maybe = counted & prediction.recovered_either
+        predicted = counted - back - maybe
         universe = [e for e in ledger if e["site"] == site and e["ts"] <= last]
         lost = {e["id"] for e in universe if e["id"] not in facts}
         missing = predicted - lost
         extra = {
             e["id"]
             for e in universe
-            if e["id"] in lost - predicted
+            if e["id"] in lost - counted
             and prediction.verdict(site, e["ts"]) == "kept"  # not explained by another rule
         }
         if missing:
             problems.append(f"{len(missing)} events the census counted lost were loaded")
+        not_back = sorted(back & lost)
+        if not_back:
+            problems.append(
+                f"{len(not_back)} events a recovered site's old disks held did not come back,"
+                f" e.g. {not_back[:3]}"
+            )
         # The census's bound: what a healthy partner wrote to a surviving IDB is there.
         kept_by_partner = {
             e["id"]
@@ -667,11 +683,16 @@ def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Pre
             f" predicted {len(predicted)} ({census['in_surviving_idbs']} saved by a surviving"
             f" IDB, {census['only_in_surviving_infomart']} only by the surviving Info Mart)"
         )
+        if back or maybe:
+            parts.append(
+                f"{site}: {len((back | maybe) - lost)} of the {len(back | maybe)} its old disks"
+                " held came back on its recovery"
+            )
     return Check(
         "disaster-loss",
         not problems,
         "; ".join(problems + parts),
-        {"predicted": sum(len(c["lost"]) for c in prediction.censuses)},
+        {"predicted": sum(len(c["lost"]) for c in prediction.censuses) - len(prediction.recovered)},
     )
 
 

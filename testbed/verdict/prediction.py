@@ -78,9 +78,17 @@ class Prediction:
     # events there must survive the disaster, whatever the census says (the census's bound).
     must_keep: dict[str, list[Window]] = field(default_factory=dict)
     bands: dict[str, list[Band]] = field(default_factory=dict)  # `ambiguous`, with why
+    # Events a census counted lost that a recovered site's old disks still held: they come
+    # back (`recovered`), or may (`recovered_either`: a stuck judgement within the tolerance).
+    recovered: set[str] = field(default_factory=set)
+    recovered_either: set[str] = field(default_factory=set)
 
     def verdict(self, site: str, ts: float, event_id: str | None = None) -> str:
         """'lost', 'kept' or 'either' for an event of `site` at scenario time `ts`."""
+        if event_id is not None and event_id in self.recovered:
+            return "kept"
+        if event_id is not None and event_id in self.recovered_either:
+            return "either"
         if event_id is not None and event_id in self.census_lost:
             return "lost"
         tol = self.tolerance
@@ -123,6 +131,11 @@ class _Timeline:
             self.chains = {"reporting": [(-INF, active[0].name if active else None)]}
         self.failed: dict[str, float] = {}
         self.failing: dict[str, float] = {}
+        # Per site: (lost at, recovered at; INF: never) of each disaster. While retired, a
+        # site is judged by the census of its failure; once recovered, by the rules again.
+        self.retired_spans: dict[str, list[Window]] = {}
+        # (site, recovered at, census-lost events its old disks held then) per recovery
+        self.recoveries: list[tuple[str, float, list[str]]] = []
         self.frozen: list[tuple[str, float]] = []  # (name, when) of each pause
         # (name, began, done) of each stop: a graceful stop lets its process work on (an
         # ICON acknowledges and queues what arrives) until it exits, before the step is done
@@ -215,8 +228,20 @@ class _Timeline:
         if procedure == "fail-site":
             t = self.failing.get(site, t)
             self.failed[site] = t
+            self.retired_spans.setdefault(site, []).append((t, INF))
             for name in self._names(site):
                 open_down.setdefault(name, t)
+        elif procedure == "recover-site":
+            spans = self.retired_spans.get(site, [])
+            if spans and spans[-1][1] == INF:
+                spans[-1] = (spans[-1][0], t)
+            held = (entry.get("held") or {}).get("events", [])
+            self.recoveries.append((site, t, list(held)))
+            # Its servers, ICONs and data source run again; its GIM waits for the operator.
+            gims = {g.name for g in self.topology.gims if g.site == site}
+            for name in self._names(site):
+                if name in open_down and name not in gims:
+                    self.down.setdefault(name, []).append((open_down.pop(name), t))
             for chain in self.chains.values():
                 current = chain[-1][1]
                 if current is not None and self._gim(current).site == site:
@@ -244,6 +269,24 @@ class _Timeline:
         names += [i.name for i in topo.icons if i.site == target]
         names += [g.name for g in topo.gims if g.site == target]
         return [*names, source_name(target)]
+
+    def retired(self, site: str, t: float) -> bool:
+        """Lost in a disaster at `t` and not recovered yet: the census judges it."""
+        return any(a <= t < b for a, b in self.retired_spans.get(site, []))
+
+    def judged_pieces(self, site: str, start: float, end: float) -> list[Window]:
+        """The parts of a gap the rules judge: before each loss of the site, and from each
+        recovery on (a recovered site is waited for again from then: its lag too)."""
+        pieces, begin = [], start
+        for lost, back in sorted(self.retired_spans.get(site, [])):
+            if back <= begin or lost >= end:
+                continue
+            if lost > begin:
+                pieces.append((begin, lost))
+            begin = max(begin, back)
+        if begin < end:
+            pieces.append((begin, end))
+        return pieces
 
     def is_down(self, name: str, t: float) -> bool:
         return any(a <= t < b for a, b in self.down.get(name, []))
@@ -351,6 +394,8 @@ def _predict_chain(
     congested: list[tuple[frozenset[str], float, float, str]] | None = None,
 ) -> Prediction:
     points = timeline.change_points()
+    recovered: set[str] = set()
+    recovered_either: set[str] = set()
     windows: dict[str, list[Window]] = {}
     ambiguous: dict[str, list[Window]] = {}
     bands: dict[str, list[Band]] = {}
@@ -666,17 +711,16 @@ def _predict_chain(
                 first = min(first, read)
             return first
 
-        failed_at = timeline.failed.get(site, INF)
         lost: list[Window] = []
         unsure: list[Band] = []  # what may go either way, and why
         # (back at, the gap's completeness, its cut at the earliest and at the latest, and
         # whether surely stuck) of every return from stuck
         returns: list[tuple[float, float, float, float, bool]] = []
         segments = _segments(points, serving)
-        for start, end in gaps():
-            if start >= failed_at:
-                continue  # explained by the census of the failure
-            end_cut = min(end, failed_at)
+        # What of each gap the rules judge: a lost site's events are the census's from its
+        # loss until its recovery (if any); from then on it is waited for anew.
+        pieces = [piece for gap in gaps() for piece in timeline.judged_pieces(site, *gap)]
+        for start, end_cut in pieces:
             # Over a slow WAN, an ICON's commit and GIM's extraction each take a few round
             # trips: what GIM had read when the flow stopped may be that much older.
             slow = IN_FLIGHT_TRIPS * rtt_at(start)
@@ -779,7 +823,7 @@ def _predict_chain(
             }
         )
         for start, end in _intervals(points, both_down):
-            if start >= failed_at:
+            if timeline.retired(site, start):
                 continue
             certain = [(a, b) for a, b in _intervals(graced, both_surely_down) if start <= a < end]
             edges = [start, *(x for window in certain for x in window), end]
@@ -806,11 +850,19 @@ def _predict_chain(
         # GIM's reach until then (its partner missed it, a hole the other member covers
         # only in an IDB GIM could not read) is discarded too, wherever it lies.
         for returned, complete, cut, cut_late, surely in returns:
-            # The gap's own events are judged above; these are older (a hole before it).
-            before = min(complete, failed_at)
+            # The gap's own events are judged above; these are older (a hole before it),
+            # but not older than a recovery before it: those are the census's (`held`).
+            floor = max(
+                (r for where, r, _ in timeline.recoveries if where == site and r <= complete),
+                default=-INF,
+            )
+            losses = [f for f, _ in timeline.retired_spans.get(site, []) if f >= floor]
+            before = min([complete, *losses])
             for a, b in itertools.pairwise(points):
                 if a >= min(cut_late, before):
                     break
+                if b <= floor:
+                    continue
                 arrives = delivered(a, b)
                 if arrives is None or arrives == INF or arrives < returned:
                     continue  # read before the return (or never emitted to a member)
@@ -825,10 +877,29 @@ def _predict_chain(
         restarted = [
             (a - 1.0, b, SOURCE_DOWN)
             for a, b in timeline.down.get(source_name(site), [])
-            if a < timeline.failed.get(site, INF)
+            if not timeline.retired(site, a)
         ]
         bands[site] = unsure + restarted
         ambiguous[site] = [(a, b) for a, b, _ in bands[site]]
+        for where, back, held in timeline.recoveries:
+            if where != site or not held:
+                continue
+            # What the old disks held comes back as late data, unless the site is stuck
+            # again before it can be read: then it arrives with a return whose cut
+            # (past the recovery, so past every one of them) discards it.
+            after = [r for r in returns if back <= r[1] < back + tol + 1e-9]
+            if any(surely for *_, surely in after):
+                notes.append(
+                    f"{site}: recovered at t={back:.0f}s but stuck again before its data"
+                    f" could be read: the {len(held)} events its old disks held stay lost"
+                )
+                continue
+            (recovered_either if after else recovered).update(held)
+            notes.append(
+                f"{site}: recovered at t={back:.0f}s on its old disks, which held"
+                f" {len(held)} of the events its census counted lost: they come back"
+                + (" unless a stuck judgement within the tolerance cuts them" if after else "")
+            )
     must_keep = {
         site: _saved_by_partner(timeline, site, failed_at, tol + 3 * rtt_at(failed_at))
         for site, failed_at in timeline.failed.items()
@@ -841,7 +912,16 @@ def _predict_chain(
             f" {len(census['lost'])} were nowhere else: lost"
         )
     return Prediction(
-        windows, tol, ambiguous, notes, censuses, census_lost, must_keep=must_keep, bands=bands
+        windows,
+        tol,
+        ambiguous,
+        notes,
+        censuses,
+        census_lost,
+        must_keep=must_keep,
+        bands=bands,
+        recovered=recovered,
+        recovered_either=recovered_either,
     )
 
 

@@ -34,7 +34,7 @@ def verdict_paragraph(outcome: Outcome) -> str:
         for c in outcome.checks
         if not c.passed and c.name != "loss" and not c.name.startswith("loss:")
     ]
-    sentences += _waiting_sentences(f)
+    sentences += _waiting_sentences(f) + _recovered_sentences(f)
     text = ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
     for check in outcome.checks:
         if (check.name == "loss" or check.name.startswith("loss:")) and not check.passed:
@@ -78,6 +78,19 @@ def _waiting_sentences(f: dict[str, Any]) -> list[str]:
             f"{label} was lost{at} and is not retired: {count:,} of its events wait;"
             f" `{f.get('waiting_release') or 'activate-gim'}` releases them"
         )
+    return sentences
+
+
+def _recovered_sentences(f: dict[str, Any]) -> list[str]:
+    """What a recovered site's old disks gave back of what its census counted lost."""
+    sentences = []
+    for site, count in sorted((f.get("recovered_events") or {}).items()):
+        if count:
+            label = site.replace("site", "site ") if site.startswith("site") else site
+            sentences.append(
+                f"{label} was recovered on its old disks: {count:,} events its census counted"
+                " lost came back from them (recovered, counted apart)"
+            )
     return sentences
 
 
