@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from testbed.deployment import Deployment
-from testbed.errors import Refused, TestbedError
+from testbed.errors import Refused, ServerFailed, TestbedError
 from testbed.netfault.wan import Traffic
 from testbed.pipeline.control import Pipeline
 from testbed.pipeline.pqueue import queued_events
@@ -49,6 +49,7 @@ Record = Callable[..., Any]
 WithTime = Callable[[Callable[[], Any], str | None], Any]
 REACH_TIMEOUT_S = 2  # libpq's smallest useful connect timeout
 QUIET_TIMEOUT_S = 10.0  # statements of the dead site still finishing on surviving servers
+REWOUND_START_S = 20.0  # a rewound server replays from the common checkpoint, then answers
 
 
 def _tree_bytes(path: Path) -> int:
@@ -652,10 +653,18 @@ class Operator:
         proxy = self.deployment.proxy_of(dst.name, src.name)
         started, scenario_started = time.monotonic(), self._scenario_now()
         path: Path | None = None
+        rewind_failed = None
+        size = None  # rewound: what it copied is what crossed the WAN (`wan_bytes`)
         if method == "rewind":
-            self.with_time(lambda: dst.rewind_from(src, via=via), proxy)
-            size = None  # what it copied is what crossed the WAN (`wan_bytes`)
-        else:
+            try:
+                self.with_time(lambda: self._rewind(dst, src, via), proxy)
+            except ServerFailed as exc:
+                # The WAL back to the last common checkpoint is gone from both: the
+                # timeline no longer allows a rewind. A base backup does it instead.
+                rewind_failed = str(exc)
+                if dst.state() != "stopped":
+                    dst.kill()
+        if method == "basebackup" or rewind_failed:
             path = self.with_time(lambda: src.backup(name, via=via), proxy)
             size = _tree_bytes(path)
         copy_s = time.monotonic() - started
@@ -670,9 +679,7 @@ class Operator:
         if over_wan.get("wan_bytes") and copy_scenario > 0:  # the rate a scenario sees
             over_wan["scenario_rate_kb_s"] = round(over_wan["wan_bytes"] / copy_scenario / 1e3, 2)
         lsn_after = src.current_lsn()
-        if path is None:
-            dst.start()
-        else:
+        if path is not None:
             dst.rebuild_from(src, name, via=via).start()
             self._remove_backup(path)
         self.deployment.standby_of[dst.name] = src.name
@@ -689,7 +696,8 @@ class Operator:
             "from": source_site,
             "to": target_site,
             "gim": gim,
-            "method": method,
+            "method": "basebackup" if rewind_failed else method,
+            "rewind_failed": rewind_failed,
             "bytes": size,
             "copy_wall_s": round(copy_s, 3),
             "rate_mb_s": round(size / copy_s / 1e6, 2) if copy_s and size else None,
@@ -707,6 +715,13 @@ class Operator:
         }
         self.record("dr", **facts)
         return facts
+
+    @staticmethod
+    def _rewind(dst: Server, src: Server, via: str) -> None:
+        """pg_rewind, then start as `src`'s standby: it must reach a consistent state from
+        the WAL it has (a rewound server that waits for WAL no one has never will)."""
+        dst.rewind_from(src, via=via)
+        dst.start(timeout=REWOUND_START_S)
 
     def _wan_share(
         self, proxy: str, source_site: str, target_site: str, copy_s: float, before: Traffic
