@@ -86,6 +86,36 @@ def test_the_generator_loses_either_site_and_follows_each_ones_procedure() -> No
     assert {"promote site2", "activate-gim site2", "transfer site2"} <= procedures["site1"]
 
 
+def test_the_generator_recovers_a_lost_site_with_and_without_its_disks() -> None:
+    """Either site, either topology, on its old disks or new ones; an old Info Mart is
+    rewound or copied only where a promotion left it behind (or it came back empty)."""
+    seen: set[tuple[str, str, str]] = set()
+    methods: set[str] = set()
+    for topology in ("active-standby", "active-active"):
+        for seed in range(1, 40):
+            for doc in generate(seed, 10, topology, clock="virtual"):
+                steps = doc["steps"]
+                recovered = next((s for s in steps if "recover-site" in s), None)
+                if recovered is None:
+                    continue
+                lost = next(s["fail-site"] for s in steps if "fail-site" in s)
+                assert recovered["recover-site"] == lost
+                seen.add((topology, lost, recovered["disks"]))
+                for step in steps:
+                    if "transfer" in step:
+                        assert step["transfer"]["to"] == lost
+                        methods.add(step["transfer"]["method"])
+                        if step["transfer"]["method"] == "rewind":
+                            assert recovered["disks"] == "kept"
+    assert {
+        (t, s, d)
+        for t in ("active-standby", "active-active")
+        for s in ("site1", "site2")
+        for d in ("kept", "lost")
+    } <= seen
+    assert methods == {"basebackup", "rewind"}
+
+
 def test_the_shrinker_drops_what_does_not_matter_and_keeps_what_does() -> None:
     """A fake judge that fails whenever gim1 is paused: the minimal scenario keeps that
     fault and its resume, nothing else."""

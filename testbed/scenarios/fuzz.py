@@ -28,7 +28,7 @@ import yaml
 from testbed.clock import format_duration, parse_duration
 from testbed.errors import TestbedError
 from testbed.scenarios.engine import ScenarioRun
-from testbed.scenarios.spec import load_scenario
+from testbed.scenarios.spec import DR_VERBS, load_scenario
 from testbed.verdict.checks import evaluate
 from testbed.verdict.tolerance import refusal, tolerance_for
 
@@ -225,6 +225,8 @@ class _Generator:
         survivor = "site2" if lost == "site1" else "site1"
         steps: list[Doc] = [{"at": _duration(at), "fail-site": lost}]
         t = at + rng.uniform(0.3, 1.5) * H
+        if rng.random() < 0.35:
+            return steps + self.recovery(t, threshold, lost, survivor)
         if self.topology == "active-active":
             return [*steps, {"at": _duration(t), "activate-gim": survivor}]
         if lost == "site1":
@@ -259,6 +261,31 @@ class _Generator:
                 break
         if rng.random() < 0.5:
             steps += self.replacement_fault(t, threshold, survivor)
+        return steps
+
+    def recovery(self, at: float, threshold: float, lost: str, survivor: str) -> list[Doc]:
+        """The survivors take over, then the lost site comes back under its own name, on
+        its old disks or on new ones, sooner or later than the threshold after its loss;
+        in active-standby maybe its Info Mart rebuilt, and site 1 made active again."""
+        rng = self.rng
+        steps: list[Doc] = []
+        if self.topology == "active-standby" and lost == "site1":
+            steps.append({"at": _duration(at), "promote": "site2"})
+        steps.append({"at": _duration(at), "activate-gim": survivor})
+        t = at + rng.uniform(0.2, 1.6) * threshold
+        disks = rng.choice(["kept", "lost"])
+        steps.append({"at": _duration(t), "recover-site": lost, "disks": disks})
+        # A recovered standby site on its old disks streams again by itself.
+        rebuild = self.topology == "active-standby" and (lost == "site1" or disks == "lost")
+        if rebuild and rng.random() < 0.6:
+            t += rng.uniform(0.2, 1.0) * H
+            method = rng.choice(["basebackup", "rewind"]) if disks == "kept" else "basebackup"
+            gim = rng.choice(["running", "stopped"])
+            transfer = {"from": survivor, "to": lost, "gim": gim, "method": method}
+            steps.append({"at": _duration(t), "transfer": transfer})
+            if lost == "site1" and rng.random() < 0.5:
+                t += rng.uniform(0.2, 1.0) * H
+                steps.append({"at": _duration(t), "switchover": "site1"})
         return steps
 
     def replacement_fault(self, at: float, threshold: float, survivor: str) -> list[Doc]:
@@ -324,7 +351,7 @@ def _fault_groups(steps: list[Doc]) -> list[list[int]]:
         if verb == "chaos":
             groups.append([i])
             continue
-        if verb in ("fail-site", "promote", "activate-gim", "add-site", "transfer", "switchover"):
+        if verb in DR_VERBS:
             disaster.append(i)
         elif verb in ("partition", "latency", "bandwidth"):
             open_by_target["wan"] = i

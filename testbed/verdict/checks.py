@@ -712,10 +712,16 @@ def _single_active(history: list[dict], mode: str, replica: dict[str, Any] | Non
     forced = any(e["procedure"] == "activate-gim" for e in of_kind(history, "dr-forced"))
     reported = any(s.get("diverged") for s in (replica or {}).get("divergence", []))
     ok = forced and reported
+    hazard = [
+        f"{e['infomart']} (left behind by a promotion) loaded again by {e['gim']}"
+        for e in of_kind(history, "dr")
+        if e.get("dual_active_hazard")
+    ]
     return Check(
         "single-active",
         ok,
         f"{most} GIMs in service at once from t={when:.0f}s"
+        + (f"; the dual-active hazard: {', '.join(hazard)}" if hazard else "")
         + ("; forced on purpose, and the divergence is reported" if ok else "; not detected"),
     )
 
