@@ -515,8 +515,16 @@ class Connection:
             if self._letting_go == 0:
                 self._lend()
             return
-        if not self.closed:
-            self.close()
+        if self.closed:
+            return
+        direction = side.feeds
+        if direction is not None and direction.pending:
+            # A peer gone at once (reset, its host killed): what the link was carrying
+            # from it still arrives, then the close, as a WAN delivers what is in flight.
+            # Closing now would drop it or not by how a kill's FIN or RST raced its reads.
+            direction.feed_eof()
+            return
+        self.close()
 
     def chain_changed(self, stream: str, removed: list[Toxic]) -> None:
         if self.loan is not None or self._lending is not None:
