@@ -68,9 +68,7 @@ def main() -> None:
         for method in METHODS:
             samples[method].append(one_rebuild(method, args.rows, args.changed))
     medians = {
-        method: {
-            key: statistics.median(s[key] for s in runs) for key in ("wall_s", "wan_bytes")
-        }
+        method: {key: statistics.median(s[key] for s in runs) for key in ("wall_s", "wan_bytes")}
         for method, runs in samples.items()
     }
     base, rewind = medians["basebackup"], medians["rewind"]
