@@ -203,3 +203,33 @@ def test_dr_procedures_chain_on_a_detached_run(home: Path) -> None:
     )
     with standby:
         assert standby.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
+def test_dr_recovers_a_lost_site_under_its_own_name_on_a_detached_run(home: Path) -> None:
+    """The documented "recovered Site 1": back on its old disks, Info Mart 1 refused as a
+    primary until rewound to Info Mart 2's timeline, then site 1 active again."""
+    assert run_cli("up", "--detach", home=home).returncode == 0
+    for step in [("fail-site", "site1"), ("promote", "site2")]:
+        assert run_cli("dr", *step, home=home).returncode == 0
+    recovered = run_cli("dr", "recover-site", "site1", "--disks", "kept", "--json", home=home)
+    assert recovered.returncode == 0, recovered.stderr
+    assert json.loads(recovered.stdout)["left_behind"] == {"infomart1": "infomart2"}
+    again = run_cli("dr", "recover-site", "site1", home=home)
+    assert again.returncode == 1 and "site1 has not failed" in again.stderr
+    rewound = run_cli(
+        "dr",
+        "transfer",
+        "--from",
+        "site2",
+        "--to",
+        "site1",
+        "--method",
+        "rewind",
+        "--json",
+        home=home,
+    )
+    assert rewound.returncode == 0, rewound.stderr
+    assert json.loads(rewound.stdout)["method"] == "rewind"
+    assert run_cli("dr", "switchover", "--to", "site1", home=home).returncode == 0
+    running = {s["name"] for s in _running_servers(home)}
+    assert running == {"idb1", "infomart1", "idb2", "infomart2"}
