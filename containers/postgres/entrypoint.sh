@@ -39,6 +39,7 @@ listen_addresses = '*'
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+wal_keep_size = 256MB
 wal_log_hints = on
 hot_standby = on
 wal_retrieve_retry_interval = 100ms
