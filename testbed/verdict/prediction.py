@@ -519,12 +519,14 @@ def _predict_chain(
             """Where member `m`'s data unread at `t` begins: the start of the stretch up
             to `t` in which it was up but GIM could not read what it wrote (queued in the
             ICON, or in an IDB out of reach)."""
-            found = t
+            found = end = t
             for p in reversed([p for p in points if p < t]):
-                mid = (p + found) / 2
-                if timeline.is_down(m.name, mid) or flows_through(m, mid):
+                mid = (p + end) / 2
+                end = p
+                if flows_through(m, mid):
                     break
-                found = p
+                if not timeline.is_down(m.name, mid):
+                    found = p  # queued then; a stop or crash since keeps the queue on disk
             return found
 
         def arrive(pending: Unread, t: float, complete: float) -> tuple[float, bool]:
@@ -571,10 +573,24 @@ def _predict_chain(
                 heard |= {m.name for m in flowing if vouches_from(m.name, mid) > complete}
                 # What GIM reads first of a member is its oldest unread data: its queue's
                 # heartbeats vouch as they did when they were queued.
-                counts = [vouches_from(m.name, backlog_from(m, a)) <= complete for m in flowing]
+                backlogs = {m.name: backlog_from(m, a) for m in flowing}
+                counts = [vouches_from(m.name, backlogs[m.name]) <= complete for m in flowing]
                 if any(counts) or all(m.name in heard for m in now):
                     found.append((start, a))
                     start = None
+                    if all(m.name in heard for m in now):
+                        continue
+                    # A backlog whose member began to miss before GIM could read it brings
+                    # the completeness only up to that miss; unless a member vouches from
+                    # at or before there now, the site lags again from there.
+                    brought = max(
+                        vouched_to(m.name, complete, backlogs[m.name], a)
+                        for m, whole in zip(flowing, counts, strict=True)
+                        if whole
+                    )
+                    if brought < a and all(vouches_from(m.name, mid) > brought for m in flowing):
+                        start, complete, heard = brought, brought, set()
+                        pending = unread(brought)
             if start is not None:
                 found.append((start, points[-1]))
             return found
