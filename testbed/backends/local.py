@@ -209,6 +209,7 @@ class LocalNode:
         if self.state() != "stopped":
             raise ServerFailed(f"{self.name} is already {self.state()}")
         self._check_version()
+        self._forget_dead_postmaster()
         for attempt in range(3):
             if not port_is_free(self.host, self.port):
                 if self.fixed_port:
@@ -339,6 +340,19 @@ class LocalNode:
         procs.wait_until(lambda: not procs.group_alive(pid), 10.0)
         procs.wait_until(lambda: not any(procs.alive(b) for b in backends), 10.0)
         self._reap()
+
+    def _forget_dead_postmaster(self) -> None:
+        """A postmaster killed by a process other than its parent (`testbed dr fail-site`
+        on a detached run) is a zombie until its parent reaps it, and PostgreSQL takes the
+        PID in its lock file for a live server ("Is another postmaster running?"). Dead
+        is dead: its lock file goes."""
+        lock = self.datadir / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if procs.state(pid) in ("Z", "X"):
+            lock.unlink(missing_ok=True)
 
     def pause(self) -> None:
         """Freeze every process of the server (SIGSTOP): it holds connections, answers nothing."""
