@@ -351,7 +351,7 @@ class LocalNode:
             pid = int(lock.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return
-        if procs.state(pid) in ("Z", "X"):
+        if not procs.alive(pid):
             lock.unlink(missing_ok=True)
 
     def pause(self) -> None:

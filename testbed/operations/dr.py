@@ -31,7 +31,7 @@ from testbed.deployment import Deployment
 from testbed.errors import Refused, ServerFailed, TestbedError
 from testbed.netfault.wan import Traffic
 from testbed.pipeline.control import Pipeline
-from testbed.pipeline.pqueue import queued_events
+from testbed.pipeline.pqueue import queued_events, remove_queue
 from testbed.postgres import Server, format_lsn, split_address
 from testbed.topology import (
     INFOMART_DATABASE,
@@ -471,9 +471,7 @@ class Operator:
         for gim in new.gims:
             if gim.name not in pipeline.gims:
                 pipeline.add_gim(gim)
-        stopped = [n for n in pipeline.sources if n.endswith("_takeover")]
-        for name in stopped:
-            pipeline.sources[name].stop()
+        stopped = self._stop_takeover()
         pipeline.add_source(site, [pair.a, pair.b])
         self._restart_active_gims()
         return {"repointed": repointed, "takeover_stopped": stopped}
@@ -500,19 +498,10 @@ class Operator:
         # Read before anything restarts: the queues as the disaster left them.
         queued = self._queued_at(site) if disks == "kept" else set()
         for spec in specs:
-            server = self.deployment.server(spec.name)
             if disks == "lost":
-                server.node.wipe()
-                server.init()
-                self.deployment.incarnation[spec.name] = (
-                    self.deployment.incarnation.get(spec.name, 1) + 1
-                )
-                self.deployment.standby_of.pop(spec.name, None)
-                self.deployment.superseded.pop(spec.name, None)
-            server.start()
-            if disks == "lost":
-                for database in spec.databases:
-                    server.create_database(database)
+                self._rebuild_empty(spec)
+            else:
+                self.deployment.server(spec.name).start()
         in_idbs = self._in_own_idbs(site) if disks == "kept" and self.pipeline else set()
         self.deployment.failed_sites.discard(site)
         facts: dict[str, Any] = {
@@ -539,6 +528,18 @@ class Operator:
         facts["wall_s"] = round(time.monotonic() - started, 3)
         self.record("dr", **facts)
         return facts
+
+    def _rebuild_empty(self, spec: ServerSpec) -> None:
+        """A server of a site back on new disks: empty, a new life under its old name (a
+        new source for GIM), no standby of anything, on no old timeline."""
+        server = self.deployment.server(spec.name)
+        server.node.wipe()
+        server.init().start()
+        for database in spec.databases:
+            server.create_database(database)
+        self.deployment.incarnation[spec.name] = self.deployment.incarnation.get(spec.name, 1) + 1
+        self.deployment.standby_of.pop(spec.name, None)
+        self.deployment.superseded.pop(spec.name, None)
 
     def _queued_at(self, site: str) -> set[str]:
         """Events the site's ICON queues still hold (ICONs and queues as the loss left them)."""
@@ -576,9 +577,7 @@ class Operator:
         icons = [i for i in topo.icons if i.site == site]
         if disks == "lost":
             for icon in icons:
-                path = pipeline.icons[icon.name].local_path("queue")
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                remove_queue(pipeline.icons[icon.name].local_path("queue"))
         for icon in icons:
             if pipeline.icons[icon.name].state() == "stopped":
                 pipeline.icons[icon.name].start()
@@ -587,10 +586,7 @@ class Operator:
         idbs = {s.name for s in topo.servers_at(site) if s.role == "idb"}
         reattached = sorted(i.name for i in topo.icons if i.idb in idbs and i.site != site)
         pipeline.detached -= set(reattached)
-        stopped = [n for n in pipeline.sources if n.endswith("_takeover")]
-        for name in stopped:
-            if pipeline.sources[name].state() != "stopped":
-                pipeline.sources[name].stop()
+        stopped = self._stop_takeover()
         source = pipeline.sources[source_name(site)]
         if source.state() == "stopped":
             config = {k: v for k, v in source.config.items() if k not in ("name", "status")}
@@ -601,6 +597,15 @@ class Operator:
             source.reconfigure(config)
         self._restart_active_gims()
         return {"reattached": reattached, "takeover_stopped": stopped}
+
+    def _stop_takeover(self) -> list[str]:
+        """The calls a surviving site took over go back: its takeover sources stop."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        stopped = [n for n in pipeline.sources if n.endswith("_takeover")]
+        for name in stopped:
+            pipeline.sources[name].stop()
+        return stopped
 
     # --- transfer -------------------------------------------------------------------------
 

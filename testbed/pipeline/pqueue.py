@@ -150,3 +150,12 @@ def queued_events(path: Path | str) -> list[str]:
     except sqlite3.Error:
         return []
     return [json.loads(body)["id"] for (body,) in bodies]
+
+
+SQLITE_FILES = ("", "-wal", "-shm")  # a queue file and the WAL files beside it
+
+
+def remove_queue(path: Path | str) -> None:
+    """A queue gone with its disk: the file and its WAL files."""
+    for suffix in SQLITE_FILES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

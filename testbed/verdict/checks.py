@@ -177,6 +177,7 @@ def evaluate(out: Path) -> Outcome:
         for e in of_kind(history, "dr")
     ]
 
+    recovered_sites = {p.get("site") for p in procedures if p["procedure"] == "recover-site"}
     lost = _lost(ledger, present)
     factor = float(run["factor"])
     rpo = max((max(ts) - min(ts) for ts in lost.values() if ts), default=0.0)
@@ -224,7 +225,7 @@ def evaluate(out: Path) -> Outcome:
         "recovered_events": {
             c["site"]: len(set(c["lost"]) & set(present))
             for c in prediction.censuses
-            if c["site"] in {p.get("site") for p in procedures if p["procedure"] == "recover-site"}
+            if c["site"] in recovered_sites
         },
         "either_share": reporting["either_share"],
         "either_bands": reporting["either_bands"],

@@ -71,7 +71,7 @@ def _waiting_sentences(f: dict[str, Any]) -> list[str]:
     }
     sentences = []
     for site, count in sorted((f.get("waiting_events") or {}).items()):
-        label = site.replace("site", "site ") if site.startswith("site") else site
+        label = _site_label(site)
         when = failed_at.get(site)
         at = f" at {_minutes(float(when))}" if when is not None else ""
         sentences.append(
@@ -86,12 +86,16 @@ def _recovered_sentences(f: dict[str, Any]) -> list[str]:
     sentences = []
     for site, count in sorted((f.get("recovered_events") or {}).items()):
         if count:
-            label = site.replace("site", "site ") if site.startswith("site") else site
+            label = _site_label(site)
             sentences.append(
                 f"{label} was recovered on its old disks: {count:,} events its census counted"
                 " lost came back from them (recovered, counted apart)"
             )
     return sentences
+
+
+def _site_label(site: str) -> str:
+    return site.replace("site", "site ") if site.startswith("site") else site
 
 
 def _infomart_label(name: str) -> str:
@@ -101,7 +105,7 @@ def _infomart_label(name: str) -> str:
 def _site_loss(
     site: str, count: int, windows: list, census: list[dict[str, Any]], as_predicted: bool
 ) -> str:
-    label = site.replace("site", "site ") if site.startswith("site") else site
+    label = _site_label(site)
     at_disaster = sum(c.get("lost", 0) for c in census if c.get("site") == site)
     if not windows:
         if at_disaster:
