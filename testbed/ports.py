@@ -25,6 +25,7 @@ import fcntl
 import os
 import random
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -195,7 +196,12 @@ def _identity(pid: int) -> str:
 
 def _alive(holder: str) -> bool:
     if holder.startswith("run "):
-        return Path(holder.removeprefix("run ").strip()).is_dir()
+        try:
+            return stat.S_ISDIR(os.stat(holder.removeprefix("run ").strip()).st_mode)
+        except PermissionError:
+            return True  # another user's run, behind a folder we may not enter: held
+        except OSError:
+            return False  # gone: `testbed down` removed it
     pid_text, _, start = holder.strip().partition(" ")
     if not pid_text.isdigit():
         return False  # torn or foreign: lapsed

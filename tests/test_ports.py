@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,38 @@ def test_a_detached_runs_leases_hold_while_its_folder_exists(
     with ports._allocation_lock() as leases:
         assert all(leases.take(port) for port in taken)
     ports.release(taken)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a folder another user cannot enter")
+def test_a_lease_behind_a_folder_another_user_cannot_enter_is_held_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # A root test run leaves a detached run's leases naming a folder under its private
+    # temporary root; a user without root allocating next must skip those ports, not crash.
+    from testbed.backends.osuser import server_user
+
+    account = server_user()
+    leases = Path(tempfile.mkdtemp(prefix="bc-testbed-leases-"))
+    try:
+        leases.chmod(0o1777)
+        private = tmp_path / "private"
+        (private / "run").mkdir(parents=True)
+        private.chmod(0o700)
+        (leases / "20001").write_text(f"run {private / 'run'}")
+        code = (
+            "import os, sys\nfrom testbed import ports\n"
+            f"os.setgid({account.gid}); os.setgroups([]); os.setuid({account.uid})\n"
+            "with ports._allocation_lock() as leases:\n"
+            "    print(leases.take(20001), leases.take(20002))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, ports.LEASES_ENV: str(leases)},
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["False", "True"]  # held; free
+    finally:
+        shutil.rmtree(leases, ignore_errors=True)
