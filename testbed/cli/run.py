@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -55,6 +56,13 @@ def list_scenarios() -> None:
     " for the swarm and compose backends and --toxiproxy-image.",
 )
 @click.option(
+    "--jobs",
+    type=int,
+    default=None,
+    help="Scenarios run at once (default: one per core, up to 4, when every one keeps"
+    " virtual time on the local or docker backend; otherwise 1).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
@@ -82,16 +90,15 @@ def run(
     home: str | None,
     toxiproxy_image: str | None,
     clock: str | None,
+    jobs: int | None,
 ) -> None:
     """Run scenarios; exit 0 if every check passes, 1 if one fails, 2 on bad input."""
     import time
     from pathlib import Path
 
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    from testbed.scenarios.engine import ScenarioRun
+    from testbed.scenarios.batch import Job, default_jobs
     from testbed.scenarios.spec import catalog, load_scenario
-    from testbed.verdict.report import print_summary, write_reports
+    from testbed.vclock.engine_clock import VIRTUAL_FACTOR
 
     names = list(scenarios)
     if every:
@@ -99,17 +106,62 @@ def run(
     if not names:
         raise TestbedError("name a scenario (see testbed list) or use --all")
     loaded = [load_scenario(name, clock) for name in names]  # all checked before any runs
-    stop_on_signals()
-    failed = skipped = 0
-    reports = []
-    for scenario in loaded:
+    if jobs is None:
+        jobs = default_jobs(loaded, backend) if not toxiproxy_image else 1
+    elif jobs < 1:
+        raise TestbedError(f"--jobs {jobs}: run at least one scenario at a time")
+    elif jobs > 1 and any(s.factor != VIRTUAL_FACTOR for s in loaded):
+        raise TestbedError(
+            f"--jobs {jobs} needs virtual time for every scenario: on the realtime clock runs"
+            " that share the machine move each other's edges (--clock virtual)"
+        )
+    options = {
+        "home": home,
+        "seed": seed,
+        "replay": Path(replay) if replay else None,
+        "backend": backend,
+        "toxiproxy_image": toxiproxy_image,
+    }
+    base = Path(out_dir) if out_dir else Path(".testbed/reports")
+    batch = []
+    for name, scenario in zip(names, loaded, strict=True):
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(out_dir) if out_dir else Path(".testbed/reports")
         out_path = (
             base / scenario.name
             if out_dir and len(loaded) > 1
             else (base if out_dir else base / f"{scenario.name}-{stamp}")
         )
+        batch.append(Job(scenario.name, name, clock, out_path, options))
+    stop_on_signals()
+    outcomes = _one_at_a_time(batch, loaded) if jobs == 1 else _at_once(batch, jobs)
+    failed = skipped = 0
+    reports = []
+    for job, outcome in outcomes:
+        if isinstance(outcome, CannotRunHere):
+            if len(loaded) == 1:
+                raise outcome
+            err.print(f"{job.name}: skipped: {outcome}", highlight=False, soft_wrap=True)
+            skipped += 1
+            continue
+        failed += not outcome.passed
+        reports.append(outcome.to_json())
+        if not as_json:
+            from testbed.verdict.report import print_summary
+
+            print_summary(outcome, job.out, out)
+    if as_json:
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    # A failed check outranks a scenario this backend cannot run (2, as for bad input).
+    sys.exit(1 if failed else 2 if skipped else 0)
+
+
+def _one_at_a_time(batch: list[Any], loaded: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """Each run with a bar of its own scenario time."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from testbed.scenarios.batch import run_job
+
+    for job, scenario in zip(batch, loaded, strict=True):
         end = max([s.at for s in scenario.steps] + [0.0])
         with Progress(
             TextColumn("{task.description}"),
@@ -126,31 +178,29 @@ def run(
                 bar.update(task, completed=max(t, 0) / 3600, description=f"{name}: {message[:60]}")
 
             try:
-                ScenarioRun(
-                    scenario,
-                    out_path,
-                    home=home,
-                    seed=seed,
-                    replay=Path(replay) if replay else None,
-                    progress=progress,
-                    backend=backend,
-                    toxiproxy_image=toxiproxy_image,
-                ).run()
+                outcome: Any = run_job(job, progress)
             except CannotRunHere as exc:
-                if len(loaded) == 1:
-                    raise
-                err.print(f"{scenario.name}: skipped: {exc}", highlight=False, soft_wrap=True)
-                skipped += 1
-                continue
-        outcome = write_reports(out_path)
-        failed += not outcome.passed
-        reports.append(outcome.to_json())
-        if not as_json:
-            print_summary(outcome, out_path, out)
-    if as_json:
-        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
-    # A failed check outranks a scenario this backend cannot run (2, as for bad input).
-    sys.exit(1 if failed else 2 if skipped else 0)
+                outcome = exc
+        yield job, outcome
+
+
+def _at_once(batch: list[Any], jobs: int) -> Iterator[tuple[Any, Any]]:
+    """`jobs` runs at a time, each in an interpreter of its own; results in file order."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from testbed.scenarios.batch import run_many
+
+    with Progress(
+        TextColumn(f"{{task.description}} ({jobs} at a time)"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("scenarios", total=len(batch))
+        for job, outcome in run_many(batch, jobs):
+            bar.update(task, advance=1)
+            yield job, outcome
 
 
 @click.command()

@@ -1,0 +1,83 @@
+"""Several scenarios at once, each in an interpreter of its own.
+
+On virtual time a run's outcome does not depend on how busy the machine is (DESIGN.md
+section 2), so the catalog can share the machine: a run spends much of its wall time
+waiting on its own processes in turn, and another run fills those waits. On the realtime
+clock runs that share the machine move each other's edges, so they go one at a time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import CannotRunHere
+from testbed.procs import stop_on_signals
+from testbed.scenarios.spec import Scenario
+from testbed.vclock.engine_clock import VIRTUAL_FACTOR
+from testbed.verdict.checks import Outcome
+
+MAX_DEFAULT_JOBS = 4  # beyond this the servers' own work is what a run waits for
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scenario to run: what a worker needs to load and run it on its own."""
+
+    name: str
+    source: str  # a catalog name or a file
+    clock: str | None
+    out: Path
+    options: dict  # ScenarioRun's keyword arguments (home, seed, backend, ...)
+
+
+def default_jobs(scenarios: list[Scenario], backend: str) -> int:
+    """As many runs at once as the machine has cores when every one keeps virtual time on
+    a backend that keeps it; one otherwise."""
+    if backend not in ("local", "docker") or any(s.factor != VIRTUAL_FACTOR for s in scenarios):
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS, len(scenarios)))
+
+
+def run_job(job: Job, progress: Callable[[float, str], None] | None = None) -> Outcome:
+    """Run one scenario and write its reports (raises CannotRunHere for a scenario the
+    backend cannot run)."""
+    from testbed.scenarios.engine import ScenarioRun
+    from testbed.scenarios.spec import load_scenario
+    from testbed.verdict.report import write_reports
+
+    scenario = load_scenario(job.source, job.clock)
+    ScenarioRun(scenario, job.out, progress=progress, **job.options).run()
+    return write_reports(job.out)
+
+
+def _worker(job: Job) -> Outcome | CannotRunHere:
+    stop_on_signals()  # a SIGTERM from the batch stops the run through its cleanup
+    try:
+        return run_job(job)
+    except CannotRunHere as exc:
+        return exc
+
+
+def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | CannotRunHere]]:
+    """Each job with its outcome, in the order given, `parallel` at a time. Interrupted, it
+    stops every run still going (each through its own cleanup) before it returns."""
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context)
+    try:
+        futures = [pool.submit(_worker, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            yield job, future.result()
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGTERM)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
