@@ -40,6 +40,15 @@ def alive(pid: int) -> bool:
     return state(pid) not in (None, "Z", "X")
 
 
+def run_state(pid: int | None) -> str:
+    """stopped, paused or running, from one read of the kernel's state (it is asked at
+    every instant of a virtual-time run)."""
+    letter = state(pid) if pid is not None else None
+    if letter in (None, "Z", "X"):
+        return "stopped"
+    return "paused" if letter in ("T", "t") else "running"
+
+
 def paused(pid: int) -> bool:
     return state(pid) in ("T", "t")
 

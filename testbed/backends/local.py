@@ -201,9 +201,7 @@ class LocalNode:
     # --- process control ------------------------------------------------------------
 
     def state(self) -> str:
-        if self.pid is None or not procs.alive(self.pid):
-            return "stopped"
-        return "paused" if procs.paused(self.pid) else "running"
+        return procs.run_state(self.pid)
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         if self.state() != "stopped":

@@ -85,7 +85,7 @@ class ManagedProcess:
     def state(self) -> str:
         if self._proc is None or self._proc.poll() is not None:
             return "stopped"
-        return "paused" if procs.paused(self._proc.pid) else "running"
+        return procs.run_state(self._proc.pid)
 
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
@@ -431,8 +431,9 @@ class Pipeline:
 
         The boundary is the smallest over the GIMs in service (all of them must have caught
         up for reporting to have), None while one of them is not reporting."""
+        states = {n: p.state() for n, p in self.processes.items()}
         icons = {n: p.status() or {} for n, p in self.icons.items()}
-        gims = {n: p.status() or {} for n, p in self.gims.items() if p.state() != "stopped"}
+        gims = {n: p.status() or {} for n, p in self.gims.items() if states[n] != "stopped"}
         serving = [gims.get(n, {}) for n in self.active_gims]
         active = serving[0] if serving else {}
         boundaries = [g.get("transform_boundary") for g in serving]
@@ -455,7 +456,7 @@ class Pipeline:
             "detached": sorted(self.detached),
             "stuck_sites": active.get("stuck_sites"),
             "complete_to": active.get("complete_to"),
-            "states": {n: p.state() for n, p in self.processes.items()},
+            "states": states,
         }
 
     def ledger(self, site: str | None = None) -> list[Event]:

@@ -263,6 +263,10 @@ class VirtualClock:
         summary = (busy, wake, ios, self._gen)
         if summary == self._said and not force:
             return
+        if busy and not force and (self._said is None or self._said[3] < self._gen):
+            # Not yet answered this generation: the coordinator counts it busy until it
+            # does, so "busy" would tell it nothing (and cost it a message per wake).
+            return
         self._said = summary
         with contextlib.suppress(OSError):
             wire.send(
