@@ -39,7 +39,7 @@ import psycopg
 
 from testbed.clock import Clock
 from testbed.errors import TestbedError
-from testbed.periods import next_on_grid, retry_cap
+from testbed.periods import ack_timeout, next_on_grid, retry_cap
 from testbed.pipeline.component import (
     call,
     connect,
@@ -57,6 +57,9 @@ BATCH_MAX = 500
 FLUSH_AFTER_S = 5.0  # scenario seconds
 BACKOFF_START_S = 0.005  # wall seconds; doubling up to `periods.retry_cap`: retry soon after a heal
 STATUS_EVERY_S = 0.05
+# A session whose source has handed over nothing for this many heartbeat intervals is down
+# (a source hands over a batch every interval, empty or not): a paused data source.
+SILENT_HEARTBEATS = 1.5
 
 
 class Icon:
@@ -89,6 +92,15 @@ class Icon:
         # on a second session).
         self.watermarks: dict[str, float] = {}
         self.vouching: dict[str, float] = {}  # per open session, its source's vouching start
+        # Per open session, when its source last handed over a batch. A source that stays
+        # silent past `silent_after` is down to this ICON (a real ICON's link to its
+        # T-Server fails its keep-alive): it has no session then and vouches for each
+        # instant only (scenarios/README.md), not for the watermark it last heard.
+        self.heard_at: dict[str, float] = {}
+        self.silent_after = SILENT_HEARTBEATS * self.heartbeat_interval
+        if self.virtual is None:  # at least the source's own wait, in scenario seconds
+            wall = ack_timeout(clock, self.heartbeat_interval)  # type: ignore[arg-type]
+            self.silent_after = max(self.silent_after, 2 * wall / clock.wall_seconds(1.0))  # type: ignore[union-attr]
         self.written = 0
         self.last_seq = 0
         self.idb_connected = False
@@ -98,15 +110,20 @@ class Icon:
 
     # --- intake ------------------------------------------------------------------------
 
+    def _live(self) -> list[str]:
+        """The open sessions whose source has been heard from lately."""
+        now = self.clock.now()
+        return [s for s, at in list(self.heard_at.items()) if now - at <= self.silent_after]
+
     @property
     def watermark(self) -> float | None:
-        marks = list(self.watermarks.values())
+        marks = [self.watermarks[s] for s in self._live() if s in self.watermarks]
         return min(marks) if marks else None
 
     @property
     def since(self) -> float | None:
-        """Since when every open session's source has given this ICON all it emitted."""
-        starts = list(self.vouching.values())
+        """Since when every live session's source has given this ICON all it emitted."""
+        starts = [self.vouching[s] for s in self._live() if s in self.vouching]
         return max(starts) if starts else None
 
     def serve_intake(self, listener: socket.socket) -> None:
@@ -133,10 +150,12 @@ class Icon:
                     self._queue(items)  # durable before the acknowledgement
                 self.watermarks[session] = float(watermark)
                 self.vouching[session] = float(vouching[0]) if vouching else 0.0
+                self.heard_at[session] = self.clock.now()
                 conn.sendall(f"OK {len(items)}\n".encode())
         except (OSError, ValueError) as exc:
             self.log.warning("source session %s broke: %s", session, exc)
         finally:
+            self.heard_at.pop(session, None)
             self.watermarks.pop(session, None)
             self.vouching.pop(session, None)
             self._queue([("session", self.clock.now(), {"id": session, "event": "end"})])

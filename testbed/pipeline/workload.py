@@ -8,7 +8,8 @@ batch misses it (the real data source caches only briefly); its partner covers i
 ledger, and only the ledger, is what the checkers call the truth.
 
 A data source that is not running emits nothing: calls that were not taken never happened,
-so a restarted source goes on from the schedule's next event after the current time.
+so a restarted source goes on from the schedule's next event after the current time, and
+so does one woken from a freeze.
 
 Every batch tells its ICON since when that ICON has had every event of this source (its
 *vouching start*): the source's first call for a new stream, or, after the ICON missed a
@@ -352,8 +353,20 @@ def run_source(config: dict[str, Any], clock: Clock | VirtualClock) -> None:
             woken.open()
 
     signal.signal(signal.SIGTERM, stop)
+    # Longer than this between two passes, and the source was frozen (SIGSTOP) in between:
+    # a source that is not running takes no calls, so those never happened (as for a
+    # stopped one), and its schedule goes on from now.
+    frozen_after = (
+        heartbeat if virtual is not None else max(heartbeat, 2 * wait * clock.factor)  # type: ignore[union-attr]
+    )
+    last = start
     while not stopping.is_set():
         now = clock.now()
+        if now - last > frozen_after:
+            log.info("was frozen from about t=%.0fs: no calls until now", last)
+            while upcoming.ts < now:
+                upcoming = next(events)
+        last = now
         batch = []
         while upcoming.ts <= now:
             batch.append(upcoming)
