@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from testbed.errors import CannotRunHere
 from testbed.procs import stop_on_signals
@@ -23,6 +24,7 @@ from testbed.scenarios.spec import Scenario
 from testbed.vclock.engine_clock import VIRTUAL_FACTOR
 from testbed.verdict.checks import Outcome
 
+T = TypeVar("T")
 MAX_DEFAULT_JOBS = 4  # beyond this the servers' own work is what a run waits for
 
 
@@ -58,22 +60,28 @@ def run_job(job: Job, progress: Callable[[float, str], None] | None = None) -> O
 
 
 def _worker(job: Job) -> Outcome | CannotRunHere:
-    stop_on_signals()  # a SIGTERM from the batch stops the run through its cleanup
     try:
         return run_job(job)
     except CannotRunHere as exc:
         return exc
 
 
-def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | CannotRunHere]]:
-    """Each job with its outcome, in the order given, `parallel` at a time. Interrupted, it
-    stops every run still going (each through its own cleanup) before it returns."""
+def _stoppable(fn: Callable[..., T], *args: Any) -> T:
+    stop_on_signals()  # a SIGTERM from the parent stops the run through its cleanup
+    return fn(*args)
+
+
+def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: int) -> Iterator[T]:
+    """`fn(*args)` for each of `calls`, `parallel` at a time, each in a new interpreter (a
+    run holds signal handlers, a fork server and a clock of its own); results in the order
+    given. Interrupted, it stops every run still going (each through its own cleanup)
+    before it returns."""
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context)
     try:
-        futures = [pool.submit(_worker, job) for job in jobs]
-        for job, future in zip(jobs, futures, strict=True):
-            yield job, future.result()
+        futures = [pool.submit(_stoppable, fn, *args) for args in calls]
+        for future in futures:
+            yield future.result()
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):
             with contextlib.suppress(OSError):
@@ -81,3 +89,8 @@ def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | Ca
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | CannotRunHere]]:
+    """Each job with its outcome, in the order given, `parallel` at a time."""
+    yield from zip(jobs, in_parallel(_worker, [(job,) for job in jobs], parallel), strict=False)

@@ -11,9 +11,7 @@ the seed: the same seed draws the same scenarios.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import random
 import shutil
 import tempfile
@@ -475,13 +473,14 @@ def _judged(
                 progress(index, doc["name"])
             yield doc, run_one(doc, out / "runs" / doc["name"])
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(judge, doc, out / "runs" / doc["name"], home) for doc in docs]
-        for index, (doc, future) in enumerate(zip(docs, futures, strict=True)):
-            if progress:
-                progress(index, doc["name"])
-            yield doc, future.result()
+    from testbed.scenarios.batch import in_parallel
+
+    calls = [(doc, out / "runs" / doc["name"], home) for doc in docs]
+    verdicts = in_parallel(judge, calls, jobs)
+    for index, (doc, verdict) in enumerate(zip(docs, verdicts, strict=False)):
+        if progress:
+            progress(index, doc["name"])
+        yield doc, verdict
 
 
 def fuzz(
