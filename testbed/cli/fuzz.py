@@ -57,9 +57,9 @@ CLOCKS = ("realtime", "virtual")  # as testbed.scenarios.fuzz draws them (import
 @click.option(
     "--jobs",
     type=int,
-    default=1,
-    show_default=True,
-    help="Scenarios judged at once (virtual time only: its verdicts do not depend on load).",
+    default=None,
+    help="Scenarios judged at once (virtual time only: its verdicts do not depend on load;"
+    " default: one per core, up to 4, on virtual time, else 1).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @home_option
@@ -71,7 +71,7 @@ def fuzz(
     clock: str,
     out_dir: str | None,
     shrink_budget: int,
-    jobs: int,
+    jobs: int | None,
     as_json: bool,
     home: str | None,
 ) -> None:
@@ -87,6 +87,10 @@ def fuzz(
         raise TestbedError(f"--topology {topology!r} is not one of: {', '.join(TOPOLOGIES)}")
     if clock not in CLOCKS:
         raise TestbedError(f"--clock {clock!r} is not one of: {', '.join(CLOCKS)}")
+    if jobs is None:
+        from testbed.scenarios.batch import default_parallel
+
+        jobs = default_parallel(runs) if clock == "virtual" else 1
     if jobs < 1:
         raise TestbedError(f"--jobs {jobs}: judge at least one scenario at a time")
     if jobs > 1 and clock != "virtual":

@@ -44,7 +44,12 @@ def default_jobs(scenarios: list[Scenario], backend: str) -> int:
     a backend that keeps it; one otherwise."""
     if backend not in ("local", "docker") or any(s.factor != VIRTUAL_FACTOR for s in scenarios):
         return 1
-    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS, len(scenarios)))
+    return default_parallel(len(scenarios))
+
+
+def default_parallel(count: int) -> int:
+    """One run per core, up to MAX_DEFAULT_JOBS, and no more than there are runs."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS, count))
 
 
 def run_job(job: Job, progress: Callable[[float, str], None] | None = None) -> Outcome:
