@@ -67,3 +67,14 @@ def test_runs_at_once_on_the_realtime_clock_are_refused_in_one_line(tmp_path: Pa
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "--jobs 2 needs virtual time" in result.stderr
+
+
+def test_the_same_scenario_twice_at_once_gets_a_folder_each_and_one_outcome(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(SCENARIO.format(name="twice", clock="virtual", seed=6))
+    result = _testbed("run", str(path), str(path), "--jobs", "2", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    first, second = _lost(tmp_path / "out" / "twice"), _lost(tmp_path / "out" / "twice~2")
+    assert first == second and first[0]

@@ -123,7 +123,7 @@ def run(
         "toxiproxy_image": toxiproxy_image,
     }
     base = Path(out_dir) if out_dir else Path(".testbed/reports")
-    batch = []
+    batch: list[Job] = []
     for name, scenario in zip(names, loaded, strict=True):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out_path = (
@@ -131,6 +131,11 @@ def run(
             if out_dir and len(loaded) > 1
             else (base if out_dir else base / f"{scenario.name}-{stamp}")
         )
+        taken = {job.out for job in batch}
+        twin = 1
+        while out_path in taken:  # the same scenario twice: a folder each
+            twin += 1
+            out_path = out_path.with_name(f"{out_path.name.split('~')[0]}~{twin}")
         batch.append(Job(scenario.name, name, clock, out_path, options))
     stop_on_signals()
     outcomes = _one_at_a_time(batch, loaded) if jobs == 1 else _at_once(batch, jobs)
