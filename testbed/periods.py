@@ -80,9 +80,8 @@ def detection_delay(factor: float, heartbeat_interval: float) -> float:
 # A data source hands its ICONs the calls of one heartbeat interval at once, each with its
 # own time stamp; an ICON's heartbeats and a GIM's cycles fall on the same grid of
 # multiples of the heartbeat interval, so that one instant serves them all.
-# A GIM waits this long within a cycle for its sources' answers: a source that the faults
-# block answers at its deadline, a cycle later.
-COLLECT_S = 1.0
+# A GIM takes its sources' answers at the instant of its cycle: those that the faults
+# block answer at their deadline, for a later cycle (`Mailbox.get(settled=True)`).
 
 
 def next_on_grid(now: float, period: float) -> float:

@@ -181,6 +181,52 @@ def test_io_on_a_blocked_route_waits_for_its_deadline_and_healthy_io_holds_the_t
     server.close()
 
 
+def test_a_wait_until_settled_ends_at_the_same_instant_once_only_blocked_calls_remain(
+    coordinator: Coordinator, participants: Participants, tmp_path: Path
+) -> None:
+    # A GIM's cycle: two calls out, one answering after wall-time work, one black-holed. It
+    # takes the answer, then goes on at the same instant, with no wait of its own.
+    healthy = socket_server(tmp_path / "healthy.sock")
+    cut = socket_server(tmp_path / "cut.sock")  # never answers
+    participants.start(
+        "collector",
+        f"""
+        box = clock.mailbox()
+        def call(route):
+            peer = socket.socket(socket.AF_UNIX)
+            peer.connect({str(tmp_path)!r} + "/" + route + ".sock")
+            cancel = lambda: peer.shutdown(socket.SHUT_RDWR)
+            with clock.io("peer", route, clock.now() + 30, cancel):
+                box.put((route, peer.recv(10) or b"cancelled", clock.now()))
+        clock.sleep(5)
+        for route in ("healthy", "cut"):
+            clock.spawn(lambda route=route: call(route), route)
+        got = []
+        while (item := box.get(settled=True)) is not None:
+            got.append(item)
+        say("settled", clock.now(), got)
+        say("late", box.get())
+        clock.sleep(10 ** 9)
+        """,
+    )
+    coordinator.blocked_routes.add("cut")  # type: ignore[attr-defined]
+
+    def answer_late() -> None:
+        peer = healthy.accept()[0]
+        time.sleep(0.3)  # the peer works for a while, in wall time
+        peer.sendall(b"ok")
+        peer.close()
+
+    threading.Thread(target=answer_late, daemon=True).start()
+    coordinator.run_until(1000)
+    assert participants.lines() == [
+        "settled 5.0 [('healthy', b'ok', 5.0)]",  # the time did not move for it
+        "late ('cut', b'cancelled', 35.0)",  # the black-holed call: at its deadline
+    ]
+    healthy.close()
+    cut.close()
+
+
 def test_a_call_that_answers_at_once_costs_no_report_and_a_blocked_one_is_reported(
     coordinator: Coordinator, participants: Participants, tmp_path: Path
 ) -> None:

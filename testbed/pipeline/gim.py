@@ -49,7 +49,6 @@ import psycopg
 
 from testbed.clock import Clock, format_duration
 from testbed.periods import (
-    COLLECT_S,
     CONNECT_TIMEOUT_S,
     GIM_CYCLE_S,
     next_on_grid,
@@ -306,7 +305,7 @@ def _spans_json(spans: list[tuple[float, float]]) -> str:
 
 class Gim:
     """On the virtual clock a cycle falls on every multiple of the heartbeat interval: the
-    GIM asks every source, collects the answers that come within `COLLECT_S` (a source the
+    GIM asks every source, collects the answers that come at that instant (a source the
     faults block answers at its deadline, for a later cycle), and applies them. A cycle
     that starts later than its instant (the GIM was frozen, or its Info Mart was) resumes
     service after a gap, as a wall-time stall does on the realtime clock."""
@@ -427,7 +426,7 @@ class Gim:
                     source.busy = True
                     source.requests.put(self.hwm[source.name])
                     asked.add(source.name)
-            results = self._collect_paced(virtual, asked, began + COLLECT_S)
+            results = self._collect_paced(virtual, asked)
             try:
                 with call(
                     virtual, self.conn, self.infomart_name, self.infomart_route, self.infomart_via
@@ -449,10 +448,9 @@ class Gim:
             self._status()
             virtual.sleep_until(next_on_grid(virtual.now(), self.period))
 
-    def _collect_paced(
-        self, virtual: VirtualClock, asked: set[str], until: float
-    ) -> list[Extracted]:
-        """The answers of this cycle: every source asked, or those in by `until`. A late
+    def _collect_paced(self, virtual: VirtualClock, asked: set[str]) -> list[Extracted]:
+        """The answers of this cycle: every source asked, or those in once the run is
+        quiescent at this instant (the rest are blocked: they answer at their deadline). A late
         answer to an earlier cycle (a source that was blocked past its deadline) is taken
         too, but it is not one of this cycle's: counting it as one left a fresh answer
         waiting a cycle, and what GIM knew a cycle late (found by `testbed fuzz`)."""
@@ -462,7 +460,7 @@ class Gim:
         got: list[Any] = self.results.drain()
         waiting = set(asked) - {result.source for result in got}
         while waiting:
-            result = self.results.get(until)
+            result = self.results.get(settled=True)
             if result is None:
                 break
             got.append(result)

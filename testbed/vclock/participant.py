@@ -165,14 +165,18 @@ class VirtualClock:
             )
         return slot
 
-    def _park(self, until: float | None, gate: Gate | None) -> bool:
-        """Park the calling thread until `until` or until `gate` opens; whether it opened."""
+    def _park(self, until: float | None, gate: Gate | None, settled: bool = False) -> bool:
+        """Park the calling thread until `until` or until `gate` opens; whether it opened.
+        `settled`: until the run is quiescent at this very instant (everything else due now
+        has parked, and every call still out is blocked), without the time moving on."""
         slot = self._slot()
         with self._lock:
             if gate is not None and gate.opened:
                 gate.opened = False
                 return True
-            if until is not None and until <= self.now():
+            if settled:
+                until = self.now()  # due now: woken once nothing else runs
+            elif until is not None and until <= self.now():
                 return False
             slot.state, slot.until, slot.gate = "parked", until, gate
             slot.event.clear()
@@ -292,9 +296,9 @@ class Gate:
                     self.clock._run(slot)
             self.clock._report()
 
-    def wait(self, until: float | None = None) -> bool:
-        """Whether it was opened (False: `until` came first)."""
-        return self.clock._park(until, self)
+    def wait(self, until: float | None = None, settled: bool = False) -> bool:
+        """Whether it was opened (False: `until`, or the instant's quiescence, came first)."""
+        return self.clock._park(until, self, settled)
 
 
 class Mailbox(Generic[T]):
@@ -310,13 +314,14 @@ class Mailbox(Generic[T]):
             self._items.append(item)
             self._gate.open()
 
-    def get(self, until: float | None = None) -> T | None:
-        """The next item, or None once `until` has come with none."""
+    def get(self, until: float | None = None, settled: bool = False) -> T | None:
+        """The next item, or None once `until` has come with none (`settled`: once the run
+        is quiescent at this instant with none: whoever could still put one is blocked)."""
         while True:
             with self._clock._lock:
                 if self._items:
                     return self._items.popleft()
-            if not self._gate.wait(until) and not self._items:
+            if not self._gate.wait(until, settled) and not self._items:
                 return None
 
     def drain(self) -> list[T]:
