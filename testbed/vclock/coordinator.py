@@ -119,6 +119,7 @@ class Coordinator:
         self._woken: tuple[list[str], float] | None = None
         self._ticker: tuple[float, Callable[[], None]] | None = None
         self._next_tick = float("inf")
+        self._ticking: threading.Thread | None = None  # a tick under way
         self.path = self._socket_path(folder)
         # The time itself is a double in a shared file: written only while the run is
         # quiescent and before anyone due is woken (a syscall away), so every reader sees
@@ -257,9 +258,11 @@ class Coordinator:
             self._probes.append(probe)
 
     def every(self, period: float, tick: Callable[[], None]) -> None:
-        """`tick()` at every multiple of `period` the time reaches, before anyone due then
-        is woken, on the clock's own thread (the engine's samples): it costs no handoff to
-        the engine and no instant of its own where someone is due anyway."""
+        """`tick()` at every multiple of `period` the time reaches (the engine's samples), on
+        a thread of the clock's: it costs no handoff to the engine and no instant of its own
+        where someone is due anyway. It runs beside the WAN proxy and the sources due then,
+        which change nothing a GIM or a process state says, and ends before anyone else is
+        woken, the engine is handed the time, or the time moves on."""
         with self._lock:
             self._ticker = (period, tick)
             self._next_tick = next_on_grid(self._now, period)
@@ -284,6 +287,8 @@ class Coordinator:
             self._closing = True
             self._poke()
         self._thread.join(5)
+        with self._lock:
+            self._ticked()
         for member in list(self._members.values()):
             member.sock.close()
         self._listener.close()
@@ -414,6 +419,12 @@ class Coordinator:
         ]
         return "; ".join(late)
 
+    def _ticked(self) -> None:
+        """Wait for the tick under way, if any."""
+        if self._ticking is not None:
+            self._ticking.join()
+            self._ticking = None
+
     def _advance(self) -> bool:
         """Every move there is to make now: wake the next one due, or move the time on, as
         long as the run is quiescent and the time is running. Returns whether a probe asked
@@ -441,6 +452,8 @@ class Coordinator:
                 held = self._held()
                 if any(probe(held) for probe in self._probes):
                     return True
+            if self._now >= self._target or not due or due[0].rank >= RANKS["icon"]:
+                self._ticked()  # what the tick reads may change from here on
             if self._now >= self._target:  # there: steps at this instant go before the rest
                 self._target = None
                 self._lock.notify_all()
@@ -468,6 +481,7 @@ class Coordinator:
             if self._ticker is not None and self._now >= self._next_tick:
                 period, tick = self._ticker
                 self._next_tick = next_on_grid(self._now, period)
-                tick()
+                self._ticking = threading.Thread(target=tick, daemon=True, name="clock-tick")
+                self._ticking.start()
             for member in self._members.values():
                 member.wakes_here = 0
