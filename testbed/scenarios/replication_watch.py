@@ -60,7 +60,11 @@ class ReplicationWatch:
             return False  # black-holed: only a heal moves it
         if self.deployment.proxy_of(standby, primary) in held:
             return False  # the proxy holds its bytes: due at their release
-        # A server not running is not asked (NotRunning, caught by `moving`: not moving).
+        if self.deployment.server(standby).state() != "running":
+            # Not yet a standby (a transfer is building it): the walsender a base backup
+            # streams its WAL through is not one this probe may count as catching up.
+            return False
+        # A primary not running is not asked (NotRunning, caught by `moving`: not moving).
         unsent, walsenders, sent = self._conns.row(primary, SENT_SQL)
         if not walsenders:
             return False  # not streaming (cut, or reconnecting): a retry is a step away
