@@ -133,10 +133,8 @@ def status(as_json: bool, home: str | None) -> None:
         passfile = run.data_root / PASSFILE_NAME
         servers = []
         for record in run.manifest.servers.values():
-            if record.pid and procs.is_ours(record.pid, record.datadir):
-                state = "paused" if procs.paused(record.pid) else "running"
-            else:
-                state = "stopped"
+            ours = record.pid and procs.is_ours(record.pid, record.datadir)
+            state = procs.run_state(record.pid) if ours else "stopped"
             servers.append(
                 {
                     "site": record.site,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -22,6 +22,13 @@ from testbed.cli.output import (
 )
 from testbed.errors import CannotRunHere, TestbedError
 from testbed.procs import stop_on_signals
+
+if TYPE_CHECKING:  # imported where used: the command line starts without them
+    from testbed.scenarios.batch import Job
+    from testbed.scenarios.spec import Scenario
+    from testbed.verdict.checks import Outcome
+
+    Result = Outcome | CannotRunHere
 
 
 @click.command("list")
@@ -132,10 +139,10 @@ def run(
             else (base if out_dir else base / f"{scenario.name}-{stamp}")
         )
         taken = {job.out for job in batch}
-        twin = 1
+        twin, first = 1, out_path
         while out_path in taken:  # the same scenario twice: a folder each
             twin += 1
-            out_path = out_path.with_name(f"{out_path.name.split('~')[0]}~{twin}")
+            out_path = first.with_name(f"{first.name}~{twin}")
         batch.append(Job(scenario.name, name, clock, out_path, options))
     stop_on_signals()
     outcomes = _one_at_a_time(batch, loaded) if jobs == 1 else _at_once(batch, jobs)
@@ -160,7 +167,7 @@ def run(
     sys.exit(1 if failed else 2 if skipped else 0)
 
 
-def _one_at_a_time(batch: list[Any], loaded: list[Any]) -> Iterator[tuple[Any, Any]]:
+def _one_at_a_time(batch: list[Job], loaded: list[Scenario]) -> Iterator[tuple[Job, Result]]:
     """Each run with a bar of its own scenario time."""
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -182,14 +189,11 @@ def _one_at_a_time(batch: list[Any], loaded: list[Any]) -> Iterator[tuple[Any, A
             ) -> None:
                 bar.update(task, completed=max(t, 0) / 3600, description=f"{name}: {message[:60]}")
 
-            try:
-                outcome: Any = run_job(job, progress)
-            except CannotRunHere as exc:
-                outcome = exc
+            outcome = run_job(job, progress)
         yield job, outcome
 
 
-def _at_once(batch: list[Any], jobs: int) -> Iterator[tuple[Any, Any]]:
+def _at_once(batch: list[Job], jobs: int) -> Iterator[tuple[Job, Result]]:
     """`jobs` runs at a time, each in an interpreter of its own; results in file order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -100,7 +100,7 @@ class Icon:
         self.silent_after = SILENT_HEARTBEATS * self.heartbeat_interval
         if self.virtual is None:  # at least the source's own wait, in scenario seconds
             wall = ack_timeout(clock, self.heartbeat_interval)  # type: ignore[arg-type]
-            self.silent_after = max(self.silent_after, 2 * wall / clock.wall_seconds(1.0))  # type: ignore[union-attr]
+            self.silent_after = max(self.silent_after, 2 * wall * clock.factor)  # type: ignore[union-attr]
         self.written = 0
         self.last_seq = 0
         self.idb_connected = False

@@ -52,23 +52,21 @@ def default_parallel(count: int) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_JOBS, count))
 
 
-def run_job(job: Job, progress: Callable[[float, str], None] | None = None) -> Outcome:
-    """Run one scenario and write its reports (raises CannotRunHere for a scenario the
-    backend cannot run)."""
+def run_job(
+    job: Job, progress: Callable[[float, str], None] | None = None
+) -> Outcome | CannotRunHere:
+    """Run one scenario and write its reports; a scenario the backend cannot run gives
+    its refusal back (the batch goes on with the others)."""
     from testbed.scenarios.engine import ScenarioRun
     from testbed.scenarios.spec import load_scenario
     from testbed.verdict.report import write_reports
 
     scenario = load_scenario(job.source, job.clock)
-    ScenarioRun(scenario, job.out, progress=progress, **job.options).run()
-    return write_reports(job.out)
-
-
-def _worker(job: Job) -> Outcome | CannotRunHere:
     try:
-        return run_job(job)
+        ScenarioRun(scenario, job.out, progress=progress, **job.options).run()
     except CannotRunHere as exc:
         return exc
+    return write_reports(job.out)
 
 
 def _stoppable(fn: Callable[..., T], *args: Any) -> T:
@@ -98,4 +96,4 @@ def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: in
 
 def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | CannotRunHere]]:
     """Each job with its outcome, in the order given, `parallel` at a time."""
-    yield from zip(jobs, in_parallel(_worker, [(job,) for job in jobs], parallel), strict=False)
+    yield from zip(jobs, in_parallel(run_job, [(job,) for job in jobs], parallel), strict=False)
