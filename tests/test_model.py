@@ -461,3 +461,21 @@ def test_a_link_fast_enough_for_the_workload_changes_nothing() -> None:
     spans, prediction = _congested_prediction(5000, 600)
     assert spans == []
     assert prediction.verdict("site2", 5 * H) == "kept"
+
+
+def test_a_return_restarts_the_lag_of_a_gap_that_began_before_it() -> None:
+    """Fuzz, active-standby: the return at 14h (ICON 2b woken, its queue read) brings site 2
+    only up to 9h, where 2b froze; ICON 2a's copies wait in IDB 2, stopped until 18h. The
+    extraction advanced at 14h, so the lag runs from then: not stuck again by 18h, and
+    [9h, 10h) is loaded, as GIM does. (The model judged the gap from 9h on its own and
+    declared it stuck at 17h.)"""
+    history = [
+        step(3 * H, "partition", ["site1", "site2"], mode="blackhole"),
+        step(7 * H, "stop", target="idb2"),
+        step(9 * H, "pause", target="icon2b"),
+        step(10 * H, "heal", ["site1", "site2"]),
+        step(14 * H, "resume", target="icon2b"),
+        step(18 * H, "start", target="idb2"),
+        end(22 * H),
+    ]
+    assert windows(history) == {"site2": [(3 * H, 6 * H)]}

@@ -15,7 +15,8 @@ shows as a mismatch instead of being predicted by the same bug.
 - A site with no flow from S until H is declared stuck only if a GIM in service sees it lag
   past the threshold: in service at some time in (S + threshold, H). It returns at R, the
   first time from H on that a GIM is in service: its events in [S, R - threshold) are lost.
-  Otherwise nothing of that gap is lost.
+  Otherwise nothing of that gap is lost. A return restarts the lag (the extraction
+  advanced): what it did not bring, an older hole out of GIM's reach, lags from R.
 - A site is back the moment a GIM in service can read writes of its members that no GIM
   has read, whatever their age: made while their IDB could not be read, or in flight when
   their IDB froze (the frozen server commits them when it resumes).
@@ -736,99 +737,108 @@ def _predict_chain(
         # What of each gap the rules judge: a lost site's events are the census's from its
         # loss until its recovery (if any); from then on it is waited for anew.
         pieces = [piece for gap in gaps() for piece in timeline.judged_pieces(site, *gap)]
-        for start, end_cut in pieces:
-            # Over a slow WAN, an ICON's commit and GIM's extraction each take a few round
-            # trips: what GIM had read when the flow stopped may be that much older.
-            slow = IN_FLIGHT_TRIPS * rtt_at(start)
-            if end_cut - start + slow <= threshold - tol:
+        # Each span of a gap with its completeness, in the order their lag is judged (by
+        # its end): a return comes at or after the end of the span it ends, so every
+        # return that may restart a span's lag is known when that span is judged, even one
+        # of an earlier gap (a return that brought the site only up to an older hole).
+        # Over a slow WAN, an ICON's commit and GIM's extraction each take a few round
+        # trips: what GIM had read when the flow stopped may be that much older.
+        spans = sorted(
+            (until, since, complete, slow)
+            for start, end_cut in pieces
+            for slow in [IN_FLIGHT_TRIPS * rtt_at(start)]
+            if end_cut - start + slow > threshold - tol
+            for since, until, complete in completeness(start, end_cut)
+        )
+        # Every return from stuck (when, and whether surely) restarts the lag of what is
+        # still missing from then: the extraction advanced. After a return that only may
+        # have happened, the lag may run from either time: sure needs the later, maybe the
+        # earlier.
+        backs: list[tuple[float, bool]] = []
+        for until, since, complete, slow in spans:
+            earlier = [(r, surely) for r, surely in backs if r < until]
+            lag_sure = max([complete, *(r for r, _ in earlier)])
+            lag_from = max([complete, *(r for r, surely in earlier if surely)])
+            if until - lag_from + slow <= threshold - tol:
                 continue
-            # A return inside the gap (a backlog arrived while stuck) restarts the lag from
-            # then; after a return that only may have happened, the lag may run from
-            # either time: sure needs the later, maybe the earlier.
-            backs = {-INF}
-            for since, until, complete in completeness(start, end_cut):
-                lag_sure = max(complete, max(backs))
-                lag_from = max(complete, min(backs))
-                if until - lag_from + slow <= threshold - tol:
-                    continue
-                sure = _stuck_at(
-                    segments, lag_sure, threshold + tol, until - tol, tol, priming_at, since
-                )
-                maybe = _stuck_at(
-                    segments,
-                    lag_from - slow,
-                    threshold - tol,
-                    until + tol,
-                    0.0,
-                    _no_wait,
-                    since - tol,
-                )
-                if maybe is None:
-                    if until - lag_from > threshold:
-                        notes.append(
-                            f"{site}: no new data for {until - lag_from:.0f}s from"
-                            f" t={lag_from:.0f}s, but no GIM in service saw it lag past the"
-                            " threshold: a delay"
-                        )
-                    continue
-                back = next((max(a, until) for a, b in segments if b > until), None)
-                returned = back if back is not None else timeline.end
-                backs = {returned} if sure is not None else {*backs, returned}
-                cut = returned - threshold
-                slow_back = IN_FLIGHT_TRIPS * rtt_at(returned)  # the extraction bringing it
-                # A heal step that took long may have brought GIM's route back before it
-                # was done: the cut may then come that much early.
-                early = returned - timeline.healing.get(returned, returned)
-                returns.append(
-                    (returned, complete, cut - early, cut + reconnect + slow_back, sure is not None)
-                )
-                if cut + reconnect + slow_back + tol <= complete - slow:
-                    continue
-                if slow:
-                    unsure.append((complete - slow, min(complete, cut), SLOW_WAN))
-                # GIM notices the return through a new connection and a snapshot, which may
-                # come late but never before the route is back (by a reconnection, and over
-                # a slow WAN by the round trips they take): the cut may pass the predicted
-                # one by that much.
-                unsure.append(
-                    (
-                        max(cut - early, complete),
-                        max(cut + reconnect + slow_back, complete),
-                        LATE_RETURN,
-                    )
-                )
-                if cut - early <= complete:
-                    # The return is noticed up to the tolerance late: its cut may still pass
-                    # the gap's start by that much (the verdict widens this by the tolerance).
-                    continue
-                cut -= early  # what is surely lost ends where the earliest return cuts
-                if sure is None:
-                    # Surely stuck but for a GIM back in service hearing its sources anew,
-                    # or stuck only within the tolerance.
-                    primed = _stuck_at(
-                        segments, lag_sure, threshold + tol, until - tol, tol, _no_wait, since
-                    )
-                    unsure.append((complete, cut, PRIMING if primed is not None else STUCK_EDGE))
+            sure = _stuck_at(
+                segments, lag_sure, threshold + tol, until - tol, tol, priming_at, since
+            )
+            maybe = _stuck_at(
+                segments,
+                lag_from - slow,
+                threshold - tol,
+                until + tol,
+                0.0,
+                _no_wait,
+                since - tol,
+            )
+            if maybe is None:
+                if until - lag_from > threshold:
                     notes.append(
                         f"{site}: no new data for {until - lag_from:.0f}s from"
-                        f" t={lag_from:.0f}s; whether a GIM in service saw it stuck is within"
-                        f" the tolerance: events in [{complete:.0f}s, {cut:.0f}s) may go"
-                        " either way"
+                        f" t={lag_from:.0f}s, but no GIM in service saw it lag past the"
+                        " threshold: a delay"
                     )
-                    continue
-                # A partition step that took long may have left GIM's route (or an ICON's)
-                # up until it was done: what is surely lost starts there.
-                spread = timeline.cutting.get(complete, complete) - complete
-                if spread > 0:
-                    unsure.append((complete, min(complete + spread, cut), CUT_SPREAD))
-                    if complete + spread >= cut:
-                        continue
-                lost.append((complete + spread, cut))
-                notes.append(
-                    f"{site}: no new data for {until - lag_from:.0f}s from t={lag_from:.0f}s"
-                    f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events"
-                    f" in [{complete:.0f}s, {cut:.0f}s) lost"
+                continue
+            back = next((max(a, until) for a, b in segments if b > until), None)
+            returned = back if back is not None else timeline.end
+            backs.append((returned, sure is not None))
+            cut = returned - threshold
+            slow_back = IN_FLIGHT_TRIPS * rtt_at(returned)  # the extraction bringing it
+            # A heal step that took long may have brought GIM's route back before it
+            # was done: the cut may then come that much early.
+            early = returned - timeline.healing.get(returned, returned)
+            returns.append(
+                (returned, complete, cut - early, cut + reconnect + slow_back, sure is not None)
+            )
+            if cut + reconnect + slow_back + tol <= complete - slow:
+                continue
+            if slow:
+                unsure.append((complete - slow, min(complete, cut), SLOW_WAN))
+            # GIM notices the return through a new connection and a snapshot, which may
+            # come late but never before the route is back (by a reconnection, and over
+            # a slow WAN by the round trips they take): the cut may pass the predicted
+            # one by that much.
+            unsure.append(
+                (
+                    max(cut - early, complete),
+                    max(cut + reconnect + slow_back, complete),
+                    LATE_RETURN,
                 )
+            )
+            if cut - early <= complete:
+                # The return is noticed up to the tolerance late: its cut may still pass
+                # the gap's start by that much (the verdict widens this by the tolerance).
+                continue
+            cut -= early  # what is surely lost ends where the earliest return cuts
+            if sure is None:
+                # Surely stuck but for a GIM back in service hearing its sources anew,
+                # or stuck only within the tolerance.
+                primed = _stuck_at(
+                    segments, lag_sure, threshold + tol, until - tol, tol, _no_wait, since
+                )
+                unsure.append((complete, cut, PRIMING if primed is not None else STUCK_EDGE))
+                notes.append(
+                    f"{site}: no new data for {until - lag_from:.0f}s from"
+                    f" t={lag_from:.0f}s; whether a GIM in service saw it stuck is within"
+                    f" the tolerance: events in [{complete:.0f}s, {cut:.0f}s) may go"
+                    " either way"
+                )
+                continue
+            # A partition step that took long may have left GIM's route (or an ICON's)
+            # up until it was done: what is surely lost starts there.
+            spread = timeline.cutting.get(complete, complete) - complete
+            if spread > 0:
+                unsure.append((complete, min(complete + spread, cut), CUT_SPREAD))
+                if complete + spread >= cut:
+                    continue
+            lost.append((complete + spread, cut))
+            notes.append(
+                f"{site}: no new data for {until - lag_from:.0f}s from t={lag_from:.0f}s"
+                f" (threshold {threshold:.0f}s), stuck, back at t={returned:.0f}s: events"
+                f" in [{complete:.0f}s, {cut:.0f}s) lost"
+            )
         graced = sorted(
             {
                 *points,
