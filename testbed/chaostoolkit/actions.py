@@ -205,8 +205,9 @@ def switchover(site: str) -> dict:
 
 @user_errors
 def wait(duration: str | float) -> float:
-    """Let scenario time pass (`11h` is 11 wall seconds at 1h = 1s); returns the scenario
-    time it is then, in seconds."""
+    """Let scenario time pass (`11h` is 11 wall seconds at 1h = 1s; on the virtual clock,
+    the time the pipeline takes to play 11 h); returns the scenario time it is then, in
+    seconds."""
     return current().wait(environment.duration(duration, "duration"))
 
 

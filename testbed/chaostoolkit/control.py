@@ -6,7 +6,8 @@
         "arguments": {"topology": "active-standby", "clock": "1h = 1s", "rate": "600/h",
                       "seed": 7, "settings": {"extract_data_stuck_threshold": "8h"}}}}]
 
-Arguments, all optional: `topology` (a name or a file), `clock`, `rate`, `seed`,
+Arguments, all optional: `topology` (a name or a file), `clock` (realtime `1h = 1s` by
+default; `virtual`: scenario time moves only in `wait`, `settle` and procedures), `rate`, `seed`,
 `settings` (as in a scenario file), `backend` (`local` or `docker`), `out` (the run folder:
 history and reports; by default under `.testbed/reports`), `home` (where runs keep their
 servers; by default `TESTBED_HOME` or `.testbed`).

@@ -23,8 +23,9 @@ from testbed.deployment import Deployment
 from testbed.errors import TestbedError
 from testbed.history import History
 from testbed.pipeline.control import Pipeline, reported_before
-from testbed.scenarios.engine import Sampler, ScenarioRun
+from testbed.scenarios.engine import SAMPLE_VIRTUAL_S, Sampler, ScenarioRun
 from testbed.scenarios.spec import Scenario, Step, parse_step
+from testbed.vclock.engine_clock import EngineClock
 from testbed.verdict.checks import Outcome, evaluate
 from testbed.verdict.report import write_reports
 
@@ -58,6 +59,7 @@ class LiveRun:
     def start(self) -> LiveRun:
         """Servers, WAN and pipeline up; returns at scenario time 0 (as a scenario starts) or
         later, once GIM reports."""
+        self.engine.refuse_virtual()
         history = self._history = self.engine.open_history()
         try:
             self._deployment, self._pipeline = self._stack.enter_context(
@@ -66,7 +68,13 @@ class LiveRun:
             # The backend's run: what `testbed down` takes, should this process be killed.
             history.record("live-run", run=self._deployment.backend.id)
             self._sampler = Sampler(self._pipeline, self._deployment, history)
-            self._sampler.start()
+            clock = self._pipeline.clock
+            if isinstance(clock, EngineClock):
+                # Sampled whenever the time runs (in `wait`, a settle, a procedure), on
+                # the grid the engine samples a scenario file's run on.
+                clock.coordinator.every(SAMPLE_VIRTUAL_S, self._sampler.sample)
+            else:
+                self._sampler.start()
             self._pipeline.clock.sleep_until(0.0)  # the lead: the components boot first
             # And reporting has begun, so that a verdict at once has events to judge.
             self._pipeline.wait_for(
@@ -133,10 +141,11 @@ class LiveRun:
         return self._pipeline
 
     @property
-    def clock(self) -> Clock:
-        clock = self.pipeline.clock
-        assert isinstance(clock, Clock), "a live environment runs on the realtime clock"
-        return clock
+    def clock(self) -> Clock | EngineClock:
+        """The run's scenario time. On the virtual clock it moves only while an activity
+        lets it (`wait`, a settle, a procedure's own waits): between activities the run
+        is held at one instant, however long the experiment takes to call the next."""
+        return self.pipeline.clock
 
     def describe(self) -> dict[str, Any]:
         """Where everything is: the run's folder, servers and WAN routes, scenario time."""

@@ -165,7 +165,8 @@ class _Parser:
     def __init__(self, doc: datafile.DataFile, default_factor: float = DEFAULT_FACTOR) -> None:
         self.doc = doc
         # A file that names no clock runs on virtual time; a live environment (a Chaos
-        # Toolkit experiment's settings) keeps the realtime clock it runs on.
+        # Toolkit experiment's settings) defaults to the realtime clock, as wall time
+        # passes between its activities.
         self.default_factor = default_factor
 
     def fail(self, path: tuple, message: str) -> InvalidFile:
