@@ -479,3 +479,21 @@ def test_a_return_restarts_the_lag_of_a_gap_that_began_before_it() -> None:
         end(22 * H),
     ]
     assert windows(history) == {"site2": [(3 * H, 6 * H)]}
+
+
+def test_what_a_member_left_in_its_idb_is_read_when_the_idb_is_though_the_member_is_down() -> None:
+    """Fuzz, active-standby: ICON 2a wrote to idb2 behind the cut (1h-2h), then stopped; the
+    heal let GIM read that. So when 2a starts again at 5h, its oldest unread data is from
+    5h, vouched for only from its restart: it does not cover the hole both members left at
+    4h, and site 2 waits for 2b, down until 14h. Stuck at 12h, back at 14h: [4h, 6h) lost.
+    (The model took 2a's backlog to begin at 1h, behind the cut, and ended the gap at 5h.)"""
+    history = [
+        step(1 * H, "partition", ["site1", "site2"]),
+        step(2 * H, "stop", target="icon2a"),
+        step(3 * H, "heal", ["site1", "site2"]),
+        step(4 * H, "stop", target="icon2b"),
+        step(5 * H, "start", target="icon2a"),
+        step(14 * H, "start", target="icon2b"),
+        end(17 * H),
+    ]
+    assert windows(history) == {"site2": [(4 * H, 6 * H)]}

@@ -517,18 +517,30 @@ def _predict_chain(
             return min([newest, *breaks])
 
         def backlog_from(m: Any, t: float) -> float:
-            """Where member `m`'s data unread at `t` begins: the start of the stretch up
-            to `t` in which it was up but GIM could not read what it wrote (queued in the
-            ICON, or in an IDB out of reach)."""
-            found = end = t
-            for p in reversed([p for p in points if p < t]):
-                mid = (p + end) / 2
-                end = p
-                if flows_through(m, mid):
-                    break
-                if not timeline.is_down(m.name, mid):
-                    found = p  # queued then; a stop or crash since keeps the queue on disk
-            return found
+            """Where member `m`'s data unread at `t` begins: the oldest of what waits in
+            its queue (its IDB down or cut off from it; a stop or crash since keeps the
+            queue on disk) and what it wrote to an IDB out of GIM's reach. GIM reads what
+            waits in an IDB as soon as it can read that IDB, whether the member still runs
+            or not; what waits in the queue only once the member writes it out."""
+            queued: float | None = None  # the oldest write still in the member's queue
+            stored: float | None = None  # the oldest write waiting unread in its IDB
+            for a, b in itertools.pairwise([*(p for p in points if p < t), t]):
+                if b <= a:
+                    continue
+                mid = (a + b) / 2
+                up = not timeline.is_down(m.name, mid)
+                writing = up and (m.name, m.idb) in writes(mid)
+                if readable(mid, m.idb):
+                    stored = None
+                    if writing:
+                        queued = None
+                elif writing:
+                    stored = min(x for x in (stored, queued, a) if x is not None)
+                    queued = None
+                if up and not writing and queued is None:
+                    queued = a
+            starts = [x for x in (queued, stored) if x is not None]
+            return min(starts) if starts else t
 
         def arrive(pending: Unread, t: float, complete: float) -> tuple[float, bool]:
             """Backlogs that became readable at `t` (taken out of `pending`): the
