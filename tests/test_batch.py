@@ -78,3 +78,15 @@ def test_the_same_scenario_twice_at_once_gets_a_folder_each_and_one_outcome(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     first, second = _lost(tmp_path / "out" / "twice"), _lost(tmp_path / "out" / "twice~2")
     assert first == second and first[0]
+
+
+def test_results_zipped_with_their_calls_end_the_pool_quietly() -> None:
+    """`zip(calls, in_parallel(...))` leaves the generator at its last yield; closing it then
+    is not an interruption: no worker is signalled, nothing is printed."""
+    code = (
+        "from testbed.scenarios.batch import in_parallel\n"
+        "calls = [(-1,), (-2,), (-3,)]\n"
+        "print([r for _, r in zip(calls, in_parallel(abs, calls, 2), strict=False)])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout.strip(), run.stderr) == (0, "[1, 2, 3]", "")

@@ -71,7 +71,12 @@ def run_job(
 
 def _stoppable(fn: Callable[..., T], *args: Any) -> T:
     stop_on_signals()  # a SIGTERM from the parent stops the run through its cleanup
-    return fn(*args)
+    try:
+        return fn(*args)
+    finally:
+        # Idle again, with nothing to clean up: a SIGTERM just ends the worker, quietly
+        # (not with a KeyboardInterrupt's traceback from the pool's queue).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: int) -> Iterator[T]:
@@ -81,11 +86,16 @@ def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: in
     before it returns."""
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context)
+    futures: list[concurrent.futures.Future[T]] = []
     try:
         futures = [pool.submit(_stoppable, fn, *args) for args in calls]
         for future in futures:
             yield future.result()
     except BaseException:
+        # Interrupted, or left before the end (a consumer that zips the results with
+        # their calls leaves it at the last yield): stop whatever still runs.
+        if all(f.done() for f in futures):
+            raise
         for process in list(getattr(pool, "_processes", {}).values()):
             with contextlib.suppress(OSError):
                 os.kill(process.pid, signal.SIGTERM)
