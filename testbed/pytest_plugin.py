@@ -37,12 +37,15 @@ from testbed.verdict.checks import Outcome
 
 def pytest_configure(config: pytest.Config) -> None:
     """A session stopped with SIGTERM (a CI job cancelled, `timeout`) tears its fixtures
-    down as Ctrl-C does, so their servers stop; a handler someone else set is kept."""
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    ):
+    down as Ctrl-C does, so their servers stop; a handler someone else set is kept. So
+    does SIGINT when the session was started in the background of a shell script, which
+    leaves SIGINT ignored (as `testbed run` does: `procs.stop_on_signals`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
