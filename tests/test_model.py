@@ -497,3 +497,39 @@ def test_what_a_member_left_in_its_idb_is_read_when_the_idb_is_though_the_member
         end(17 * H),
     ]
     assert windows(history) == {"site2": [(4 * H, 6 * H)]}
+
+
+@pytest.mark.parametrize("target", ["gim1", "infomart1"])
+def test_a_gim_back_in_service_hears_every_source_before_it_judges_one(target: str) -> None:
+    """GIM or its Info Mart away past the threshold with the WAN whole: a delay, surely.
+    The GIM back in service reads every site before it judges any, so no edge of the
+    tolerance may call a site stuck there (the model made the whole span "either")."""
+    history = [
+        step(1 * H, "stop", target=target),
+        step(12 * H, "start", target=target),
+        end(15 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert {site: w for site, w in prediction.windows.items() if w} == {}
+    assert all(b - a <= TOL for spans in prediction.ambiguous.values() for a, b in spans)
+
+
+def test_a_backlog_read_as_gim_comes_back_brings_the_site_up_to_where_its_member_missed() -> None:
+    """Fuzz, active-standby: ICON 2b queued behind the cut from 1h, froze at 2h (missing
+    calls from then), and wrote its queue to idb1 at the heal, while the Info Mart was
+    down. GIM back at 15h reads it first: site 2 is complete to 2h, then lags from there
+    (ICON 2a's copies behind a second cut) and is stuck; back at 18h, [2h, 10h) is lost.
+    (The model dated that backlog by its write at the heal, not by what it held, and lost
+    [1h, 10h).)"""
+    history = [
+        step(1 * H, "partition", ["site1", "site2"]),
+        step(2 * H, "pause", target="icon2b"),
+        step(4 * H, "resume", target="icon2b"),
+        step(4 * H + 30 * M, "kill", target="infomart1"),
+        step(9 * H, "heal", ["site1", "site2"]),
+        step(11 * H, "partition", ["site1", "site2"], mode="blackhole"),
+        step(15 * H, "start", target="infomart1"),
+        step(18 * H, "heal", ["site1", "site2"]),
+        end(21 * H),
+    ]
+    assert windows(history) == {"site2": [(2 * H, 10 * H)]}

@@ -542,6 +542,18 @@ def _predict_chain(
             starts = [x for x in (queued, stored) if x is not None]
             return min(starts) if starts else t
 
+        def written(a: float, b: float, site: str = site) -> Unread:
+            """The writes of [a, b) per (ICON, IDB), each from the oldest data it carries:
+            a member that reaches its IDB again first writes out what its queue held, whose
+            heartbeats vouch as they did when they were queued."""
+            mid = (a + b) / 2
+            now = writes(mid, site)
+            return {
+                (m.name, m.idb): (min(a, backlog_from(m, a)), b)
+                for m in members(mid, site)
+                if (m.name, m.idb) in now
+            }
+
         def arrive(pending: Unread, t: float, complete: float) -> tuple[float, bool]:
             """Backlogs that became readable at `t` (taken out of `pending`): the
             completeness they bring, and whether one of them brings the site back (rows of
@@ -574,7 +586,7 @@ def _predict_chain(
                     continue
                 _add_unread(pending, in_flight_at_freeze(a))
                 complete, _ = arrive(pending, mid, complete)
-                _add_unread(pending, {pair: (a, b) for pair in writes(mid)})
+                _add_unread(pending, written(a, b))
                 now = members(mid, site)
                 if not now:
                     found.append((start, a))
@@ -687,7 +699,8 @@ def _predict_chain(
                 for pair in [k for k in pending if readable(mid, k[1])]:
                     del pending[pair]
                 _add_unread(
-                    pending, {pair: (a, b) for pair in writes(mid) if not readable(mid, pair[1])}
+                    pending,
+                    {pair: w for pair, w in written(a, b).items() if not readable(mid, pair[1])},
                 )
             return pending
 
@@ -710,7 +723,7 @@ def _predict_chain(
                         spans.append((since, a, complete))
                         since = a
                     complete = brought
-                _add_unread(pending, {pair: (a, b) for pair in writes(mid)})
+                _add_unread(pending, written(a, b))
             spans.append((since, end, complete))
             return spans
 
@@ -776,11 +789,15 @@ def _predict_chain(
             sure = _stuck_at(
                 segments, lag_sure, threshold + tol, until - tol, tol, priming_at, since
             )
+            # The flow may come back up to the tolerance late, so a GIM in service just
+            # after the gap may still see the lag first; not a GIM that came into service
+            # as the gap ended: it hears every source anew before it judges a site.
+            late = 0.0 if any(a == until for a, _ in segments) else tol
             maybe = _stuck_at(
                 segments,
                 lag_from - slow,
                 threshold - tol,
-                until + tol,
+                until + late,
                 0.0,
                 _no_wait,
                 since - tol,
