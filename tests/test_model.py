@@ -533,3 +533,25 @@ def test_a_backlog_read_as_gim_comes_back_brings_the_site_up_to_where_its_member
         end(21 * H),
     ]
     assert windows(history) == {"site2": [(2 * H, 10 * H)]}
+
+
+def test_what_a_primary_judged_after_replication_stopped_dies_with_it() -> None:
+    """Fuzz, active-standby: the WAN black-holed at 2h also stops replication to
+    Info Mart 2. GIM 1 sees site 2 stuck at 10h, then site 1 is lost at 11h; GIM 2 goes on
+    from the promoted replica, as of 2h, which never held that judgement: site 2 (read
+    locally at once) is not stuck for it, and nothing of site 2 is lost. (The model took
+    GIM 1's judgement for the lineage's and lost [2h, 4h).)"""
+
+    def dr(t: float, procedure: str, site: str, **more: str) -> dict[str, Any]:
+        return {"t": t, "kind": "dr", "procedure": procedure, "site": site, **more}
+
+    history = [
+        step(2 * H, "partition", ["site1", "site2"], mode="blackhole"),
+        dr(11 * H, "fail-site", "site1"),
+        dr(12 * H, "promote", "site2", server="infomart2", former_primary="infomart1"),
+        dr(12 * H, "activate-gim", "site2"),
+        step(13 * H, "heal", ["site1", "site2"]),
+        end(16 * H),
+    ]
+    prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
+    assert prediction.windows.get("site2", []) == []

@@ -29,8 +29,11 @@ shows as a mismatch instead of being predicted by the same bug.
   above are not applied to it from the failure on, since it emits nothing after it.
 - Which GIM loads an Info Mart's lineage changes with the operator's procedures
   (activate-gim, switchover); the topology changes too (a replacement site): each instant
-  is judged with the topology and the GIM of that instant. In active-active each GIM
-  judges stuck sites on its own: each Info Mart has its own prediction.
+  is judged with the topology and the GIM of that instant. A GIM going on from a promoted
+  Info Mart knows only what replication carried: its predecessor's service after
+  replication to that standby stopped is, for the lineage, no service at all. In
+  active-active each GIM judges stuck sites on its own: each Info Mart has its own
+  prediction.
 
 Every edge is uncertain by the tolerance (`tolerance.py`); events that close to an edge may
 go either way, and a gap whose being stuck depends on less than the tolerance is ambiguous
@@ -152,6 +155,10 @@ class _Timeline:
         self.healing: dict[float, float] = {}
         # Likewise a partition's step beginning -> its end: each route is cut in turn.
         self.cutting: dict[float, float] = {}
+        # (promoted at, its former primary, the promoted standby) of each promotion, and
+        # what of the lineage's service before it never reached the standby (see below).
+        self.promotions: list[tuple[float, str, str]] = []
+        self.unreplicated: list[Window] = []
         began: dict[str, float] = {}
         self.down: dict[str, list[Window]] = {}
         self.end = max((e["t"] for e in history), default=0.0)
@@ -220,6 +227,7 @@ class _Timeline:
             self.cuts.append((link, start, self.end))
         for name, start in open_down.items():
             self.down.setdefault(name, []).append((start, self.end))
+        self.unreplicated = [span for p in self.promotions if (span := self._unreplicated(*p))]
 
     def _procedure(self, entry: dict[str, Any], t: float, open_down: dict[str, float]) -> None:
         procedure, site = entry["procedure"], entry.get("site")
@@ -247,6 +255,8 @@ class _Timeline:
                 current = chain[-1][1]
                 if current is not None and self._gim(current).site == site:
                     chain.append((t, None))
+        elif procedure == "promote" and entry.get("former_primary") and entry.get("server"):
+            self.promotions.append((t, str(entry["former_primary"]), str(entry["server"])))
         elif procedure in ("activate-gim", "switchover") and gim_there is not None:
             if self.mode == "active-active":
                 self.chains.setdefault(gim_there, []).append((t, gim_there))
@@ -307,9 +317,26 @@ class _Timeline:
             None,
         )
 
+    def _unreplicated(self, promoted: float, primary: str, standby: str) -> Window | None:
+        """What the lineage's GIM did on the former primary after replication to the
+        promoted standby stopped (a cut between their sites, open when the primary went
+        down): the promoted Info Mart never received it, so the GIM that continues from
+        it (DESIGN.md: "from the replicated state") knows nothing of it. For the lineage
+        that span is as if no GIM had been in service: a delay, its judgements undone."""
+        died = next((a for a, b in self.down.get(primary, []) if a <= promoted < b), None)
+        if died is None:
+            return None
+        site_of = {s.name: s.site for _, topo in self.versions for s in topo.servers}
+        link = frozenset((site_of.get(primary), site_of.get(standby)))
+        cut = next((a for k, a, b in self.cuts if k == link and a < died <= b), None)
+        return (cut, died) if cut is not None else None
+
     def in_service(self, chain: str, t: float) -> bool:
         """A GIM loads this lineage at `t`: it is the chain's GIM, running, and so is its
-        Info Mart server."""
+        Info Mart server; and what it does then reaches the lineage's later Info Marts
+        (not lost with a primary that replication had stopped reaching)."""
+        if chain == "reporting" and any(a <= t < b for a, b in self.unreplicated):
+            return False
         name = self.gim_at(chain, t)
         if name is None or self.is_down(name, t):
             return False
@@ -326,6 +353,8 @@ class _Timeline:
         points |= {t for t, _ in self.versions[1:]}
         for chain in self.chains.values():
             points |= {t for t, _ in chain[1:]}
+        for s, e in self.unreplicated:
+            points |= {s, e}
         return sorted(p for p in points if p > -INF)
 
 
