@@ -140,7 +140,11 @@ def test_down_all_removes_what_a_killed_runner_left(engine, tmp_path: Path) -> N
     assert _labelled(engine, run_id) == {"containers": [], "networks": [], "volumes": []}
 
 
-@pytest.mark.parametrize("scenario", ["normal-operation", "disaster-recovery"])
+# return-to-normal-after-standby-loss: a base backup to a new site over a 10 KB/s link,
+# whose standby, on docker, streams what it still needs through the link as it starts.
+@pytest.mark.parametrize(
+    "scenario", ["normal-operation", "disaster-recovery", "return-to-normal-after-standby-loss"]
+)
 def test_catalog_scenarios_pass_on_docker(run_scenario, engine, scenario: str) -> None:
     outcome = run_scenario(scenario, backend="docker")
     assert outcome.passed, [c.message for c in outcome.checks if not c.passed]

@@ -685,7 +685,9 @@ class Operator:
             over_wan["scenario_rate_kb_s"] = round(over_wan["wan_bytes"] / copy_scenario / 1e3, 2)
         lsn_after = src.current_lsn()
         if path is not None:
-            dst.rebuild_from(src, name, via=via).start()
+            # Started with the time running: a standby starting up streams what it still
+            # needs from its primary through the WAN proxy, at the link's pace.
+            self.with_time(lambda: dst.rebuild_from(src, name, via=via).start(), proxy)
             self._remove_backup(path)
         self.deployment.standby_of[dst.name] = src.name
         self.deployment.superseded.pop(dst.name, None)  # rebuilt: on src's timeline now
