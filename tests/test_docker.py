@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from testbed.history import of_kind, read_history
+
 pytestmark = pytest.mark.docker
 
 
@@ -140,14 +142,26 @@ def test_down_all_removes_what_a_killed_runner_left(engine, tmp_path: Path) -> N
     assert _labelled(engine, run_id) == {"containers": [], "networks": [], "volumes": []}
 
 
-# return-to-normal-after-standby-loss: a base backup to a new site over a 10 KB/s link,
-# whose standby, on docker, streams what it still needs through the link as it starts.
-@pytest.mark.parametrize(
-    "scenario", ["normal-operation", "disaster-recovery", "return-to-normal-after-standby-loss"]
-)
+@pytest.mark.parametrize("scenario", ["normal-operation", "disaster-recovery"])
 def test_catalog_scenarios_pass_on_docker(run_scenario, engine, scenario: str) -> None:
     outcome = run_scenario(scenario, backend="docker")
     assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
+
+
+def test_a_transfer_over_a_slow_link_takes_its_pace_on_docker(
+    run_scenario, engine, tmp_path: Path
+) -> None:
+    """`return-to-normal-after-standby-loss` copies Info Mart 1 to site 3 over a 10 KB/s
+    link. On docker the new standby takes the base backup itself as it first starts: that
+    start is the copy, so it runs with the time running (held, it stalled for a minute of
+    wall time and failed) and is what the transfer's figures measure."""
+    outcome = run_scenario("return-to-normal-after-standby-loss", backend="docker")
+    assert outcome.passed, [c.message for c in outcome.checks if not c.passed]
+    history = read_history(tmp_path / "report" / "history.jsonl")
+    (copy,) = [e for e in of_kind(history, "dr") if e["procedure"] == "transfer"]
+    assert copy["wan_bytes"] > 40e6, copy
+    assert 9.0 <= copy["scenario_rate_kb_s"] <= 10.5, copy  # the link's 10 KB/s
+    assert copy["copy_scenario_s"] > 3600, copy
 
 
 def test_wan_outage_long_has_the_same_figures_on_both_backends(run_scenario, engine) -> None:

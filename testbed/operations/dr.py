@@ -671,7 +671,12 @@ class Operator:
                     dst.kill()
         if method == "basebackup" or rewind_failed:
             path = self.with_time(lambda: src.backup(name, via=via), proxy)
-            size = _tree_bytes(path)
+            size = _tree_bytes(path) or None  # none on our disk: taken by the server itself
+            # Started with the time running, and part of the copy: a standby starting up
+            # streams what it still needs through the WAN proxy, at the link's pace (on
+            # docker the container takes the whole base backup itself as it first starts).
+            self.with_time(lambda: dst.rebuild_from(src, name, via=via).start(), proxy)
+            self._remove_backup(path)
         copy_s = time.monotonic() - started
         copy_scenario = self._scenario_now() - scenario_started
         over_wan = (
@@ -684,11 +689,6 @@ class Operator:
         if over_wan.get("wan_bytes") and copy_scenario > 0:  # the rate a scenario sees
             over_wan["scenario_rate_kb_s"] = round(over_wan["wan_bytes"] / copy_scenario / 1e3, 2)
         lsn_after = src.current_lsn()
-        if path is not None:
-            # Started with the time running: a standby starting up streams what it still
-            # needs from its primary through the WAN proxy, at the link's pace.
-            self.with_time(lambda: dst.rebuild_from(src, name, via=via).start(), proxy)
-            self._remove_backup(path)
         self.deployment.standby_of[dst.name] = src.name
         self.deployment.superseded.pop(dst.name, None)  # rebuilt: on src's timeline now
         caught_from = time.monotonic()
