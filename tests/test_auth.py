@@ -81,14 +81,17 @@ def test_the_password_is_in_no_file_but_the_password_file(testbed_home: Path) ->
         primary.wait_for_catchup(standby)
         password = credentials.read_password(backend.passfile).encode()
         folders = {backend.run.path, backend.data_root}
-    holders = [
-        path
-        for folder in folders
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.name != credentials.PASSFILE_NAME
-        and password in path.read_bytes()
-    ]
+    try:
+        holders = [
+            path
+            for folder in folders
+            for path in folder.rglob("*")
+            if path.is_file()
+            and path.name != credentials.PASSFILE_NAME
+            and password in path.read_bytes()
+        ]
+    finally:
+        backend.run.remove()  # kept only to be read here (its data may be in RAM)
     assert holders == []
 
 
