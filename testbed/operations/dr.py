@@ -657,7 +657,6 @@ class Operator:
         lsn_before = src.current_lsn()
         proxy = self.deployment.proxy_of(dst.name, src.name)
         started, scenario_started = time.monotonic(), self._scenario_now()
-        path: Path | None = None
         rewind_failed = None
         size = None  # rewound: what it copied is what crossed the WAN (`wan_bytes`)
         if method == "rewind":
