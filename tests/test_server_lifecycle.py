@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from testbed import procs
+from testbed.backends import sysvshm
 from testbed.backends.local import LocalBackend
 from testbed.postgres import Server, deadline
 
@@ -56,6 +57,20 @@ def test_kill_is_a_crash_that_loses_nothing_committed(server: Server) -> None:
     assert server.port == port
     assert server.scalar("SELECT count(*) FROM events") == 1000
     assert "database system was interrupted" in server.node.logfile.read_text()
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(server: Server) -> None:
+    """A server killed for good holds no memory after it: its System V segment goes (the
+    kernel allows 4096, then no server starts), and its dynamic segments live in its data
+    directory, not in /dev/shm until the machine reboots."""
+    lock = server.node.datadir / "postmaster.pid"
+    named = sysvshm.segment_of(lock)
+    assert named is not None and sysvshm.attachments(*named), "a live server's segment"
+    assert server.scalar("SHOW dynamic_shared_memory_type") == "mmap"
+    assert any((server.node.datadir / "pg_dynshmem").iterdir())
+    server.kill()
+    assert lock.exists()  # a crash: the lock file stays, and names the segment
+    assert sysvshm.attachments(*named) is None
 
 
 def test_a_paused_server_hangs_instead_of_refusing(server: Server) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from testbed import procs
-from testbed.backends import runs
+from testbed.backends import runs, sysvshm
 from testbed.backends.osuser import ServerUser, server_user
 from testbed.backends.pgbin import PgBinaries, find_binaries
 from testbed.backends.proxyproc import NAME as PROXY_NAME
@@ -308,7 +308,19 @@ class LocalNode:
                 self._proc.wait(timeout=10)
         self._proc = None
         self.pid = None
+        self._release_dead_postmasters_memory()
         self.backend.record(self)
+
+    def _release_dead_postmasters_memory(self) -> None:
+        """A postmaster that died without a clean shutdown (killed, or escalated to
+        SIGKILL) leaves its System V segment: see `sysvshm`."""
+        lock = self.datadir / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return  # a clean shutdown removed it
+        if not procs.alive(pid):
+            sysvshm.release_dead_postmasters_segment(lock)
 
     def stop(
         self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
@@ -350,6 +362,7 @@ class LocalNode:
         except (OSError, ValueError, IndexError):
             return
         if not procs.alive(pid):
+            self._release_dead_postmasters_memory()
             lock.unlink(missing_ok=True)
 
     def pause(self) -> None:

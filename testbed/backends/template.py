@@ -30,6 +30,10 @@ POSTGRESQL_CONF = f"""
 unix_socket_directories = ''
 max_connections = 100
 shared_buffers = 32MB
+# Dynamic shared memory as files in the data directory, not in /dev/shm: a killed server
+# (a lost site) leaves its segments behind, and there they go with its data, instead of
+# holding 1 MB of RAM each until the machine reboots.
+dynamic_shared_memory_type = mmap
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
