@@ -59,7 +59,6 @@ from testbed.pipeline.component import (
     exit_on_sigterm,
     load_config,
     run_clock,
-    scalar,
     setup_logging,
     write_status,
 )
@@ -361,10 +360,6 @@ class Gim:
             conn.transaction(),
         ):
             conn.execute(INFOMART_DDL)
-            conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS gim_batch (event_id text, site text,"
-                " ts float8, payload text, source text, pref int) ON COMMIT DELETE ROWS"
-            )
             for s in self.sources.values():
                 conn.execute(
                     "INSERT INTO gim_source (source, site) VALUES (%s, %s)"
@@ -561,6 +556,16 @@ class Gim:
         # one before to answer, so a cycle costs the round trips of what it reads, not one
         # per statement (each a few hundred microseconds on a busy machine, every heartbeat).
         with conn.pipeline(), conn.transaction():
+            # The three reads go out together: one round trip.
+            site_rows = conn.execute(
+                "SELECT site, complete_to, stuck, discard_before, returned_at, waited_from"
+                " FROM gim_site"
+                " FOR UPDATE"
+            )
+            state_row = conn.execute(
+                "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
+            )
+            source_rows = conn.execute("SELECT source, last_data_ts FROM gim_source")
             sites = {
                 row[0]: {
                     "complete_to": row[1],
@@ -569,15 +574,13 @@ class Gim:
                     "returned_at": row[4],
                     "waited_from": row[5],
                 }
-                for row in conn.execute(
-                    "SELECT site, complete_to, stuck, discard_before, returned_at, waited_from"
-                    " FROM gim_site"
-                    " FOR UPDATE"
-                )
+                for row in site_rows
             }
-            boundary = scalar(
-                conn, "SELECT transform_boundary FROM gim_state WHERE id = 1 FOR UPDATE"
-            )
+            state = state_row.fetchone()
+            if state is None:
+                raise psycopg.DataError("no row in gim_state")
+            boundary = state[0]
+            last_data: dict[str, float | None] = dict(source_rows.fetchall())
             coverage = {name: merge_spans(self.coverage.get(name, []), []) for name in self.sources}
             for result in results:
                 coverage[result.source] = merge_spans(coverage[result.source], result.spans)
@@ -592,27 +595,18 @@ class Gim:
                 complete = sites[source.site]["complete_to"]
                 if complete is not None:
                     coverage[source.name] = [sp for sp in coverage[source.name] if sp[1] > complete]
-            for result in results:
-                fresh = bool(result.events) or result.heartbeat is not None
+            self._record_sources(conn, results, coverage, last_data, now)
+            moved = [
+                {"site": name, "complete_to": site["complete_to"]}
+                for name, site in sites.items()
+                if site["complete_to"] != was[name]
+            ]
+            if moved:
                 conn.execute(
-                    "UPDATE gim_source SET hwm = %s, rows_extracted = rows_extracted + %s,"
-                    " last_data_ts = CASE WHEN %s THEN %s ELSE coalesce(last_data_ts, %s) END,"
-                    " coverage = %s WHERE source = %s",
-                    (
-                        result.new_hwm,
-                        len(result.events),
-                        fresh,
-                        now,
-                        now,
-                        _spans_json(coverage[result.source]),
-                        result.source,
-                    ),
-                )
-            for name, site in sites.items():
-                conn.execute(
-                    "UPDATE gim_site SET complete_to = %s WHERE site = %s"
-                    " AND complete_to IS DISTINCT FROM %s",
-                    (site["complete_to"], name, site["complete_to"]),
+                    "UPDATE gim_site g SET complete_to = u.complete_to"
+                    " FROM json_to_recordset(%s::json) AS u(site text, complete_to float8)"
+                    " WHERE g.site = u.site",
+                    (json.dumps(moved),),
                 )
             # A GIM back in service (started, resumed, its Info Mart back) first hears every
             # source anew: otherwise it would find every site "stuck" on what it knew before.
@@ -661,7 +655,7 @@ class Gim:
                 " updated_ts = %s WHERE id = 1",
                 (boundary, now),
             )
-            self._warn_delayed(conn, now)
+            self._warn_delayed(last_data, now)
         for result in results:
             self.hwm[result.source] = result.new_hwm
         self.coverage = coverage
@@ -735,8 +729,43 @@ class Gim:
                 )
         return returned
 
+    def _record_sources(
+        self,
+        conn: psycopg.Connection,
+        results: list[Extracted],
+        coverage: dict[str, list[tuple[float, float]]],
+        last_data: dict[str, float | None],
+        now: float,
+    ) -> None:
+        """Each answering source's new mark, rows, freshness and coverage, in one statement;
+        `last_data` follows, as the table now says."""
+        rows: dict[str, dict[str, Any]] = {}
+        for result in results:  # in order: a source's later answer has the last word
+            row = rows.setdefault(result.source, {"source": result.source, "rows": 0})
+            row["hwm"] = result.new_hwm
+            row["rows"] += len(result.events)
+            row["fresh"] = (
+                row.get("fresh", False) or bool(result.events) or (result.heartbeat is not None)
+            )
+            row["coverage"] = _spans_json(coverage[result.source])
+            last = last_data.get(result.source)
+            last_data[result.source] = now if row["fresh"] or last is None else last
+        if not rows:
+            return
+        conn.execute(
+            "UPDATE gim_source g SET hwm = u.hwm, rows_extracted = g.rows_extracted + u.rows,"
+            " last_data_ts = CASE WHEN u.fresh THEN %(now)s"
+            " ELSE coalesce(g.last_data_ts, %(now)s) END, coverage = u.coverage"
+            " FROM json_to_recordset(%(rows)s::json)"
+            " AS u(source text, hwm bigint, rows bigint, fresh boolean, coverage text)"
+            " WHERE g.source = u.source",
+            {"now": now, "rows": json.dumps(list(rows.values()))},
+        )
+
     def _merge(self, conn: psycopg.Connection, results: list[Extracted], now: float) -> None:
-        # One JSON document, not COPY: COPY cannot be pipelined (see `_apply`).
+        """The rows extracted, each event once (member a's copy first): new ones are staged,
+        or discarded if older than their site's discard line. One statement, whose result
+        nothing reads: it costs the cycle no round trip (see `_apply`)."""
         batch = [
             {"id": event_id, "site": site, "ts": ts, "payload": payload, "src": r.source, "pref": p}
             for r in results
@@ -744,33 +773,22 @@ class Gim:
             for event_id, site, ts, payload in r.events
         ]
         conn.execute(
-            "INSERT INTO gim_batch (event_id, site, ts, payload, source, pref)"
-            " SELECT b.id, b.site, b.ts, b.payload, b.src, b.pref FROM json_to_recordset(%s::json)"
-            " AS b(id text, site text, ts float8, payload text, src text, pref int)",
-            (json.dumps(batch),),
-        )
-        new = (
-            "FROM gim_batch b JOIN gim_site s ON s.site = b.site"
-            " WHERE NOT EXISTS (SELECT 1 FROM staging x WHERE x.event_id = b.event_id)"
-            " AND NOT EXISTS (SELECT 1 FROM fact_interaction f WHERE f.event_id = b.event_id)"
-            " AND NOT EXISTS (SELECT 1 FROM gim_discard d WHERE d.event_id = b.event_id)"
-        )
-        late = "s.discard_before IS NOT NULL AND b.ts < s.discard_before"
-        discarded = conn.execute(
-            "WITH gone AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
-            f" SELECT DISTINCT ON (b.event_id) b.event_id, b.site, b.ts, b.source, %s {new}"
-            f" AND {late} ORDER BY b.event_id, b.pref RETURNING site)"
-            " SELECT site, count(*) FROM gone GROUP BY site",
-            (now,),
-        ).fetchall()
-        for site, count in discarded:
-            conn.execute(
-                "UPDATE gim_site SET discarded = discarded + %s WHERE site = %s", (count, site)
-            )
-        conn.execute(
-            "INSERT INTO staging (event_id, site, ts, payload, source)"
-            f" SELECT DISTINCT ON (b.event_id) b.event_id, b.site, b.ts, b.payload, b.source {new}"
-            f" AND NOT ({late}) ORDER BY b.event_id, b.pref"
+            "WITH new AS (SELECT DISTINCT ON (b.id) b.id, b.site, b.ts, b.payload, b.src,"
+            "  s.discard_before IS NOT NULL AND b.ts < s.discard_before AS late"
+            "  FROM json_to_recordset(%(batch)s::json)"
+            "  AS b(id text, site text, ts float8, payload text, src text, pref int)"
+            "  JOIN gim_site s ON s.site = b.site"
+            "  WHERE NOT EXISTS (SELECT 1 FROM staging x WHERE x.event_id = b.id)"
+            "  AND NOT EXISTS (SELECT 1 FROM fact_interaction f WHERE f.event_id = b.id)"
+            "  AND NOT EXISTS (SELECT 1 FROM gim_discard d WHERE d.event_id = b.id)"
+            "  ORDER BY b.id, b.pref),"
+            " gone AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
+            "  SELECT id, site, ts, src, %(now)s FROM new WHERE late RETURNING site),"
+            " kept AS (INSERT INTO staging (event_id, site, ts, payload, source)"
+            "  SELECT id, site, ts, payload, src FROM new WHERE NOT late)"
+            " UPDATE gim_site g SET discarded = g.discarded + c.n"
+            " FROM (SELECT site, count(*) AS n FROM gone GROUP BY site) c WHERE g.site = c.site",
+            {"batch": json.dumps(batch), "now": now},
         )
 
     def _discard_staged(self, conn: psycopg.Connection, now: float) -> None:
@@ -778,24 +796,21 @@ class Gim:
         but only from where it began to lag. What it had staged before then came in time:
         it waited only for the transform boundary (another site lagging), and the outage
         window of the rule does not reach back before the site's completeness."""
-        rows = conn.execute(
+        conn.execute(
             "WITH gone AS (DELETE FROM staging x USING gim_site s WHERE x.site = s.site"
             " AND s.discard_before IS NOT NULL AND x.ts < s.discard_before"
             " AND (s.lag_from IS NULL OR x.ts >= s.lag_from) RETURNING x.*),"
             " kept AS (INSERT INTO gim_discard (event_id, site, ts, source, discarded_ts)"
             " SELECT event_id, site, ts, source, %s FROM gone RETURNING site)"
-            " SELECT site, count(*) FROM kept GROUP BY site",
+            " UPDATE gim_site g SET discarded = g.discarded + c.n"
+            " FROM (SELECT site, count(*) AS n FROM kept GROUP BY site) c WHERE g.site = c.site",
             (now,),
-        ).fetchall()
-        for site, count in rows:
-            conn.execute(
-                "UPDATE gim_site SET discarded = discarded + %s WHERE site = %s", (count, site)
-            )
+        )
 
-    def _warn_delayed(self, conn: psycopg.Connection, now: float) -> None:
-        for source, last in conn.execute("SELECT source, last_data_ts FROM gim_source"):
+    def _warn_delayed(self, last_data: dict[str, float | None], now: float) -> None:
+        for source, last in last_data.items():
             late = last is not None and now - last > self.delayed
-            if late and source not in self.warned:
+            if late and last is not None and source not in self.warned:
                 self.warned.add(source)
                 self.log.warning(
                     "source %s has had no new data for %s (delayed-data-threshold %s)",
