@@ -8,7 +8,8 @@
   attached to the JUnit XML as properties.
 - Options: `--testbed-backend`, `--testbed-clock` (`virtual` or `1h = 1s`, instead of each
   file's own), `--chaos-seed`, `--testbed-reports DIR` (each scenario file's run folder
-  under DIR, to keep as a CI artifact).
+  under DIR, to keep as a CI artifact), `--testbed-jobs N` (scenario files on virtual time
+  run N at a time, ahead of their turn: `scenarios/ahead.py`).
 
 Every fixture is a context manager underneath: a failing or interrupted test still stops
 every server and process it started.
@@ -31,7 +32,10 @@ from testbed.deployment import Deployment, bring_up
 from testbed.netfault.wan import Wan
 from testbed.operations.dr import Operator
 from testbed.pipeline.control import Pipeline, PipelineSettings
+from testbed.scenarios.ahead import RunAhead
+from testbed.scenarios.batch import Job
 from testbed.topology import Topology, default_topology
+from testbed.vclock.engine_clock import VIRTUAL_FACTOR
 from testbed.verdict.checks import Outcome
 
 
@@ -40,6 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     down as Ctrl-C does, so their servers stop; a handler someone else set is kept. So
     does SIGINT when the session was started in the background of a shell script, which
     leaves SIGINT ignored (as `testbed run` does: `procs.stop_on_signals`)."""
+    _jobs(config)  # a bad value is a usage error before anything runs
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -68,6 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="write each scenario file's run folder (report.html, report.json, history) to"
         " DIR/<scenario>, to keep as a CI artifact (default: pytest's temporary folder)",
+    )
+    group.addoption(
+        "--testbed-jobs",
+        default="1",
+        help="run scenario files on virtual time this many at a time (`auto`: one per core,"
+        " up to 4); files on the realtime clock, and the tests around them, run alone",
     )
     group.addoption(
         "--chaos-seed",
@@ -180,7 +191,11 @@ def _run(
 
     scenario = load_scenario(str(name_or_path), clock)
     ScenarioRun(scenario, out, home=str(home), seed=seed, backend=backend).run()
-    outcome = write_reports(out)
+    return _record(write_reports(out), out, properties)
+
+
+def _record(outcome: Outcome, out: Path, properties: list[tuple[str, object]]) -> Outcome:
+    """The figures of a run, as properties of its test in the JUnit XML."""
     for key in ("lost_events", "predicted_lost_events", "duplicates", "rto_s", "rpo_s"):
         properties.append((key, outcome.figures[key]))
     properties.append(("report", str(out / "report.html")))
@@ -204,18 +219,96 @@ class ScenarioFailed(Exception):
         self.outcome, self.out, self.seed = outcome, out, seed
 
 
+RUN_AHEAD = pytest.StashKey["RunAhead[ScenarioItem] | None"]()
+
+
+def _jobs(config: pytest.Config) -> int:
+    value = str(config.getoption("--testbed-jobs"))
+    if value == "auto":
+        from testbed.scenarios.batch import default_parallel
+
+        return default_parallel(MAX_AHEAD)
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise pytest.UsageError(f"--testbed-jobs {value}: a number, or auto") from None
+    if jobs < 1:
+        raise pytest.UsageError(f"--testbed-jobs {value}: at least 1")
+    return jobs
+
+
+MAX_AHEAD = 4
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ahead = session.config.stash.get(RUN_AHEAD, None)
+    if ahead is not None:
+        ahead.close()
+
+
 class ScenarioItem(pytest.Item):
     """One scenario file run as a test: passes when every check of its outcome passes."""
 
     def runtest(self) -> None:
         seed = self.config.getoption("--chaos-seed")
-        out = self._out()
-        home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
-        backend = self.config.getoption("--testbed-backend")
-        clock = self.config.getoption("--testbed-clock")
-        outcome = _run(self.path, out, home, seed, self.user_properties, backend, clock)
+        ahead = self._ahead()
+        if ahead is not None and self._job() is not None:
+            result = ahead.result(self, self._block)
+            if isinstance(result, BaseException):
+                raise result
+            out = self._job().out  # type: ignore[union-attr]
+            outcome = _record(result, out, self.user_properties)
+        else:
+            out = self._out()
+            home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
+            backend = self.config.getoption("--testbed-backend")
+            clock = self.config.getoption("--testbed-clock")
+            outcome = _run(self.path, out, home, seed, self.user_properties, backend, clock)
         if not outcome.passed:
             raise ScenarioFailed(outcome, out, seed)
+
+    def _ahead(self) -> RunAhead[ScenarioItem] | None:
+        """The session's runner of scenario files ahead of their turn (None: one at a time)."""
+        stash = self.config.stash
+        if RUN_AHEAD not in stash:
+            jobs = _jobs(self.config)
+            stash[RUN_AHEAD] = RunAhead(jobs) if jobs > 1 else None
+        return stash[RUN_AHEAD]
+
+    def _job(self) -> Job | None:
+        """This file as a job to run ahead, or None if it must run alone: on the realtime
+        clock, or on a backend that keeps no virtual time."""
+        if not hasattr(self, "_ahead_job"):
+            from testbed.scenarios.spec import load_scenario
+
+            backend = self.config.getoption("--testbed-backend")
+            clock = self.config.getoption("--testbed-clock")
+            job = None
+            try:
+                scenario = load_scenario(str(self.path), clock)
+            except Exception:  # a bad file is reported by its own run, alone
+                scenario = None
+            if (
+                scenario is not None
+                and backend in ("local", "docker")
+                and scenario.factor == VIRTUAL_FACTOR
+            ):
+                home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
+                seed = self.config.getoption("--chaos-seed")
+                options = {"home": str(home), "seed": seed, "backend": backend}
+                job = Job(self.name, str(self.path), clock, self._out(), options)
+            self._ahead_job = job
+        return self._ahead_job
+
+    def _block(self) -> list[tuple[ScenarioItem, Job]]:
+        """This item and the scenario items right after it that may run ahead."""
+        items = self.session.items
+        block: list[tuple[ScenarioItem, Job]] = []
+        for item in items[items.index(self) :]:
+            if not isinstance(item, ScenarioItem) or (job := item._job()) is None:
+                break
+            block.append((item, job))
+        return block
 
     def _out(self) -> Path:
         """A new folder for this run: under --testbed-reports, named after the scenario

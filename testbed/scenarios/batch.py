@@ -69,7 +69,8 @@ def run_job(
     return write_reports(job.out)
 
 
-def _stoppable(fn: Callable[..., T], *args: Any) -> T:
+def stoppable(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a pool's worker, stopped through its cleanup by a SIGTERM."""
     stop_on_signals()  # a SIGTERM from the parent stops the run through its cleanup
     try:
         return fn(*args)
@@ -88,7 +89,7 @@ def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: in
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context)
     futures: list[concurrent.futures.Future[T]] = []
     try:
-        futures = [pool.submit(_stoppable, fn, *args) for args in calls]
+        futures = [pool.submit(stoppable, fn, *args) for args in calls]
         for future in futures:
             yield future.result()
     except BaseException:
@@ -96,12 +97,17 @@ def in_parallel(fn: Callable[..., T], calls: list[tuple[Any, ...]], parallel: in
         # their calls leaves it at the last yield): stop whatever still runs.
         if all(f.done() for f in futures):
             raise
-        for process in list(getattr(pool, "_processes", {}).values()):
-            with contextlib.suppress(OSError):
-                os.kill(process.pid, signal.SIGTERM)
+        stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """SIGTERM every worker of `pool`: each run under way stops through its own cleanup."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
 
 
 def run_many(jobs: list[Job], parallel: int) -> Iterator[tuple[Job, Outcome | CannotRunHere]]:
