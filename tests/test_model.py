@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from testbed.topology import load_topology
-from testbed.verdict.prediction import predict, predict_all
+from testbed.verdict.prediction import Prediction, predict, predict_all
 
 H = 3600.0
 M = 60.0
@@ -555,3 +555,19 @@ def test_what_a_primary_judged_after_replication_stopped_dies_with_it() -> None:
     ]
     prediction = predict(load_topology("active-standby"), history, THRESHOLD, TOL)
     assert prediction.windows.get("site2", []) == []
+
+
+def test_a_recovery_brings_back_what_its_old_disks_held_but_no_judgement_made_before() -> None:
+    """Held by a recovered site's old disks: back, unless a return judged it lost before
+    the failure (the lineage knew: the discard was replicated), found by fuzz seed 30303."""
+    held = {"in-window", "at-edge", "elsewhere"}
+    prediction = Prediction(
+        windows={"site1": [(4 * H + 37 * M, 5 * H + 7 * M)]},
+        tolerance=M,
+        census_lost=held | {"not-held"},
+        recovered=held,
+    )
+    assert prediction.verdict("site1", 4 * H + 50 * M, "in-window") == "lost"
+    assert prediction.verdict("site1", 5 * H + 7 * M, "at-edge") == "either"
+    assert prediction.verdict("site1", 8 * H, "elsewhere") == "kept"
+    assert prediction.verdict("site1", 8 * H, "not-held") == "lost"  # the census's

@@ -640,13 +640,22 @@ def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Pre
     """A lost site's events before its failure: lost exactly when the census said so, but
     for what a recovered site's old disks held: that comes back (`recovered`)."""
     problems, parts = [], []
+    predicted_total = 0
     for census in prediction.censuses:
         site, last = census["site"], census["last_ts"]
         counted = set(census["lost"])
-        back = counted & prediction.recovered
-        maybe = counted & prediction.recovered_either
-        predicted = counted - back - maybe
         universe = [e for e in ledger if e["site"] == site and e["ts"] <= last]
+        # Of what the census counted lost, what comes back (a recovery's old disks held
+        # it, and no return had judged it lost before the failure) or may.
+        judged = {
+            e["id"]: prediction.verdict(site, e["ts"], e["id"])
+            for e in universe
+            if e["id"] in counted
+        }
+        back = {i for i, v in judged.items() if v == "kept"}
+        maybe = {i for i, v in judged.items() if v == "either"}
+        predicted = counted - back - maybe
+        predicted_total += len(counted) - len(back)
         lost = {e["id"] for e in universe if e["id"] not in facts}
         missing = predicted - lost
         extra = {
@@ -693,7 +702,7 @@ def _census_loss(ledger: list[dict], facts: collections.Counter, prediction: Pre
         "disaster-loss",
         not problems,
         "; ".join(problems + parts),
-        {"predicted": sum(len(c["lost"]) for c in prediction.censuses) - len(prediction.recovered)},
+        {"predicted": predicted_total},
     )
 
 

@@ -89,12 +89,21 @@ class Prediction:
 
     def verdict(self, site: str, ts: float, event_id: str | None = None) -> str:
         """'lost', 'kept' or 'either' for an event of `site` at scenario time `ts`."""
-        if event_id is not None and event_id in self.recovered:
-            return "kept"
-        if event_id is not None and event_id in self.recovered_either:
-            return "either"
+        if event_id is not None and event_id in self.recovered | self.recovered_either:
+            # What a recovered site's old disks held comes back, but for what a return
+            # had judged lost before the failure: the lineage knew that already (the
+            # windows before a failure are judgements made before it), and a recovery
+            # undoes no judgement.
+            judged = self._by_the_rules(site, ts)
+            if judged != "kept":
+                return judged
+            return "kept" if event_id in self.recovered else "either"
         if event_id is not None and event_id in self.census_lost:
             return "lost"
+        return self._by_the_rules(site, ts)
+
+    def _by_the_rules(self, site: str, ts: float) -> str:
+        """The verdict of the windows and bands alone (no census, no recovery)."""
         tol = self.tolerance
         for start, end in self.windows.get(site, []):
             if start + tol <= ts < end - tol:
