@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from testbed.topology import load_topology
-from testbed.verdict.prediction import Prediction, predict, predict_all
+from testbed.verdict.prediction import SLOW_WAN, Prediction, predict, predict_all
 
 H = 3600.0
 M = 60.0
@@ -571,3 +571,42 @@ def test_a_recovery_brings_back_what_its_old_disks_held_but_no_judgement_made_be
     assert prediction.verdict("site1", 5 * H + 7 * M, "at-edge") == "either"
     assert prediction.verdict("site1", 8 * H, "elsewhere") == "kept"
     assert prediction.verdict("site1", 8 * H, "not-held") == "lost"  # the census's
+
+
+def test_a_backlog_that_began_before_a_members_miss_brings_nothing_past_it() -> None:
+    """ICON 1a queues behind its dead IDB, then freezes, missing calls; ICON 1b carries
+    site 1 until a cut. When idb1 starts again, 1a's backlog holds nothing of the cut's
+    span (it was frozen then): the site stays behind from the cut until the heal brings
+    1b's queue, and is stuck past the threshold (fuzz active-standby seed 50505)."""
+    history = [
+        step(2 * H + 2 * M, "kill", target="idb1"),
+        step(2 * H + 8 * M, "pause", target="icon1a"),
+        step(8 * H + 31 * M, "partition", ["site1", "site2"], mode="reset"),
+        step(10 * H + 7 * M, "resume", target="icon1a"),
+        step(10 * H + 19 * M, "start", target="idb1"),
+        step(17 * H + 21 * M, "heal", ["site1", "site2"]),
+        end(22 * H),
+    ]
+    cut, back = 8 * H + 31 * M, 17 * H + 21 * M
+    assert windows(history)["site1"] == [(cut, back - THRESHOLD)]
+
+
+def test_on_virtual_time_a_slow_wan_may_leave_what_gim_read_a_heartbeat_older() -> None:
+    """Over a WAN with any latency, an ICON's write at a heartbeat lands after GIM's
+    extraction of that instant, which reads it a cycle later: at a cut, what GIM had read
+    may be a heartbeat older than the cut (fuzz active-standby seed 50505)."""
+    history = [
+        step(1 * H, "latency", ["site1", "site2"], ms=13),
+        *outage(2 * H, 12 * H),
+        end(15 * H),
+    ]
+    rtt = 2 * 0.013
+
+    def edge_band(cycle: float) -> list[tuple[float, float, str]]:
+        prediction = predict(
+            load_topology("active-standby"), history, THRESHOLD, M, rtt=rtt, cycle=cycle
+        )
+        return [b for b in prediction.bands["site2"] if b[2] == SLOW_WAN]
+
+    assert edge_band(0.0) == [(2 * H - 6 * rtt, 2 * H, SLOW_WAN)]
+    assert edge_band(M) == [(2 * H - 6 * rtt - M, 2 * H, SLOW_WAN)]

@@ -75,8 +75,11 @@ def evaluate(out: Path) -> Outcome:
         ack_grace = heartbeat  # a source's wait for an ICON's acknowledgement
         reconnect = 0.0
     margins = (priming, rtt, ack_grace, reconnect)
+    cycle = 0.0 if factor else heartbeat  # see `prediction._in_flight`
     congested = congested_spans(history, float(settings.get("rate_per_hour", 600.0)), factor)
-    predictions = predict_all(initial, history, threshold, tolerance, *margins, congested)
+    predictions = predict_all(
+        initial, history, threshold, tolerance, *margins, congested, cycle=cycle
+    )
     prediction = next(
         (p for p in predictions.values() if p.infomart == final.get("infomart")),
         next(iter(predictions.values())),
@@ -96,6 +99,7 @@ def evaluate(out: Path) -> Outcome:
         tolerance,
         *margins,
         congested,
+        cycle=cycle,
     )
     planned = next(
         (p for p in as_planned.values() if p.infomart == prediction.infomart), prediction

@@ -388,13 +388,15 @@ def predict_all(
     ack_grace: float = 0.0,
     reconnect: float = 0.0,
     congested: list[tuple[frozenset[str], float, float, str]] | None = None,
+    cycle: float = 0.0,
 ) -> dict[str, Prediction]:
     """One prediction per lineage: 'reporting' in active-standby, per GIM in active-active
     (keyed by the GIM's name). Margins, in scenario seconds: `priming`, what a GIM back in
     service takes to hear every source anew; `rtt`, the WAN round trip (a figure, or the
     one in force at each instant: `latency.round_trip_at`); `ack_grace`,
     a data source's wait on a frozen ICON; `reconnect`, how late GIM may notice a return (a
-    new connection to the returned site's IDB)."""
+    new connection to the returned site's IDB); `cycle`, on virtual time, the heartbeat a
+    write still crossing a slow WAN waits for GIM's next cycle."""
     timeline = _Timeline(topology, history)
     censuses = [e["census"] for e in history if e["kind"] == "dr" and e.get("census")]
     census_lost = {event_id for c in censuses for event_id in c["lost"]}
@@ -412,6 +414,7 @@ def predict_all(
             census_lost,
             reconnect,
             congested or [],
+            cycle,
         )
         last = next((g for _, g in reversed(timeline.chains[chain]) if g is not None), None)
         prediction.infomart = timeline._gim(last).infomart if last else None
@@ -431,6 +434,7 @@ def _predict_chain(
     census_lost: set[str],
     reconnect: float = 0.0,
     congested: list[tuple[frozenset[str], float, float, str]] | None = None,
+    cycle: float = 0.0,
 ) -> Prediction:
     points = timeline.change_points()
     recovered: set[str] = set()
@@ -550,7 +554,8 @@ def _predict_chain(
             source stopped for good (its heartbeats then vouch for their instant only)."""
             if vouches_from(name, first) > complete:
                 return complete
-            breaks = [a for a, _ in misses(name) if a >= complete]
+            # A miss under way at `complete` (begun before it) holds nothing after it either.
+            breaks = [max(a, complete) for a, b in misses(name) if b > complete]
             breaks += [a for a, b in source_downs if a >= complete and b > newest]
             return min([newest, *breaks])
 
@@ -809,7 +814,7 @@ def _predict_chain(
         spans = sorted(
             (until, since, complete, slow)
             for start, end_cut in pieces
-            for slow in [IN_FLIGHT_TRIPS * rtt_at(start)]
+            for slow in [_in_flight(rtt_at(start), cycle)]
             if end_cut - start + slow > threshold - tol
             for since, until, complete in completeness(start, end_cut)
         )
@@ -1033,6 +1038,15 @@ def _add_unread(pending: Unread, writes: Unread) -> None:
 # Round trips a site's data may be behind when its flow stops over a slow WAN: an ICON's
 # commit (connect, statements, commit) and GIM's extraction (snapshot, rows, heartbeats).
 IN_FLIGHT_TRIPS = 6
+
+
+def _in_flight(rtt: float, cycle: float) -> float:
+    """How much older what GIM had read when a flow stopped may be over a WAN with this
+    round trip: an ICON's commit and GIM's extraction each take a few round trips, and on
+    virtual time a write still on its way when GIM extracts at an instant is read only at
+    its next cycle (`cycle`, one heartbeat; 0 on the realtime clock, whose tolerance
+    holds a heartbeat already)."""
+    return IN_FLIGHT_TRIPS * rtt + (cycle if rtt > 0 else 0.0)
 
 
 def _saved_by_partner(
