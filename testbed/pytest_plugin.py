@@ -220,6 +220,7 @@ class ScenarioFailed(Exception):
 
 
 RUN_AHEAD = pytest.StashKey["RunAhead[ScenarioItem] | None"]()
+MAX_AHEAD = 4
 
 
 def _jobs(config: pytest.Config) -> int:
@@ -237,9 +238,6 @@ def _jobs(config: pytest.Config) -> int:
     return jobs
 
 
-MAX_AHEAD = 4
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     ahead = session.config.stash.get(RUN_AHEAD, None)
     if ahead is not None:
@@ -252,11 +250,12 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         seed = self.config.getoption("--chaos-seed")
         ahead = self._ahead()
-        if ahead is not None and self._job() is not None:
+        job = self._job() if ahead is not None else None
+        if ahead is not None and job is not None:
             result = ahead.result(self, self._block)
             if isinstance(result, BaseException):
                 raise result
-            out = self._job().out  # type: ignore[union-attr]
+            out = job.out
             outcome = _record(result, out, self.user_properties)
         else:
             out = self._out()
