@@ -311,16 +311,19 @@ class LocalNode:
         self._release_dead_postmasters_memory()
         self.backend.record(self)
 
+    def _lock_file_pid(self) -> int | None:
+        """The postmaster its lock file names (None: no lock file, as after a clean stop)."""
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _release_dead_postmasters_memory(self) -> None:
         """A postmaster that died without a clean shutdown (killed, or escalated to
         SIGKILL) leaves its System V segment: see `sysvshm`."""
-        lock = self.datadir / "postmaster.pid"
-        try:
-            pid = int(lock.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return  # a clean shutdown removed it
-        if not procs.alive(pid):
-            sysvshm.release_dead_postmasters_segment(lock)
+        pid = self._lock_file_pid()
+        if pid is not None and not procs.alive(pid):
+            sysvshm.release_dead_postmasters_segment(self.datadir / "postmaster.pid")
 
     def stop(
         self, mode: str = "fast", timeout: float = 30.0, patience: float | None = None
@@ -356,14 +359,10 @@ class LocalNode:
         on a detached run) is a zombie until its parent reaps it, and PostgreSQL takes the
         PID in its lock file for a live server ("Is another postmaster running?"). Dead
         is dead: its lock file goes."""
-        lock = self.datadir / "postmaster.pid"
-        try:
-            pid = int(lock.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        if not procs.alive(pid):
+        pid = self._lock_file_pid()
+        if pid is not None and not procs.alive(pid):
             self._release_dead_postmasters_memory()
-            lock.unlink(missing_ok=True)
+            (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
     def pause(self) -> None:
         """Freeze every process of the server (SIGSTOP): it holds connections, answers nothing."""

@@ -809,8 +809,9 @@ class Gim:
 
     def _warn_delayed(self, last_data: dict[str, float | None], now: float) -> None:
         for source, last in last_data.items():
-            late = last is not None and now - last > self.delayed
-            if late and last is not None and source not in self.warned:
+            if last is None or now - last <= self.delayed:
+                self.warned.discard(source)
+            elif source not in self.warned:
                 self.warned.add(source)
                 self.log.warning(
                     "source %s has had no new data for %s (delayed-data-threshold %s)",
@@ -818,8 +819,6 @@ class Gim:
                     format_duration(now - last),
                     format_duration(self.delayed),
                 )
-            elif not late:
-                self.warned.discard(source)
 
     def _status(self) -> None:
         sites = self.figures.get("sites", {})
