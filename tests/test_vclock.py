@@ -4,6 +4,7 @@ the next instant anybody is due, and wakes those due one at a time in a fixed or
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -384,3 +385,55 @@ def test_a_coordinator_for_a_deep_folder_leaves_no_folder_of_its_own(tmp_path: P
     assert own != deep and own.name.startswith("testbed-clock-")  # sun_path is 108 bytes
     coordinator.close()
     assert not own.exists()
+
+
+def full_backlog_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener that never accepts (a frozen ICON), its backlog full: a new connect waits
+    for an answer that never comes."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    queued: list[socket.socket] = []
+    for _ in range(16):
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(server.getsockname())
+        queued.append(client)
+        if not select.select([], [client], [], 0.2)[1]:
+            return server, queued
+    raise AssertionError("the backlog never filled")
+
+
+def test_a_frozen_icons_full_backlog_holds_a_probe_until_its_deadline_not_a_wall_timeout(
+    coordinator: Coordinator, participants: Participants
+) -> None:
+    # A data source probes a frozen ICON once a heartbeat. Once the ICON's listen backlog
+    # is full, each connect waits for ever: the clock's deadline must end it, at once, not
+    # a wall timeout (0.2 s a heartbeat once cost a long freeze most of its run).
+    server, queued = full_backlog_listener()
+    port = server.getsockname()[1]
+    participants.start(
+        "source",
+        f"""
+        from testbed.pipeline.workload import Event, IconLink
+        def record(batch, icon, delivered, since):
+            say("record", len(batch), delivered)
+        link = IconLink("icon1a", {port}, 60.0, record, clock=clock)
+        link.start()
+        for i in range(40):
+            clock.sleep_until((i + 1) * 60.0)
+            event = Event(f"e{{i}}", "site1", clock.now(), "p")
+            link.offer([event], clock.now(), (event.to_json() + "\\n").encode())
+        clock.sleep(10 ** 9)
+        """,
+        role="source",
+    )
+    coordinator.blocked_routes.add("icon1a")  # type: ignore[attr-defined]  # frozen
+    began = time.monotonic()
+    coordinator.run_until(42 * 60.0)
+    wall = time.monotonic() - began
+    assert participants.lines() == ["record 1 False"] * 40
+    assert wall < 4.0, f"40 probes of a full backlog took {wall:.1f} s of wall time"
+    for client in queued:
+        client.close()
+    server.close()
