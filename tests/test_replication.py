@@ -3,6 +3,8 @@ promote, on real servers over loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import psycopg
@@ -10,6 +12,7 @@ import pytest
 
 from testbed.backends.local import LocalBackend
 from testbed.errors import ServerFailed
+from testbed.operations.dr import statements_under_way
 from testbed.postgres import Server, format_lsn, parse_lsn
 
 
@@ -123,3 +126,32 @@ def test_a_stop_behind_a_black_holed_standby_is_made_immediate_and_keeps_every_c
     assert time.monotonic() - began < 10.0  # not the replication timeout
     primary.start()
     assert primary.scalar("SELECT count(*) FROM facts") == 200
+
+
+def test_a_walsender_is_no_statement_of_its_standby_still_under_way(
+    pair: tuple[Server, Server],
+) -> None:
+    # A site's failure waits for the statements its dead clients sent to commit. The
+    # walsender streaming to its dead standby is "active" for as long as it streams: it
+    # must not count, or every such failure waits out the whole quiet timeout.
+    primary, _ = pair
+    assert primary.execute("SELECT state FROM pg_stat_replication") == [("streaming",)]
+    assert statements_under_way(primary, ["infomart2"]) == 0
+    # A statement of a client of the dead site, still running: that one counts.
+    client = psycopg.connect(primary.conninfo(application_name="icon2b"), autocommit=True)
+
+    def sleep() -> None:
+        with contextlib.suppress(psycopg.errors.QueryCanceled):
+            client.execute("SELECT pg_sleep(30)")
+
+    sleeping = threading.Thread(target=sleep)
+    sleeping.start()
+    try:
+        deadline = time.monotonic() + 10
+        while statements_under_way(primary, ["infomart2", "icon2b"]) != 1:
+            assert time.monotonic() < deadline, "the running statement was never counted"
+            time.sleep(0.01)
+    finally:
+        client.cancel_safe()
+        sleeping.join()
+        client.close()

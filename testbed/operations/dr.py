@@ -56,6 +56,20 @@ def _tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def statements_under_way(server: Server, clients: list[str]) -> int:
+    """How many statements of these clients (application names) the server is still
+    running. A walsender is none: one streaming to a standby of the dead site stays
+    "active" until its replication timeout (a minute, behind a black hole), and waiting
+    for it held every such failure for the whole quiet timeout."""
+    return int(
+        server.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)"
+            " AND state <> 'idle' AND backend_type = 'client backend'",
+            (clients,),
+        )
+    )
+
+
 class Operator:
     def __init__(
         self, deployment: Deployment, pipeline: Pipeline | None = None, record: Record | None = None
@@ -232,12 +246,7 @@ class Operator:
         for spec in surviving:
             server = self.deployment.server(spec.name)
             while time.monotonic() < deadline:
-                busy = server.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)"
-                    " AND state <> 'idle'",
-                    (killed,),
-                )
-                if not busy:
+                if not statements_under_way(server, killed):
                     break
                 time.sleep(0.01)
 
