@@ -141,9 +141,11 @@ class IconLink:
         self.ready = threading.Condition()
         self.closing = False
         # On the virtual clock: how the clock's deadline reaches a connect under way.
-        self._cancel_r, self._cancel_w = os.pipe() if clock is not None else (-1, -1)
-        for fd in (self._cancel_r, self._cancel_w) if clock is not None else ():
-            os.set_blocking(fd, False)
+        self._cancel_r = self._cancel_w = -1
+        if clock is not None:
+            self._cancel_r, self._cancel_w = os.pipe()
+            os.set_blocking(self._cancel_r, False)
+            os.set_blocking(self._cancel_w, False)
 
     def start(self) -> None:
         if self.clock is not None:
