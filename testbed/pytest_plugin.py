@@ -208,6 +208,31 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
     return None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With run-ahead jobs, the files of one folder that may run ahead go first, those that
+    must run alone (realtime) after them: run ahead only within a contiguous block, files
+    interleaved by name ran as blocks of one or two, one at a time."""
+    if _jobs(config) <= 1:
+        return
+    start = 0
+    while start < len(items):
+        if not isinstance(items[start], ScenarioItem):
+            start += 1
+            continue
+        end = start
+        folder = items[start].path.parent
+        while (
+            end < len(items)
+            and isinstance(item := items[end], ScenarioItem)
+            and item.path.parent == folder
+        ):
+            end += 1
+        group = [each for each in items[start:end] if isinstance(each, ScenarioItem)]
+        ahead = [each for each in group if each._job() is not None]
+        items[start:end] = ahead + [each for each in group if each._job() is None]
+        start = end
+
+
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         yield ScenarioItem.from_parent(self, name=self.path.stem)

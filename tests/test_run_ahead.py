@@ -139,7 +139,8 @@ def test_realtime_files_and_the_tests_between_blocks_run_alone(tmp_path: Path) -
     )
     stamp = tmp_path / "between.txt"
     (tmp_path / "scenarios" / "test_b.py").write_text(BETWEEN.format(stamp=str(stamp)))
-    # Collected in name order: a1, a2 (a block), the plain test, r (realtime), z1.
+    # Collected as a1, a2 (a block), the plain test, then z1 before r: the files of a
+    # folder that may run ahead go before its realtime ones (a block of one here).
     result, _ = pytest_session(
         tmp_path,
         "scenarios/a1.yaml",
@@ -153,9 +154,24 @@ def test_realtime_files_and_the_tests_between_blocks_run_alone(tmp_path: Path) -
     between = float(stamp.read_text())
     for name in ("a1", "a2"):
         assert span(reports / name)[1] < between, f"{name} still ran beside the plain test"
-    realtime, after = span(reports / "r"), span(reports / "z1")
-    assert after[0] > realtime[1], "z1 ran beside the realtime file"
-    assert realtime[0] > between
+    realtime, before = span(reports / "r"), span(reports / "z1")
+    assert realtime[0] > before[1], "the realtime file ran beside z1"
+    assert before[0] > between
+
+
+def collected(folder: Path, jobs: str) -> list[str]:
+    result, _ = pytest_session(folder, "--collect-only", "scenarios", jobs=jobs, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return [line.rsplit("::", 1)[1] for line in result.stdout.splitlines() if "::" in line]
+
+
+def test_a_folders_realtime_files_go_after_those_that_run_ahead(tmp_path: Path) -> None:
+    realtime = {"clock": "1h = 1s", "threshold": "8h", "loss": 0}
+    write_session(tmp_path, {"a": {}, "b-real": realtime, "c": {}, "d-real": realtime, "e": {}})
+    # Interleaved by name they made blocks of one: a, c and e ran one at a time.
+    assert collected(tmp_path, "2") == ["a", "c", "e", "b-real", "d-real"]
+    # One at a time, the order makes no difference: the folder's own is kept.
+    assert collected(tmp_path, "1") == ["a", "b-real", "c", "d-real", "e"]
 
 
 def test_a_session_stopped_at_its_first_failure_stops_what_ran_ahead(tmp_path: Path) -> None:
