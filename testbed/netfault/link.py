@@ -255,6 +255,13 @@ class Direction:
         parked = self._parked_on
         return self._parked_on_timer and parked is not None and not parked.done()
 
+    def black_hole(self) -> bool:
+        """A toxic on it swallows everything, for ever (a `timeout` of 0): nothing this way
+        arrives while it is there."""
+        return any(
+            toxic.swallows and toxic.deadline(state) is None for toxic, state in self.toxics()
+        )
+
     def swallows(self) -> bool:
         """A toxic on it swallows what comes (its bytes never arrive)."""
         return any(toxic.swallows for toxic, _state in self.active)
@@ -421,6 +428,8 @@ class Connection:
         self._lending: list[socket.socket] | None = None  # sockets on their way to a worker
         self._letting_go = 0  # transports still to report they let go of their sockets
         self._abort = False
+        # Set while its dial waits for a black hole both ways to go (`_connect_upstream`).
+        self._hole: asyncio.Future[None] | None = None
 
     def other(self, side: Side) -> Side:
         return self.server if side is self.client else self.client
@@ -433,6 +442,8 @@ class Connection:
         case (what a black hole swallows never arrives: nobody may wait for it to land)."""
         if self.closed or self.loan is not None:
             return False, False, False
+        if self._hole is not None:  # not dialled: what comes is swallowed, as it would be
+            return False, True, False
         if self._dial is not None and not self._dial.done():
             # A `slow_open` holds it; a dial itself is no work the clock waits for: the
             # client's call through it is running meanwhile, or blocked by a fault (a
@@ -467,6 +478,17 @@ class Connection:
 
     async def _connect_upstream(self) -> None:
         host, port = self.proxy.upstream_address()
+        while Toxic.extensions and self.up.black_hole() and self.down.black_hole():
+            # Nothing can cross either way, and removing the hole closes the connection:
+            # the upstream would only see a connection that never says a word. Dialled
+            # anyway (as the reference does), a PostgreSQL server behind a long black hole
+            # forks a backend for every attempt and ends it at the attempt's reset, each
+            # heartbeat of an outage, for every caller. Dialled once something may cross.
+            self._hole = asyncio.get_running_loop().create_future()
+            try:
+                await self._hole
+            finally:
+                self._hole = None
         for toxic, _state in self.up.toxics():
             if toxic.type_name == "slow_open" and toxic.delay:
                 await self.up.sleep(toxic.delay / 1000.0)  # a toxic change cuts it short
@@ -532,6 +554,8 @@ class Connection:
                 self.loan.recall()  # toxics apply to live connections
             return
         (self.up if stream == "upstream" else self.down).chain_changed(removed)
+        if self._hole is not None:  # dialled at once if something may cross now
+            _resolve(self._hole, None)
 
     # --- lent to a worker --------------------------------------------------------------
 

@@ -213,7 +213,11 @@ class ScenarioRun:
             coordinator: Coordinator | None = None
             clock: Clock | EngineClock
             if clock_dir is not None:
-                coordinator = Coordinator(clock_dir, blocked=self.blockage.blocked)
+                coordinator = Coordinator(
+                    clock_dir,
+                    blocked=self.blockage.blocked,
+                    faults=lambda: (self.blockage.frozen, self.blockage.black_holed),
+                )
                 clock = EngineClock(coordinator)
                 if deployment.wan is not None:  # its toxics wait in scenario time
                     self._attach_wan(deployment.wan, coordinator, s.seed)

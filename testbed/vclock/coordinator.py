@@ -31,7 +31,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from testbed.errors import TestbedError
 from testbed.periods import next_on_grid
 from testbed.vclock import wire
+from testbed.vclock.faultboard import FaultBoard
 from testbed.vclock.wire import now_path
 
 ENV = "TESTBED_CLOCK"
@@ -50,6 +51,7 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
 SHORT_FOLDER_PREFIX = "testbed-clock-"  # a folder of our own when the run's is too deep
 
 Blocked = Callable[[str, str | None], bool]
+Faults = Callable[[], tuple[Iterable[str], Iterable[str]]]  # (frozen parts, black-holed routes)
 Probe = Callable[[frozenset[str]], bool]  # given the proxies whose bytes are held
 T = TypeVar("T")
 
@@ -102,9 +104,14 @@ class Coordinator:
         folder: Path,
         at: float = 0.0,
         blocked: Blocked | None = None,
+        faults: Faults | None = None,
     ) -> None:
+        """`blocked(target, route)`: whether the faults in force block a call (what the
+        time may jump over). `faults()`: the same faults as names, posted for the
+        participants whenever the time is let run (a hint: `faultboard.py`)."""
         self._now = float(at)
         self._blocked = blocked or (lambda _target, _route: False)
+        self._faults = faults
         self._frozen: set[str] = set()
         self._probes: list[Probe] = []
         self._members: dict[socket.socket, Member] = {}
@@ -128,6 +135,7 @@ class Coordinator:
         self._now_file.write(struct.pack("d", self._now))
         self._now_file.flush()
         self._now_map = mmap.mmap(self._now_file.fileno(), 8)
+        self._board = FaultBoard(self.path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
         self._listener.listen(64)
@@ -161,6 +169,7 @@ class Coordinator:
         hold it there. A run that makes no progress for `wall_limit` wall seconds stalled:
         that is a defect of the testbed, named with whoever holds it up."""
         with self._lock:
+            self._post_faults()
             self._target = max(instant, self._now)
             self._poke()
             self._wait_held(wall_limit)
@@ -189,6 +198,7 @@ class Coordinator:
             return not done.is_set() and moving(held)
 
         with self._lock:
+            self._post_faults()
             self._probes.append(probe)
             self._target = float("inf")
             thread = threading.Thread(target=body, daemon=True, name="clock-held-work")
@@ -216,6 +226,11 @@ class Coordinator:
             return True  # until the waiting work below has returned
 
         self.run_while(lambda: released.wait(wall_limit), moving, wall_limit)
+
+    def _post_faults(self) -> None:
+        """The faults as the steps applied while the time was held left them."""
+        if self._faults is not None:
+            self._board.post(*self._faults())
 
     def _wait_held(self, wall_limit: float) -> None:
         """Under the lock: wait until the time is held again (or the clock failed)."""
@@ -297,6 +312,7 @@ class Coordinator:
                 os.close(fd)
         self._now_map.close()
         self._now_file.close()
+        self._board.close()
         self.path.unlink(missing_ok=True)
         now_path(self.path).unlink(missing_ok=True)
         if self.path.parent.name.startswith(SHORT_FOLDER_PREFIX):  # made for a deep folder

@@ -14,7 +14,9 @@ waits), so only what the coordinator can act on is sent. A busy process is busy,
 its other threads wait on. And a call just begun counts as running for its first
 `FRESH_IO_WALL_S` of wall time: most calls answer within it, and only one still blocked
 then (a black hole, a frozen server) is reported as I/O. Both are the same to the
-coordinator (each holds the time); the difference is a message pair per call.
+coordinator (each holds the time); the difference is a message pair per call. A call the
+faults in force block, as the coordinator's board posts them (`faultboard.py`), is reported
+at once: it would only wait that moment out at every instant the fault lasts.
 
 A process whose coordinator is gone exits: nobody would ever wake it again.
 """
@@ -35,6 +37,7 @@ from typing import Any, Generic, TypeVar
 
 from testbed.errors import TestbedError
 from testbed.vclock import wire
+from testbed.vclock.faultboard import BoardReader
 from testbed.vclock.wire import now_path
 
 ORPHANED_EXIT = 70  # the run's clock went away
@@ -80,6 +83,7 @@ class VirtualClock:
         self._gen = int(first["gen"])
         with open(now_path(path), "rb") as shared:
             self._now_map = mmap.mmap(shared.fileno(), 8, access=mmap.ACCESS_READ)
+        self._board = BoardReader(path)
         self._local = threading.local()
         main = Slot()
         self._local.slot = main
@@ -140,15 +144,21 @@ class VirtualClock:
         WAN proxy named `via` if it crosses one. If the clock reaches `deadline` while it is
         blocked, `cancel()` is called: the call must then fail promptly."""
         slot = self._slot()
+        # A call the faults block (as the board says) is reported at once: it would only
+        # wait out its moment as a fresh call, at every instant the fault lasts.
+        blocked = self._board.blocks(target, route)
         with self._lock:
             slot.state, slot.io, slot.cancel, slot.cancelled, slot.fresh = (
                 "io",
                 (target, route, deadline, via),
                 cancel,
                 False,
-                time.monotonic(),
+                None if blocked else time.monotonic(),
             )
-            self._fresh.notify()
+            if blocked:
+                self._report()
+            else:
+                self._fresh.notify()
         try:
             yield
         finally:

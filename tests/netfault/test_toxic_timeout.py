@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from netfault_support import (
@@ -15,6 +16,7 @@ from netfault_support import (
     listen_port,
     read_to_end,
     round_trip,
+    running_toxiproxy,
     sink,
 )
 
@@ -126,3 +128,56 @@ def test_an_upstream_timeout_drops_data_then_closes(api: Api, tcp_server: Callab
     (peer,) = server.wait_for_peers(1)
     assert peer.wait_ended(1.0)
     assert peer.received == b""
+
+
+def test_a_black_hole_both_ways_dials_no_upstream_until_it_is_gone(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    # Nothing crosses either way: a server behind it (a PostgreSQL forking a backend per
+    # connection) is spared a connection that would never say a word.
+    api.add_toxic("echo", "timeout", stream="upstream", timeout=0)
+    api.add_toxic("echo", "timeout", stream="downstream", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"into the void")
+        ending = read_to_end(client, 0.3)
+        assert ending.how == "open", ending
+        assert echo_server.peers == [], "the proxy dialled the upstream through a black hole"
+        # Removing the hole closes what it held, as it does a dialled connection.
+        api.remove_toxic("echo", "timeout_upstream")
+        ending = read_to_end(client, 1.0)
+        assert ending.how in ("eof", "reset"), ending
+        assert echo_server.peers == []
+    # Half of the hole left: a new client is dialled, and its bytes cross that way.
+    with connect(port) as client:
+        client.sendall(b"one way")
+        (peer,) = echo_server.wait_for_peers(1)
+        assert peer.wait_received(len(b"one way")) == b"one way"
+
+
+def test_a_black_hole_that_may_end_dials_the_connection_it_held(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    api.add_toxic("echo", "timeout", stream="upstream", timeout=0)
+    api.add_toxic("echo", "timeout", stream="downstream", timeout=0)
+    with connect(port) as client:
+        client.sendall(b"waited")
+        time.sleep(0.2)
+        assert echo_server.peers == []
+        # The downstream's hole closes after a while now: something may cross one day,
+        # so the connection is dialled, and the upstream's hole still swallows its bytes.
+        api.update_toxic("echo", "timeout_downstream", {"attributes": {"timeout": 5000}})
+        (peer,) = echo_server.wait_for_peers(1)
+        assert not peer.ended.is_set()
+        assert peer.received == b""
+
+
+def test_the_reference_mode_dials_through_a_black_hole_as_toxiproxy_does(
+    tmp_path: Path, echo_server: TcpServer
+) -> None:
+    with running_toxiproxy(tmp_path / "reference.log", "-reference") as reference:
+        port = listen_port(reference.api.create_proxy("echo", echo_server.address))
+        for stream in ("upstream", "downstream"):
+            reference.api.add_toxic("echo", "timeout", stream=stream, timeout=0)
+        with connect(port) as client:
+            client.sendall(b"into the void")
+            echo_server.wait_for_peers(1)
