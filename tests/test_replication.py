@@ -14,6 +14,8 @@ from testbed.backends.local import LocalBackend
 from testbed.errors import ServerFailed
 from testbed.operations.dr import statements_under_way
 from testbed.postgres import Server, format_lsn, parse_lsn
+from testbed.scenarios.blockage import Blockage
+from testbed.scenarios.replication_watch import ReplicationWatch
 
 
 @pytest.fixture
@@ -135,7 +137,11 @@ def test_a_walsender_is_no_statement_of_its_standby_still_under_way(
     # walsender streaming to its dead standby is "active" for as long as it streams: it
     # must not count, or every such failure waits out the whole quiet timeout.
     primary, _ = pair
-    assert primary.execute("SELECT state FROM pg_stat_replication") == [("streaming",)]
+    deadline = time.monotonic() + 30
+    # The fixture starts the standby; it connects on its own time.
+    while primary.execute("SELECT state FROM pg_stat_replication") != [("streaming",)]:
+        assert time.monotonic() < deadline, "the standby never streamed"
+        time.sleep(0.05)
     assert statements_under_way(primary, ["infomart2"]) == 0
     # A statement of a client of the dead site, still running: that one counts.
     client = psycopg.connect(primary.conninfo(application_name="icon2b"), autocommit=True)
@@ -155,3 +161,44 @@ def test_a_walsender_is_no_statement_of_its_standby_still_under_way(
         client.cancel_safe()
         sleeping.join()
         client.close()
+
+
+class _Pair:
+    """The two servers as the replication watch looks them up: one site, no WAN proxy."""
+
+    def __init__(self, primary: Server, standby: Server) -> None:
+        self.standby_of = {standby.name: primary.name}
+        self._servers = {primary.name: primary, standby.name: standby}
+
+    def server(self, name: str) -> Server:
+        return self._servers[name]
+
+    def proxy_of(self, _standby: str, _primary: str) -> None:
+        return None
+
+
+def test_a_rewound_standby_that_replayed_all_is_not_taken_for_one_catching_up(
+    pair: tuple[Server, Server],
+) -> None:
+    # After pg_rewind the old primary replays the new timeline from its own pg_wal, and its
+    # walreceiver reports a receive position at the start of the segment it streams from,
+    # behind everything the new primary sent, until the primary writes again. Taken for WAL
+    # on the wire, that held the virtual clock until a wall-time status message (10 s).
+    old, new = pair
+    old.execute("INSERT INTO facts VALUES (1, 'before the fork')")
+    old.wait_for_catchup(new)
+    new.promote()
+    new.execute("INSERT INTO facts VALUES (2, 'on the new timeline')")
+    old.execute("INSERT INTO facts VALUES (3, 'lost with the old timeline')")
+    old.rewind_from(new).start()
+    deadline = time.monotonic() + 30
+    while not old.streaming():
+        assert time.monotonic() < deadline, "the rewound server never streamed"
+        time.sleep(0.05)
+    new.wait_for_catchup(old)
+    assert old.scalar("SELECT count(*) FROM facts") == 2
+    watch = ReplicationWatch(_Pair(new, old), Blockage(), lambda _a, _b: None)  # type: ignore[arg-type]
+    try:
+        assert not watch.moving(frozenset()), "a standby that replayed all still moving"
+    finally:
+        watch.close()

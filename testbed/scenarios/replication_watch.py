@@ -27,8 +27,12 @@ SENT_SQL = (
     "SELECT pg_current_wal_flush_lsn() - min(sent_lsn), count(*), max(sent_lsn)::text"
     " FROM pg_stat_replication WHERE state = 'streaming'"
 )
+# What a standby has (received, or replayed: a server rewound or rebuilt replays WAL from its
+# own pg_wal, and its walreceiver reports the start of the segment it streams from until
+# the primary writes again), and how much of what it received it has yet to replay.
 STANDBY_SQL = (
-    "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn() - pg_last_wal_receive_lsn()"
+    "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text,"
+    " pg_last_wal_replay_lsn() - pg_last_wal_receive_lsn()"
 )
 
 
