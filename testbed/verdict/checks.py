@@ -14,7 +14,7 @@ from typing import Any
 
 from testbed.clock import Clock, format_duration
 from testbed.digests import event_digest
-from testbed.history import of_kind, read_history
+from testbed.history import of_kind, read_history, read_json_lines
 from testbed.periods import IO_DEADLINE_S, PRIMING_WALL_S, RECONNECT_WALL_S, ack_timeout
 from testbed.topology import Topology, load_topology, topology_from_dict
 from testbed.verdict.congestion import congested_spans
@@ -52,7 +52,7 @@ def evaluate(out: Path) -> Outcome:
     history = read_history(out / "history.jsonl")
     run = next(of_kind(history, "run"))
     final = json.loads((out / "final.json").read_text())
-    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    ledger = read_json_lines(out / "ledger.jsonl")
     # The model starts from the topology the run started with and follows its changes;
     # the figures are per site of the final one (a replacement site included).
     initial = topology = load_topology(run["topology"])

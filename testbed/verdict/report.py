@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.clock import format_duration
-from testbed.history import of_kind, read_history
+from testbed.history import of_kind, read_history, read_json_lines
 from testbed.verdict.checks import Outcome, evaluate
 from testbed.verdict.summary import verdict_paragraph
 
@@ -277,7 +277,7 @@ def _mark_steps(axis: Any, history: list[dict[str, Any]]) -> None:
 def _mark_losses(axis: Any, out: Path, outcome: Outcome) -> None:
     """Per site, a row for its predicted loss windows (a bar) and one just below for the
     events actually lost (crosses): a person sees at a glance whether they line up."""
-    ledger = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    ledger = read_json_lines(out / "ledger.jsonl")
     facts = {row[0] for row in json.loads((out / "final.json").read_text())["facts"]}
     windows = outcome.figures.get("predicted_windows") or {}
     low, high = axis.get_ylim()
