@@ -50,6 +50,31 @@ def test_promote_refuses_during_an_outage_because_the_primary_is_not_fenced(
     assert testbed_deployment.server("infomart2").is_in_recovery()
 
 
+def test_the_guards_probe_is_not_sent_where_the_faults_in_force_block_it(
+    testbed_deployment: Deployment, testbed_operator: Operator, testbed_wan: Wan
+) -> None:
+    # Behind a black hole the probe could only wait out its connect timeout (2 s of wall
+    # time, with the virtual clock held): the engine's view of the faults answers it.
+    asked = []
+
+    def blocked(target: str, route: str | None) -> bool:
+        asked.append((target, route))
+        return route == "site1|site2"
+
+    testbed_operator.blocked = blocked
+    testbed_wan.partition("site1", "site2", mode="blackhole")
+    with pytest.raises(Refused, match="not fenced"):
+        testbed_operator.promote("site2")
+    assert asked == [("infomart1", "site1|site2")]
+    # The faults' view is all it goes by: where it says blocked, no probe is sent at all.
+    testbed_wan.heal()
+    with pytest.raises(Refused, match="not fenced"):
+        testbed_operator.promote("site2")
+    testbed_operator.blocked = lambda _target, _route: False
+    with pytest.raises(Refused, match="split brain"):
+        testbed_operator.promote("site2")
+
+
 def test_a_forced_promotion_during_an_outage_is_split_brain(
     testbed_deployment: Deployment, testbed_operator: Operator, testbed_wan: Wan
 ) -> None:

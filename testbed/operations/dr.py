@@ -86,6 +86,9 @@ class Operator:
         # Until the WAN proxy holds no bytes of these proxies: on the virtual clock the
         # engine lets the time run to their release; on the realtime clock they land anyway.
         self.let_land: Callable[[frozenset[str]], None] = lambda _proxies: None
+        # What the faults in force block (target, WAN link), as the engine applied them: a
+        # probe that could only wait out its timeout behind them is not sent.
+        self.blocked: Callable[[str, str | None], bool] = lambda _target, _route: False
 
     # --- shared ---------------------------------------------------------------------------
 
@@ -138,6 +141,11 @@ class Operator:
         )
 
     def _reachable(self, client: str, server: str) -> bool:
+        sites = self.topology.site_of()
+        a, b = sites.get(client), sites.get(server)
+        route = None if a is None or b is None or a == b else "|".join(sorted((a, b)))
+        if self.blocked(server, route):  # a black hole, a frozen server: no answer comes
+            return False
         host, port = split_address(self.deployment.address_for(client, server))
         try:
             dsn = self.deployment.server(server).conninfo(connect_timeout=REACH_TIMEOUT_S)

@@ -239,6 +239,7 @@ class ScenarioRun:
                 if placements is not None:  # swarm: the node each task runs on
                     history.record("placement", nodes=placements())
                 self.operator = Operator(deployment, pipeline, history.record)
+                self.operator.blocked = self.blockage.blocked
                 if coordinator is not None:
                     self.operator.with_time = functools.partial(_with_time, coordinator)
                     self.operator.let_land = coordinator.run_until_released
