@@ -19,10 +19,12 @@ from testbed.netfault.toxics.base import Chunk, Pipe, Toxic
 
 PIECE = 16 * 1024  # large chunks are released in pieces so the output stays smooth
 QUANTUM_S = 0.005  # a shared link's turn: this much of its time
-# On the virtual clock a turn costs an instant of the run, not a timer: a second of scenario
-# time keeps a small message's wait far below the heartbeat, in a few thousand instants for
-# a base backup across a thin link.
-QUANTUM_VIRTUAL_S = 1.0
+# On the virtual clock a turn costs an instant of the run, not a timer: five seconds of
+# scenario time keep a small message's wait far below the heartbeat (a minute), in a few
+# hundred instants an hour for a base backup across a thin link; a turn may then carry
+# more than a piece of the realtime clock.
+QUANTUM_VIRTUAL_S = 5.0
+PIECE_VIRTUAL = 256 * 1024
 MIN_PIECE = 512
 STALL_S = 3600.0
 
@@ -84,8 +86,9 @@ def _piece_size(toxic: Toxic) -> int:
     200 KB/s: minutes of scenario time). Alone on a connection, a piece is just pacing."""
     if not toxic.attributes.get("group") or not toxic.rate:
         return PIECE
-    quantum = QUANTUM_VIRTUAL_S if timebase.current().virtual else QUANTUM_S
-    return max(MIN_PIECE, min(PIECE, int(toxic.rate * 1000 * quantum)))
+    if timebase.current().virtual:
+        return max(MIN_PIECE, min(PIECE_VIRTUAL, int(toxic.rate * 1000 * QUANTUM_VIRTUAL_S)))
+    return max(MIN_PIECE, min(PIECE, int(toxic.rate * 1000 * QUANTUM_S)))
 
 
 async def _through_link(link: Any, size: int, rate: int, pipe: Pipe) -> bool:
