@@ -208,6 +208,7 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after deselection (-k, -m): only what will run is looked at
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With run-ahead jobs, the files of one folder that may run ahead go first, those that
     must run alone (realtime) after them: run ahead only within a contiguous block, files
@@ -228,8 +229,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ):
             end += 1
         group = [each for each in items[start:end] if isinstance(each, ScenarioItem)]
-        ahead = [each for each in group if each._job() is not None]
-        items[start:end] = ahead + [each for each in group if each._job() is None]
+        ahead = [each for each in group if each._may_run_ahead()]
+        items[start:end] = ahead + [each for each in group if not each._may_run_ahead()]
         start = end
 
 
@@ -299,26 +300,35 @@ class ScenarioItem(pytest.Item):
             stash[RUN_AHEAD] = RunAhead(jobs) if jobs > 1 else None
         return stash[RUN_AHEAD]
 
-    def _job(self) -> Job | None:
-        """This file as a job to run ahead, or None if it must run alone: on the realtime
-        clock, or on a backend that keeps no virtual time."""
-        if not hasattr(self, "_ahead_job"):
+    def _may_run_ahead(self) -> bool:
+        """Whether this file may run ahead of its turn: on virtual time, on a backend that
+        keeps it (a realtime file, or one that does not load, runs alone)."""
+        if not hasattr(self, "_ahead_ok"):
             from testbed.scenarios.spec import load_scenario
 
             backend = self.config.getoption("--testbed-backend")
             clock = self.config.getoption("--testbed-clock")
-            job = None
             try:
                 scenario = load_scenario(str(self.path), clock)
             except Exception:  # a bad file is reported by its own run, alone
                 scenario = None
-            if (
+            self._ahead_ok = (
                 scenario is not None
                 and backend in ("local", "docker")
                 and scenario.factor == VIRTUAL_FACTOR
-            ):
+            )
+        return self._ahead_ok
+
+    def _job(self) -> Job | None:
+        """This file as a job to run ahead, or None if it must run alone. Made once it is
+        asked for (when a block starts): its run folder is made with it."""
+        if not hasattr(self, "_ahead_job"):
+            job = None
+            if self._may_run_ahead():
                 home = self.config._tmp_path_factory.getbasetemp() / "testbed-home"  # type: ignore[attr-defined]
                 seed = self.config.getoption("--chaos-seed")
+                backend = self.config.getoption("--testbed-backend")
+                clock = self.config.getoption("--testbed-clock")
                 options = {"home": str(home), "seed": seed, "backend": backend}
                 job = Job(self.name, str(self.path), clock, self._out(), options)
             self._ahead_job = job

@@ -172,6 +172,9 @@ def test_a_folders_realtime_files_go_after_those_that_run_ahead(tmp_path: Path) 
     assert collected(tmp_path, "2") == ["a", "c", "e", "b-real", "d-real"]
     # One at a time, the order makes no difference: the folder's own is kept.
     assert collected(tmp_path, "1") == ["a", "b-real", "c", "d-real", "e"]
+    # Collecting runs nothing and makes no run folder: a later run is not named `a-2`.
+    reports = tmp_path / "reports"
+    assert not reports.exists() or not any(reports.iterdir())
 
 
 def test_a_session_stopped_at_its_first_failure_stops_what_ran_ahead(tmp_path: Path) -> None:

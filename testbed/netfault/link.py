@@ -255,12 +255,11 @@ class Direction:
         parked = self._parked_on
         return self._parked_on_timer and parked is not None and not parked.done()
 
-    def black_hole(self) -> bool:
-        """A toxic on it swallows everything, for ever (a `timeout` of 0): nothing this way
-        arrives while it is there."""
-        return any(
-            toxic.swallows and toxic.deadline(state) is None for toxic, state in self.toxics()
-        )
+    def only_black_hole(self) -> bool:
+        """Its toxics are black holes alone (`timeout`s of 0): nothing this way arrives while
+        they are there, and nothing else happens to what comes (no timer, no other toxic)."""
+        toxics = self.toxics()
+        return bool(toxics) and all(t.swallows and t.deadline(s) is None for t, s in toxics)
 
     def swallows(self) -> bool:
         """A toxic on it swallows what comes (its bytes never arrive)."""
@@ -478,17 +477,24 @@ class Connection:
 
     async def _connect_upstream(self) -> None:
         host, port = self.proxy.upstream_address()
-        while Toxic.extensions and self.up.black_hole() and self.down.black_hole():
+        while Toxic.extensions and self.up.only_black_hole() and self.down.only_black_hole():
             # Nothing can cross either way, and removing the hole closes the connection:
             # the upstream would only see a connection that never says a word. Dialled
             # anyway (as the reference does), a PostgreSQL server behind a long black hole
             # forks a backend for every attempt and ends it at the attempt's reset, each
-            # heartbeat of an outage, for every caller. Dialled once something may cross.
+            # heartbeat of an outage, for every caller. Dialled once something may cross;
+            # meanwhile what the client sends is read and dropped, as the hole would drop
+            # it, so that its close or reset ends the connection.
             self._hole = asyncio.get_running_loop().create_future()
+            self.client.release("dialling")
+            timebase.current().changed()
             try:
                 await self._hole
             finally:
                 self._hole = None
+                if not self.closed:
+                    self.client.hold("dialling")
+                    timebase.current().changed()
         for toxic, _state in self.up.toxics():
             if toxic.type_name == "slow_open" and toxic.delay:
                 await self.up.sleep(toxic.delay / 1000.0)  # a toxic change cuts it short
@@ -511,7 +517,7 @@ class Connection:
         self._lend_if_plain()
 
     def hold_read(self, side: Side, data: bytes) -> None:
-        if self._held is not None:
+        if self._held is not None and self._hole is None:  # into the hole: gone
             self._held.append((side, data))
 
     def _replay_held(self) -> None:
@@ -526,6 +532,8 @@ class Connection:
                 direction.feed(data)
 
     def eof(self, side: Side) -> None:
+        if self._hole is not None:  # swallowed, as the hole swallows an EOF
+            return
         if self._held is not None:
             self._held.append((side, None))
         elif side.feeds is not None:

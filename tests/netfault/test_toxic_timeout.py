@@ -4,6 +4,9 @@ open for ever; removing the toxic, or /reset, closes the connection on both ends
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,13 +133,38 @@ def test_an_upstream_timeout_drops_data_then_closes(api: Api, tcp_server: Callab
     assert peer.received == b""
 
 
+# Ours only: the reference dials at once (so does our -reference mode, below).
+ours_only = pytest.mark.skipif(
+    bool(os.environ.get("NETFAULT_SERVER")), reason="an extension of ours: not in the reference"
+)
+
+
+def hole_both_ways(api: Api, proxy: str = "echo") -> None:
+    for stream in ("upstream", "downstream"):
+        api.add_toxic(proxy, "timeout", stream=stream, timeout=0)
+
+
+def connections(api: Api, proxy: str = "echo") -> int:
+    text = api.get("/metrics").body.decode()
+    prefix = f'toxiproxy_proxy_connections{{proxy="{proxy}"}} '
+    counts = [int(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    return counts[0] if counts else 0
+
+
+def wait_for_connections(api: Api, count: int, timeout: float = 2.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (now := connections(api)) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return now
+
+
+@ours_only
 def test_a_black_hole_both_ways_dials_no_upstream_until_it_is_gone(
     api: Api, port: int, echo_server: TcpServer
 ) -> None:
     # Nothing crosses either way: a server behind it (a PostgreSQL forking a backend per
     # connection) is spared a connection that would never say a word.
-    api.add_toxic("echo", "timeout", stream="upstream", timeout=0)
-    api.add_toxic("echo", "timeout", stream="downstream", timeout=0)
+    hole_both_ways(api)
     with connect(port) as client:
         client.sendall(b"into the void")
         ending = read_to_end(client, 0.3)
@@ -154,11 +182,26 @@ def test_a_black_hole_both_ways_dials_no_upstream_until_it_is_gone(
         assert peer.wait_received(len(b"one way")) == b"one way"
 
 
+@ours_only
+def test_a_client_that_resets_in_the_hole_leaves_nothing_behind(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    # Each attempt of a caller across an outage ends with a reset at its deadline: a held
+    # connection must notice it, or every attempt keeps a socket until the hole goes.
+    hole_both_ways(api)
+    for _ in range(5):
+        with connect(port) as client:
+            client.sendall(b"startup")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert wait_for_connections(api, 0) == 0
+    assert echo_server.peers == []
+
+
+@ours_only
 def test_a_black_hole_that_may_end_dials_the_connection_it_held(
     api: Api, port: int, echo_server: TcpServer
 ) -> None:
-    api.add_toxic("echo", "timeout", stream="upstream", timeout=0)
-    api.add_toxic("echo", "timeout", stream="downstream", timeout=0)
+    hole_both_ways(api)
     with connect(port) as client:
         client.sendall(b"waited")
         time.sleep(0.2)
@@ -169,6 +212,20 @@ def test_a_black_hole_that_may_end_dials_the_connection_it_held(
         (peer,) = echo_server.wait_for_peers(1)
         assert not peer.ended.is_set()
         assert peer.received == b""
+
+
+@ours_only
+def test_a_hole_with_another_toxic_beside_it_is_dialled_as_ever(
+    api: Api, port: int, echo_server: TcpServer
+) -> None:
+    # A toxic besides the holes (here a timer that closes an idle connection) acts on the
+    # connection as it would on a dialled one: only bare holes keep the dial back.
+    hole_both_ways(api)
+    api.add_toxic("echo", "timeout", stream="downstream", name="idle", timeout=200)
+    with connect(port) as client:
+        echo_server.wait_for_peers(1)
+        ending = read_to_end(client, 1.0)
+        assert ending.how in ("eof", "reset"), ending
 
 
 def test_the_reference_mode_dials_through_a_black_hole_as_toxiproxy_does(

@@ -21,10 +21,10 @@ PIECE = 16 * 1024  # large chunks are released in pieces so the output stays smo
 QUANTUM_S = 0.005  # a shared link's turn: this much of its time
 # On the virtual clock a turn costs an instant of the run, not a timer: five seconds of
 # scenario time keep a small message's wait far below the heartbeat (a minute), in a few
-# hundred instants an hour for a base backup across a thin link; a turn may then carry
-# more than a piece of the realtime clock.
+# hundred instants an hour for a base backup across a thin link; a turn may then carry a
+# whole chunk (a toxic sees at most 32 KB at once: `link.TOXIC_CHUNK`).
 QUANTUM_VIRTUAL_S = 5.0
-PIECE_VIRTUAL = 256 * 1024
+PIECE_VIRTUAL = 32 * 1024
 MIN_PIECE = 512
 STALL_S = 3600.0
 
