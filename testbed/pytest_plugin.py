@@ -17,6 +17,7 @@ every server and process it started.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -215,23 +216,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     interleaved by name ran as blocks of one or two, one at a time."""
     if _jobs(config) <= 1:
         return
-    start = 0
-    while start < len(items):
-        if not isinstance(items[start], ScenarioItem):
-            start += 1
-            continue
-        end = start
-        folder = items[start].path.parent
-        while (
-            end < len(items)
-            and isinstance(item := items[end], ScenarioItem)
-            and item.path.parent == folder
-        ):
-            end += 1
-        group = [each for each in items[start:end] if isinstance(each, ScenarioItem)]
-        ahead = [each for each in group if each._may_run_ahead()]
-        items[start:end] = ahead + [each for each in group if not each._may_run_ahead()]
-        start = end
+    reordered: list[pytest.Item] = []
+    for _, run in itertools.groupby(items, key=_scenario_folder):
+        reordered += sorted(run, key=lambda item: not _ahead(item))  # stable: else as they were
+    items[:] = reordered
+
+
+def _scenario_folder(item: pytest.Item) -> Path | None:
+    return item.path.parent if isinstance(item, ScenarioItem) else None
+
+
+def _ahead(item: pytest.Item) -> bool:
+    return isinstance(item, ScenarioItem) and item._may_run_ahead()
 
 
 class ScenarioFile(pytest.File):

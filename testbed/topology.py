@@ -99,6 +99,11 @@ class Route:
         return proxy_name(self.client, self.server)
 
 
+def link_key(a: str, b: str) -> str:
+    """A WAN link's name in routes: `site1|site2`, the same whichever way it is written."""
+    return "|".join(sorted((a, b)))
+
+
 def proxy_name(client: str, server: str) -> str:
     """The name of the WAN proxy on the route from `client` to `server`."""
     return f"{client}-to-{server}"
@@ -128,6 +133,13 @@ class Topology:
             *self.gims,
         )
         return {part.name: part.site for part in parts}
+
+    def route_between(self, client: str, server: str) -> str | None:
+        """The WAN link a connection from `client` to `server` crosses (`site1|site2`), None
+        within a site: what the faults are named by (`link_key`)."""
+        sites = self.site_of()
+        a, b = sites.get(client), sites.get(server)
+        return None if a is None or b is None or a == b else link_key(a, b)
 
     def servers_at(self, site: str) -> tuple[ServerSpec, ...]:
         return tuple(s for s in self.servers if s.site == site)

@@ -141,10 +141,8 @@ class Operator:
         )
 
     def _reachable(self, client: str, server: str) -> bool:
-        sites = self.topology.site_of()
-        a, b = sites.get(client), sites.get(server)
-        route = None if a is None or b is None or a == b else "|".join(sorted((a, b)))
-        if self.blocked(server, route):  # a black hole, a frozen server: no answer comes
+        # A black hole, a frozen server: no answer comes.
+        if self.blocked(server, self.topology.route_between(client, server)):
             return False
         host, port = split_address(self.deployment.address_for(client, server))
         try:

@@ -228,9 +228,7 @@ class Pipeline:
     def route_of(self, client: str, server: str) -> str | None:
         """The WAN link a connection crosses (`site1|site2`), None within a site: what the
         virtual clock asks the faults about when the connection blocks."""
-        sites = self.deployment.topology.site_of()
-        a, b = sites.get(client), sites.get(server)
-        return None if a is None or b is None or a == b else "|".join(sorted((a, b)))
+        return self.deployment.topology.route_between(client, server)
 
     def proxy_of(self, client: str, server: str) -> str | None:
         """The WAN proxy `client` dials `server` through (None: none): whose held bytes

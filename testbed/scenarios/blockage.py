@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-def link_key(a: str, b: str) -> str:
-    """A WAN link's name in routes: `site1|site2`, the same whichever way it is written."""
-    return "|".join(sorted((a, b)))
+from testbed.topology import link_key
 
 
 @dataclass
